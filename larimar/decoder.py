@@ -1,0 +1,135 @@
+"""A Hugging Face causal LM conditioned on a Larimar latent z.
+
+Reference: IBM/larimar ``pytorch_transformers/modeling_gpt2.py`` (Optimus-style injection,
+Li et al. 2020). The latent z (B, C) enters the decoder in two ways:
+
+1. KV prefix: ``kv_proj(z)`` is split into one key/value slot per attention layer (key = value,
+   as in the reference). The slot is a pre-filled entry of a transformers ``DynamicCache``, so it
+   bypasses the layer's own projections, norms and rotary/position embeddings, exactly like the
+   reference's ``past_key_values=z`` trick, and ``generate()`` treats it as an already-computed
+   first token.
+2. Embedding shift: ``emb_proj(z)`` is added to every token embedding, through a forward hook on
+   the input embedding module that reads the shift from a ``ContextVar`` (thread- and
+   asyncio-safe, so concurrent requests in a Serve replica do not see each other's latents).
+
+z = 0 means "no conditioning" (out-of-scope queries, the LM term of the loss). Rather than
+attend to an all-zero slot (which would still dilute attention and, in GPT-2, shift the
+positions), the slot is masked out for those rows, so the logits equal the plain decoder's.
+Tokens of conditioned rows start at position 1, the slot taking position 0, as in the reference.
+
+Dimensions: B batch, T tokens, C latent size, L layers, Hkv key/value heads, D head size, H hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel
+
+
+def attention_geometry(config) -> tuple[int, int, int, int]:
+    """(L, Hkv, D, H) of a decoder config; GPT-2 and GPT-J alias their fields to these names."""
+    cfg = config.get_text_config()
+    heads = cfg.num_attention_heads
+    hidden = cfg.hidden_size
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    return cfg.num_hidden_layers, kv_heads, head_dim, hidden
+
+
+class LatentDecoder(nn.Module):
+    def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int):
+        super().__init__()
+        self.lm = lm
+        self.pad_token_id = pad_token_id
+        self.num_layers, self.kv_heads, self.head_dim, hidden = attention_geometry(lm.config)
+        std = getattr(lm.config.get_text_config(), "initializer_range", 0.02)
+        self.kv_proj = nn.Linear(latent_dim, self.num_layers * self.kv_heads * self.head_dim, bias=False)
+        self.emb_proj = nn.Linear(latent_dim, hidden, bias=False)
+        nn.init.normal_(self.kv_proj.weight, std=std)
+        nn.init.normal_(self.emb_proj.weight, std=std)
+        self._shift: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(f"shift{id(self)}", default=None)
+        lm.get_input_embeddings().register_forward_hook(self._add_shift)
+
+    # -- conditioning -------------------------------------------------------------------------
+
+    def _add_shift(self, module, args, output):
+        shift = self._shift.get()
+        return output if shift is None else output + shift.to(output.dtype)
+
+    @contextlib.contextmanager
+    def _shifted(self, z: torch.Tensor) -> Iterator[None]:
+        token = self._shift.set(self.emb_proj(z.to(self.emb_proj.weight.dtype)).unsqueeze(1))  # (B, 1, H)
+        try:
+            yield
+        finally:
+            self._shift.reset(token)
+
+    def prefix_cache(self, z: torch.Tensor) -> DynamicCache:
+        """One key = value slot per layer: (B, C) -> cache of length 1."""
+        B = z.shape[0]
+        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, L*Hkv*D)
+        kv = kv.view(B, self.num_layers, self.kv_heads, 1, self.head_dim)  # (B, L, Hkv, 1, D)
+        cache = DynamicCache(config=self.lm.config)
+        for layer in range(self.num_layers):
+            cache.update(kv[:, layer], kv[:, layer], layer)
+        return cache
+
+    @staticmethod
+    def uses_latent(z: torch.Tensor) -> torch.Tensor:
+        """(B,) 1 where z is nonzero (conditioned), 0 where z == 0 (plain decoder)."""
+        return (z.detach().abs().amax(dim=-1) > 0).long()
+
+    def _inputs(self, z: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = self.uses_latent(z).unsqueeze(1)  # (B, 1)
+        full_mask = torch.cat([slot, attention_mask.long()], dim=1)  # (B, 1+T)
+        positions = (full_mask.cumsum(-1) - 1).clamp_min(0)  # (B, 1+T); padding gets position 0
+        return full_mask, positions
+
+    # -- teacher forcing ----------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, T), attention_mask (B, T), z (B, C) -> logits (B, T, V)."""
+        full_mask, positions = self._inputs(z, attention_mask)
+        with self._shifted(z):
+            out = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, 1:],
+                          cache=self.prefix_cache(z), use_cache=True)
+        return out.logits
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | x_<t, z) for t = 1..T-1 -> (B, T-1); 0 at padded targets."""
+        logits = self(input_ids, attention_mask, z)[:, :-1].float()
+        logp = torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return logp * attention_mask[:, 1:].to(logp.dtype)
+
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over non-padded targets (the reference also counts pads)."""
+        logits = self(input_ids, attention_mask, z)[:, :-1]
+        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+
+    # -- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, **kwargs) -> torch.Tensor:
+        """transformers ``generate()`` with the latent; returns (B, T + new) ids without the slot.
+
+        Batches must be left-padded. The slot is an already-cached first token for generate():
+        a placeholder id stands for it in ``input_ids`` and is stripped from the output.
+        """
+        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("LatentDecoder.generate supports num_beams=1 and num_return_sequences=1; "
+                             "repeat the inputs and latents for several samples")
+        B = input_ids.shape[0]
+        full_mask, positions = self._inputs(z, attention_mask)
+        placeholder = torch.full((B, 1), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        kwargs.setdefault("pad_token_id", self.pad_token_id)
+        with self._shifted(z):
+            out = self.lm.generate(input_ids=torch.cat([placeholder, input_ids], 1), attention_mask=full_mask,
+                                   position_ids=positions, cache=self.prefix_cache(z), **kwargs)
+        return out[:, 1:]

@@ -1,0 +1,50 @@
+"""Text -> latent z: a Hugging Face encoder, a pooling step and a linear head to C dims.
+
+Reference: IBM/larimar ``BertForLatentConnector`` pools BERT's [CLS] and maps it with a
+bias-free Linear to (mu, logvar), of which only mu is used: the encoder is deterministic.
+We keep that (one Linear to C, no variance head) and also offer mean pooling, which is how
+sentence-transformers models such as all-MiniLM-L6-v2 were trained.
+
+Dimensions: B batch, T tokens, E encoder hidden size, C latent size.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+
+class LatentEncoder(nn.Module):
+    def __init__(self, backbone: PreTrainedModel, latent_dim: int, pooling: Literal["mean", "cls"] = "mean",
+                 trainable_layers: int = -1):
+        """trainable_layers: -1 trains the whole backbone, 0 freezes it, n > 0 trains the top n layers."""
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"encoder pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = nn.Linear(backbone.config.hidden_size, latent_dim, bias=False)
+        nn.init.normal_(self.head.weight, std=backbone.config.hidden_size**-0.5)
+        self.set_trainable_layers(trainable_layers)
+
+    def set_trainable_layers(self, n: int) -> None:
+        if n < 0:
+            self.backbone.requires_grad_(True)
+            return
+        self.backbone.requires_grad_(False)
+        layers = self.backbone.encoder.layer if n > 0 else []
+        for layer in list(layers)[-n:] if n > 0 else []:
+            layer.requires_grad_(True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, C) latents."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, E)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.head(pooled)  # (B, C)

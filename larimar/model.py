@@ -1,0 +1,198 @@
+"""The Larimar model: encoder -> episodic memory -> latent-conditioned decoder.
+
+Reference: Das et al., ICML 2024 (arXiv 2403.11901) §2-3 and IBM/larimar ``modules/mem_vae.py``.
+A training batch is B episodes of N texts each. Each episode is written into its own memory
+(one-shot least squares), read back with noisy addressing, and every text is decoded from its
+read-out (the reconstruction term), from its own encoding (the autoencoder term) and from
+z = 0 (the language-model term). See `larimar.losses` for the weights and the beta schedule.
+
+A trained model is a directory: ``config.json`` (this module's `LarimarConfig`) and
+``model.safetensors``. Frozen pretrained backbone weights are not written: they are reloaded
+from their registry name (`larimar.backbones`), so a trained adapter stays a few MB.
+
+Dimensions: B episodes, N texts per episode, T tokens, C latent size, K memory slots.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from larimar import backbones
+from larimar.config import from_dict, to_dict
+from larimar.decoder import LatentDecoder
+from larimar.encoder import LatentEncoder
+from larimar.losses import LossConfig
+from larimar.memory import EpisodicMemory, MemoryConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class LarimarConfig:
+    encoder: str = "minilm-l6"  # backbone name (larimar.backbones), local directory or hub id
+    decoder: str = "smollm2-135m"
+    pooling: Literal["mean", "cls"] = "mean"  # mean for sentence-transformers encoders, cls for BERT
+    encoder_trainable_layers: int = 0  # -1 all, 0 frozen (only the latent head trains), n: top n layers
+    decoder_trainable: bool = False  # fine-tune the whole decoder (the reference does); else only the
+    # conditioning projections train and z = 0 reproduces the base LM exactly
+    max_length: int = 64  # tokens per text; the paper's chunk size
+    tiny_hidden: int = 64  # width of tiny-* random backbones
+    tiny_layers: int = 2
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4 tokens, got {self.max_length}")
+
+
+@dataclass
+class LarimarOutput:
+    loss: torch.Tensor
+    terms: dict[str, float]  # each weighted term's unweighted value, for logging
+
+
+def _special_ids(tok) -> tuple[int, int]:
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    if bos is None:
+        bos = eos
+    if bos is None or eos is None:
+        raise ValueError(f"decoder tokenizer {tok.name_or_path} has neither BOS/EOS nor CLS/SEP tokens")
+    return bos, eos
+
+
+class LarimarModel(nn.Module):
+    def __init__(self, cfg: LarimarConfig):
+        super().__init__()
+        self.cfg = cfg
+        C = cfg.memory.latent_dim
+        enc, self.encoder_tokenizer = backbones.load_encoder(cfg.encoder, cfg.tiny_hidden, cfg.tiny_layers)
+        lm, self.decoder_tokenizer = backbones.load_decoder(cfg.decoder, cfg.tiny_hidden, cfg.tiny_layers)
+        self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers)
+        self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id)
+        self.decoder.lm.requires_grad_(cfg.decoder_trainable)
+        self.memory = EpisodicMemory(cfg.memory)
+        self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.memory.prior_mean.device
+
+    # -- tokenization -------------------------------------------------------------------------
+
+    def tokenize_for_encoder(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.encoder_tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
+                                     return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
+
+    def tokenize_for_decoder(self, texts: list[str], add_eos: bool = True, padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """<bos> text [<eos>], padded; the targets the decoder reconstructs (the reference's format)."""
+        ids = self.decoder_tokenizer(texts, add_special_tokens=False, truncation=True,
+                                     max_length=self.cfg.max_length - 2)["input_ids"]
+        seqs = [[self.bos_id, *x, *([self.eos_id] if add_eos else [])] for x in ids]
+        return pad(seqs, self.decoder_tokenizer.pad_token_id, padding_side, self.device)
+
+    # -- encode / train -----------------------------------------------------------------------
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(..., T) -> (..., C); leading dims are flattened through the encoder and restored."""
+        lead = input_ids.shape[:-1]
+        z = self.encoder(input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1]))
+        return z.reshape(*lead, -1)
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.encode(**self.tokenize_for_encoder(texts))
+
+    def forward(self, enc_input_ids: torch.Tensor, enc_attention_mask: torch.Tensor, dec_input_ids: torch.Tensor,
+                dec_attention_mask: torch.Tensor, beta: float = 0.0) -> LarimarOutput:
+        """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1."""
+        w = self.cfg.loss
+        B, N, Td = dec_input_ids.shape
+        z = self.encode(enc_input_ids, enc_attention_mask)  # (B, N, C)
+        M = self.memory.write(z)  # (B, K, C)
+        read = self.memory.read(z, M)  # z: (B, N, C)
+        # All decoder passes in one batch: rows of [read-out | own latent | zero latent].
+        groups = {"reconstruction": read.z.reshape(B * N, -1)}
+        if w.autoencoder > 0:
+            groups["autoencoder"] = z.reshape(B * N, -1)
+        if w.lm > 0 and self.cfg.decoder_trainable:  # with a frozen decoder the z = 0 term is a constant
+            groups["lm"] = torch.zeros_like(groups["reconstruction"])
+        latents = torch.cat(list(groups.values()))  # (G*B*N, C)
+        ids = dec_input_ids.reshape(B * N, Td).repeat(len(groups), 1)
+        mask = dec_attention_mask.reshape(B * N, Td).repeat(len(groups), 1)
+        nll = -self.decoder.token_logprobs(ids, mask, latents).view(len(groups), B * N, Td - 1)
+        counts = mask[:, 1:].reshape(len(groups), B * N, Td - 1).sum((1, 2)).clamp_min(1)
+        ce = nll.sum((1, 2)) / counts  # (G,)
+        terms = {name: ce[i] for i, name in enumerate(groups)}
+        terms["kl"] = read.kl
+        if w.latent_l2 > 0:
+            terms["latent_l2"] = ((read.z - z) ** 2).sum(-1).mean()
+        weights = {"reconstruction": w.reconstruction, "autoencoder": w.autoencoder, "lm": w.lm,
+                   "kl": beta, "latent_l2": w.latent_l2}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        return LarimarOutput(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()})
+
+    # -- save / load --------------------------------------------------------------------------
+
+    def _reloadable_prefixes(self) -> list[str]:
+        """State-dict prefixes restored from the backbone registry instead of the weights file."""
+        out = []
+        if not backbones.is_random_init(self.cfg.encoder) and self.cfg.encoder_trainable_layers == 0:
+            out.append("encoder.backbone.")
+        if not backbones.is_random_init(self.cfg.decoder) and not self.cfg.decoder_trainable:
+            out.append("decoder.lm.")
+        return out
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        skip = self._reloadable_prefixes()
+        state, seen = {}, set()
+        for name, tensor in self.state_dict().items():
+            if any(name.startswith(p) for p in skip) or tensor.data_ptr() in seen:
+                continue  # frozen backbone, or a tied weight already written under another name
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.detach().contiguous().cpu()
+        tmp = directory / (WEIGHTS_NAME + ".tmp")
+        save_file(state, tmp, metadata={"format": "pt"})
+        tmp.replace(directory / WEIGHTS_NAME)
+        (directory / CONFIG_NAME).write_text(json.dumps({"larimar": to_dict(self.cfg)}, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LarimarModel":
+        directory = Path(directory)
+        if not (directory / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"{directory} is not a Larimar model directory (no {CONFIG_NAME})")
+        cfg = from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
+        model = cls(cfg)
+        state = load_file(directory / WEIGHTS_NAME, device=str(map_location))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+        skip = model._reloadable_prefixes()
+        missing = [m for m in missing if m not in tied and not any(m.startswith(p) for p in skip)]
+        if missing or unexpected:
+            raise ValueError(f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        return model.to(map_location).eval()
+
+
+def pad(seqs: list[list[int]], pad_id: int, side: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Pad token lists to one (B, T) tensor with its attention mask, on the left or right."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        ids[i, sl] = torch.tensor(s, dtype=torch.long)
+        mask[i, sl] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}

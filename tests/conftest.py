@@ -1,0 +1,26 @@
+"""Shared fixtures; tests that need ../shared skip without it unless LARIMAR_REQUIRE_SHARED=1 (CI)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LARIMAR_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def require_shared(*parts: str) -> Path:
+    """Path under ../shared, or skip (fail in CI, where LARIMAR_REQUIRE_SHARED=1) when absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        msg = f"{path} is absent: this test needs the project's shared data directory (../shared)"
+        if os.environ.get("LARIMAR_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + " and LARIMAR_REQUIRE_SHARED=1 forbids skipping")
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
