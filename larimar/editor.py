@@ -1,0 +1,213 @@
+"""The user-facing editing API: memories you write facts into, forget them from, and query.
+
+    editor = LarimarEditor.from_pretrained("path/to/model")
+    memory = editor.create_memory(slots=512)
+    ids = memory.edit(prompts=["The Eiffel Tower is in"], target_new=["Rome"])   # EasyEdit-style
+    ids += memory.write(["Mira Tal teaches chemistry in Oslo."])               # free-text facts
+    memory.generate(["Where is the Eiffel Tower? The Eiffel Tower is in"])
+    memory.score(["The Eiffel Tower is in"], ["Rome"])
+    memory.forget(ids[0])
+
+Each memory is a `SequentialMemory` (paper Eqs. 2-4): writing and forgetting a fact is a
+rank-one least-squares update, no gradient step. A fact's key is the encoding of its prompt
+(or of its whole text for free-text facts) and its value the encoding of the full fact, as in
+the paper's App. E; keys are addressed through a fixed random orthogonal reference memory, so
+the key of a fact being forgotten is recomputed exactly. A scope detector (`larimar.scope`)
+decides per query whether the memory is consulted at all; out-of-scope queries decode with
+z = 0.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from larimar.memory import SequentialMemory
+from larimar.model import LarimarModel, pad
+from larimar.scope import ScopeDetector, load_embedder
+
+
+class MemoryFullError(RuntimeError):
+    """Writing would exceed the memory's fact capacity."""
+
+
+class UnknownFactError(KeyError):
+    """No fact with this id is stored in the memory."""
+
+
+@dataclass
+class Fact:
+    id: int
+    text: str  # the full fact, as written and as embedded by the scope detector
+    prompt: str | None = None  # for (prompt, target) edits
+    target: str | None = None
+
+
+@dataclass
+class Generation:
+    text: str  # generated continuation (without the prompt)
+    in_scope: bool
+    matched_fact: int | None
+    similarity: float
+
+
+@dataclass
+class Score:
+    logprob: float  # sum of log p(continuation tokens | prompt, memory)
+    mean_nll: float  # mean per-token negative log-likelihood (the CounterFact criterion)
+    tokens: int
+    in_scope: bool
+
+
+def reference_memory(slots: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random (K, C) matrix with orthonormal columns (or rows when K < C).
+
+    Orthonormality makes pinv(M_ref) = M_ref^T, so key addressing preserves the latents' inner
+    products instead of distorting them as an ill-conditioned Gaussian matrix would.
+    """
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(max(slots, latent_dim), min(slots, latent_dim), generator=g, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(A)  # orthonormal columns
+    return Q if slots >= latent_dim else Q.T
+
+
+@dataclass
+class EditableMemory:
+    """One memory: its RLS state, its facts and its scope index. Create with `LarimarEditor.create_memory`."""
+
+    editor: "LarimarEditor"
+    state: SequentialMemory
+    capacity: int
+    facts: dict[int, Fact] = field(default_factory=dict)
+    _latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    scope: ScopeDetector | None = None
+
+    @property
+    def model(self) -> LarimarModel:
+        return self.editor.model
+
+    # -- edits ----------------------------------------------------------------------------------
+
+    def write(self, facts: str | list[str]) -> list[int]:
+        """Write free-text facts (key = value = the fact's encoding). Returns their ids."""
+        texts = [facts] if isinstance(facts, str) else list(facts)
+        return self._write([Fact(0, t) for t in texts])
+
+    def edit(self, prompts: str | list[str], target_new: str | list[str]) -> list[int]:
+        """EasyEdit-style: make each prompt continue with its target. Returns the facts' ids."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        targets = [target_new] if isinstance(target_new, str) else list(target_new)
+        if len(prompts) != len(targets):
+            raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
+        return self._write([Fact(0, f"{p} {t}", p, t) for p, t in zip(prompts, targets)])
+
+    def _write(self, facts: list[Fact]) -> list[int]:
+        for f in facts:
+            if not f.text.strip() or (f.prompt is not None and not (f.prompt.strip() and f.target.strip())):
+                raise ValueError("facts, prompts and targets must be non-empty text")
+        if len(self.facts) + len(facts) > self.capacity:
+            raise MemoryFullError(f"memory holds {len(self.facts)} of {self.capacity} facts; "
+                                  f"writing {len(facts)} more would exceed it (forget some or create a larger memory)")
+        if not facts:
+            return []
+        with torch.no_grad():
+            values = self.model.encode_texts([f.text for f in facts])
+            keys = self.model.encode_texts([f.prompt or f.text for f in facts])
+        self.state.write(keys, values)
+        for f, k, v in zip(facts, keys, values):
+            f.id = next(self._ids)
+            self.facts[f.id] = f
+            self._latents[f.id] = (k, v)
+        if self.scope is not None:  # an edit is in scope for queries like its prompt or its full text
+            entries = [(f.id, t) for f in facts for t in ([f.prompt, f.text] if f.prompt else [f.text])]
+            self.scope.add([i for i, _ in entries], [t for _, t in entries])
+        return [f.id for f in facts]
+
+    def forget(self, fact_id: int) -> None:
+        """Remove a fact (alpha = -1 with its original key and value)."""
+        if fact_id not in self.facts:
+            raise UnknownFactError(f"no fact with id {fact_id} in this memory")
+        k, v = self._latents.pop(fact_id)
+        self.state.forget(k.unsqueeze(0), v.unsqueeze(0))
+        del self.facts[fact_id]
+        if self.scope is not None:
+            self.scope.remove(fact_id)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def read(self, queries: list[str], use_scope: bool = True) -> tuple[torch.Tensor, list]:
+        """Latents for decoding each query: the memory read-out, or 0 when out of scope."""
+        with torch.no_grad():
+            z = self.state.read(self.model.encode_texts(queries))[0].to(self.model.memory.prior_mean.dtype)  # (n, C)
+        if use_scope and self.scope is not None:
+            matches = self.scope.match(queries)
+            keep = torch.tensor([m.in_scope for m in matches], dtype=z.dtype).unsqueeze(1)
+            return z * keep, matches
+        return z, [None] * len(queries)
+
+    def generate(self, prompts: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0,
+                 use_scope: bool = True, **kwargs) -> list[Generation]:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        z, matches = self.read(prompts, use_scope)
+        m = self.model
+        batch = m.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        out = m.decoder.generate(batch["input_ids"], batch["attention_mask"], z, max_new_tokens=max_new_tokens,
+                                 eos_token_id=m.eos_id, **sampling, **kwargs)
+        texts = m.decoder_tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [Generation(t.strip(), bool(z[i].abs().sum() > 0), mt.fact_id if mt else None, mt.similarity if mt else 1.0)
+                for i, (t, mt) in enumerate(zip(texts, matches))]
+
+    def score(self, prompts: list[str], continuations: list[str], use_scope: bool = True) -> list[Score]:
+        """log p(" " + continuation | prompt) under the memory; scope is decided per prompt."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
+        m = self.model
+        z, _ = self.read(prompts, use_scope)
+        tok = m.decoder_tokenizer
+        seqs, spans = [], []
+        for p, c in zip(prompts, continuations):
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            c_ids = tok(" " + c.strip(), add_special_tokens=False)["input_ids"]
+            if not c_ids:
+                raise ValueError("continuations must be non-empty")
+            seqs.append([m.bos_id, *p_ids, *c_ids])
+            spans.append((1 + len(p_ids), len(c_ids)))
+        batch = pad(seqs, tok.pad_token_id, "right", m.device)
+        with torch.no_grad():
+            lp = m.decoder.token_logprobs(batch["input_ids"], batch["attention_mask"], z)  # (n, T-1)
+        out = []
+        for i, (start, n) in enumerate(spans):
+            token_lp = lp[i, start - 1 : start - 1 + n]  # logp of tokens start..start+n-1
+            out.append(Score(float(token_lp.sum()), float(-token_lp.mean()), n, bool(z[i].abs().sum() > 0)))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+
+class LarimarEditor:
+    """A trained Larimar model plus the scope detector, from which memories are created."""
+
+    def __init__(self, model: LarimarModel, scope_model: str | None = "minilm-l6", scope_threshold: float = 0.7):
+        """scope_model: sentence embedder for the scope detector (None: always consult the memory)."""
+        self.model = model.eval()
+        self.scope_embedder = load_embedder(scope_model) if scope_model else None
+        self.scope_threshold = scope_threshold
+
+    @classmethod
+    def from_pretrained(cls, directory: str, **kwargs) -> "LarimarEditor":
+        return cls(LarimarModel.from_pretrained(directory), **kwargs)
+
+    def create_memory(self, slots: int | None = None, capacity: int | None = None, ridge: float = 1e-3,
+                      seed: int = 0) -> EditableMemory:
+        """A new empty memory with `slots` rows (default: the trained K); holds up to `capacity` facts (default K)."""
+        K = slots or self.model.cfg.memory.slots
+        if K < 1:
+            raise ValueError(f"slots must be >= 1, got {K}")
+        ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed)
+        scope = ScopeDetector(self.scope_embedder, self.scope_threshold) if self.scope_embedder else None
+        return EditableMemory(self, SequentialMemory(ref, ridge=ridge), capacity or K, scope=scope)

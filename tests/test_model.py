@@ -1,0 +1,93 @@
+"""The Larimar model on tiny random backbones: objective, training step, save/load (larimar/model.py)."""
+
+import pytest
+import torch
+
+from larimar.config import ConfigError, from_dict
+from larimar.losses import LossConfig, beta
+from larimar.memory import MemoryConfig
+from larimar.model import LarimarConfig, LarimarModel
+
+TEXTS = [
+    "the capital of vorland is zell .", "the river arn flows into the grey sea .",
+    "mira teaches chemistry in oslo .", "the tower was built in 1907 .",
+    "the red fox sleeps under the oak .", "tomas plays the violin every night .",
+    "the bakery opens at six in the morning .", "the comet returns every 76 years .",
+]
+
+
+def tiny_config(**overrides) -> LarimarConfig:
+    data = {"encoder": "tiny-bert", "decoder": "tiny-llama", "encoder_trainable_layers": -1, "decoder_trainable": True,
+            "max_length": 16, "memory": {"slots": 8, "latent_dim": 16, "read_noise_std": 0.01},
+            "loss": {"kl": 0.1}}
+    data.update(overrides)
+    return from_dict(LarimarConfig, data)
+
+
+def episodes(model: LarimarModel, B: int = 2, N: int = 4) -> dict[str, torch.Tensor]:
+    texts = TEXTS[: B * N]
+    enc = model.tokenize_for_encoder(texts)
+    dec = model.tokenize_for_decoder(texts)
+    return {"enc_input_ids": enc["input_ids"].view(B, N, -1), "enc_attention_mask": enc["attention_mask"].view(B, N, -1),
+            "dec_input_ids": dec["input_ids"].view(B, N, -1), "dec_attention_mask": dec["attention_mask"].view(B, N, -1)}
+
+
+@pytest.mark.parametrize("decoder", ["tiny-llama", "tiny-gpt2"])
+def test_one_optimisation_step_lowers_the_loss(decoder):
+    model = LarimarModel(tiny_config(decoder=decoder))
+    batch = episodes(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    torch.manual_seed(1)
+    first = model(**batch, beta=0.1)
+    assert set(first.terms) == {"reconstruction", "autoencoder", "lm", "kl"}
+    assert all(torch.isfinite(torch.tensor(v)) for v in first.terms.values())
+    first.loss.backward()
+    opt.step()
+    torch.manual_seed(1)
+    assert model(**batch, beta=0.1).loss < first.loss
+
+
+def test_frozen_decoder_skips_the_constant_lm_term_and_trains_the_projections():
+    model = LarimarModel(tiny_config(decoder_trainable=False))
+    assert not any(p.requires_grad for p in model.decoder.lm.parameters())
+    out = model(**episodes(model))
+    assert "lm" not in out.terms
+    out.loss.backward()
+    assert model.decoder.kv_proj.weight.grad is not None and model.decoder.emb_proj.weight.grad.abs().sum() > 0
+    assert model.encoder.head.weight.grad is not None and model.memory.prior_mean.grad is not None
+
+
+def test_save_then_load_reproduces_logits_exactly(tmp_path):
+    model = LarimarModel(tiny_config()).eval()
+    with torch.no_grad():  # make every trainable piece differ from a fresh init
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "m")
+    loaded = LarimarModel.from_pretrained(tmp_path / "m")
+    batch = model.tokenize_for_decoder(TEXTS[:3])
+    z = model.encode_texts(TEXTS[:3])
+    torch.testing.assert_close(loaded.encode_texts(TEXTS[:3]), z, atol=0, rtol=0)
+    torch.testing.assert_close(loaded.decoder(**batch, z=z), model.decoder(**batch, z=z), atol=0, rtol=0)
+    torch.testing.assert_close(loaded.memory.prior_mean, model.memory.prior_mean, atol=0, rtol=0)
+
+
+def test_bad_config_names_the_key():
+    with pytest.raises(ConfigError, match="memory.slotz"):
+        tiny_config(memory={"slotz": 3})
+    with pytest.raises(ConfigError, match="memory.slots"):
+        tiny_config(memory={"slots": -1})
+    with pytest.raises(ConfigError, match="pooling"):
+        tiny_config(pooling="max")
+    with pytest.raises(ConfigError, match="loss.kl"):
+        from_dict(LarimarConfig, {"loss": {"kl": "high"}})
+
+
+def test_cyclic_beta_schedule():
+    cfg = LossConfig(kl=0.5, beta_cycles=2)
+    values = [beta(s, 100, cfg) for s in range(100)]
+    assert values[0] == 0 and values[24] == 0  # first half of each cycle at 0
+    assert 0 < values[30] < 0.5  # ramp
+    assert values[40] == 0.5 and values[49] == 0.5
+    assert values[50] == 0  # second cycle restarts
+    assert beta(10, 100, LossConfig(kl=0.0)) == 0.0
