@@ -1,0 +1,309 @@
+"""Distributed Larimar training: Ray Train workers, each driving a DeepSpeed ZeRO-2 engine.
+
+`train_loop_per_worker` runs on every worker (it lives here, not in ``jobs/train.py``, because
+Ray pickles it by reference: a ``__main__`` function drags globals such as ``torch.ops`` into
+cloudpickle). `make_trainer` builds the `TorchTrainer` the driver fits. The loop is the same
+objective as `larimar.training.train_plain` (paper Eq. 1, cyclic beta, AdamW, linear warmup and
+decay, clipping), with DeepSpeed handling data-parallel gradient reduction, ZeRO-2 sharding of
+optimizer state and gradients, gradient accumulation, clipping and bf16.
+
+Checkpoints: every ``run.checkpoint_every`` steps each rank calls ``engine.save_checkpoint`` (a
+collective that writes its ZeRO shard) into a temporary directory, rank 0 adds ``train_state.json``
+(step, data position), and every rank passes its directory to ``ray.train.report``; Ray merges
+them into one checkpoint under ``<storage_path>/<run name>/``. On start, ``ray.train.get_checkpoint()``
+is set after a worker-group restart (FailureConfig) or when the driver reruns with the same
+(storage_path, name); the engine reloads weights, optimizer, LR schedule and step, and the data
+stream skips the batches already consumed in the current epoch (see `larimar.data.episode_batches`).
+
+At the end rank 0 exports the model with `LarimarModel.save_pretrained` to
+``<storage_path>/<run name>/model``: a library-format directory the editor and server load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from larimar.config import from_dict, to_dict
+from larimar.data import episode_batches
+from larimar.losses import beta
+from larimar.model import LarimarModel
+from larimar.train_config import TrainConfig
+from larimar.training import episode_batch
+
+DS_TAG = "deepspeed"  # DeepSpeed checkpoint tag (sub-directory) inside a Ray checkpoint
+STATE_FILE = "train_state.json"
+FAILURE_MARKER = ".larimar_injected_failure"
+MODEL_DIR = "model"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by `debug.fail_at_step` to exercise worker restart and resume."""
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+
+def run_dir(cfg: TrainConfig) -> str:
+    """``<storage_path>/<run name>``: where Ray keeps the run's checkpoints and we export the model."""
+    return f"{cfg.run.storage_path.rstrip('/')}/{cfg.run.name}"
+
+
+def _filesystem(uri: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)  # (fs, path); local paths and s3://, gs://
+
+
+def _exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _filesystem(uri)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def _touch(uri: str) -> None:
+    fs, path = _filesystem(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(str(time.time()).encode())
+
+
+def export_model(model: LarimarModel, uri: str) -> str:
+    """save_pretrained to a local directory or, via a temporary directory, to object storage."""
+    if "://" not in uri:
+        model.save_pretrained(uri)
+        return uri
+    import pyarrow.fs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        fs, path = _filesystem(uri)
+        pyarrow.fs.copy_files(tmp, path, destination_filesystem=fs)
+    return uri
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class TrainMetrics:
+    """Prometheus metrics (exported by Ray as ``ray_larimar_train_*``), recorded by rank 0 only:
+    the loss terms are already averaged over ranks and tokens/s is the global rate."""
+
+    def __init__(self, run_name: str):
+        from ray.util.metrics import Counter, Gauge, Histogram
+
+        tags = {"run": run_name}
+        self.loss = Gauge("larimar_train_loss", "Training loss term (total = the weighted objective)", ("run", "term"))
+        self.tokens_per_second = Gauge("larimar_train_tokens_per_second", "Decoder tokens per second, all workers", ("run",))
+        self.tokens = Counter("larimar_train_tokens", "Decoder tokens trained on, all workers", ("run",))
+        self.step_seconds = Histogram("larimar_train_step_seconds", "Wall time of one optimizer step",
+                                      boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=("run",))
+        self.step = Gauge("larimar_train_step", "Last completed optimizer step", ("run",))
+        self.checkpoint_time = Gauge("larimar_train_checkpoint_timestamp_seconds",
+                                     "Unix time of the last checkpoint", ("run",))
+        for m in (self.loss, self.tokens_per_second, self.tokens, self.step_seconds, self.step, self.checkpoint_time):
+            m.set_default_tags(tags)
+
+    def record(self, step: int, terms: dict[str, float], tokens: int, seconds: float) -> None:
+        for term, value in terms.items():
+            self.loss.set(value, {"term": term})
+        self.tokens_per_second.set(tokens / seconds if seconds > 0 else 0.0)
+        self.tokens.inc(tokens)
+        self.step_seconds.observe(seconds)
+        self.step.set(step)
+
+
+# -- the worker loop -------------------------------------------------------------------------
+
+
+@dataclass
+class DataPosition:
+    """Where the data stream is: the epoch and the number of its batches consumed (per worker)."""
+
+    epoch: int = 0
+    batches: int = 0
+
+
+def _lr_lambda(warmup: int, steps: int):
+    """Linear warmup then linear decay to 0: train_plain's schedule, evaluated at the current
+    config's `steps`, so a resumed run may extend the schedule."""
+    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / steps)
+
+
+def _disable_deepspeed_jit_builds() -> None:
+    """DeepSpeed's comm backend JIT-compiles a shared-memory allreduce op (~1 min on 2 cores, and
+    fails without a compiler); gloo does not need it. Set before `deepspeed.initialize`. importlib,
+    not ``import deepspeed.ops``: see the module docstring about pickling."""
+    importlib.import_module("deepspeed.ops").__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def _sum_over_ranks(value: int, device: torch.device) -> int:
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return int(t.item())
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One DeepSpeed rank. `config` = {"train": to_dict(TrainConfig)}, plain data for pickling."""
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    from ray.train import Checkpoint
+
+    cfg = from_dict(TrainConfig, config["train"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    _disable_deepspeed_jit_builds()
+
+    torch.manual_seed(cfg.run.seed)  # same init everywhere (DeepSpeed also broadcasts rank 0's weights)
+    model = LarimarModel(cfg.model).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=cfg.deepspeed_config(), dist_init_required=False)
+    frozen = any(not p.requires_grad for p in model.parameters())
+
+    start, position = 0, DataPosition()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            # Frozen backbone weights are not in the checkpoint (they reload from the registry).
+            engine.load_checkpoint(d, tag=DS_TAG, load_module_strict=not frozen)
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+        start, position = state["step"], DataPosition(**state["position"])
+        if rank == 0:
+            print(f"[larimar] resumed at step {start}/{cfg.optim.steps} (epoch {position.epoch}, "
+                  f"batch {position.batches})", flush=True)
+
+    metrics = TrainMetrics(cfg.run.name) if rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+    stream = episode_batches(shard, cfg.chunks_per_micro_batch, skip=position.batches, start_epoch=position.epoch)
+    E, B = cfg.data.episode_size, cfg.optim.micro_batch_episodes
+    total, t_run = cfg.optim.steps, time.perf_counter()
+    marker = f"{run_dir(cfg)}/{FAILURE_MARKER}"
+    engine.train()
+    report: dict = {}
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        b = beta(step, total, cfg.model.loss)
+        sums: dict[str, float] = {}
+        tokens = 0
+        for _ in range(cfg.optim.grad_accumulation):
+            epoch, index, texts = next(stream)
+            position = DataPosition(epoch, index + 1)
+            batch = episode_batch(engine.module, texts, B, E)
+            out = engine(**batch, beta=b)
+            engine.backward(out.loss)
+            engine.step()  # an optimizer step only at the accumulation boundary
+            for k, v in {"total": float(out.loss.detach()), **out.terms}.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.optim.grad_accumulation
+            tokens += int(batch["dec_attention_mask"].sum())
+        keys = sorted(sums)
+        terms = dict(zip(keys, _mean_over_ranks([sums[k] for k in keys], device)))
+        tokens = _sum_over_ranks(tokens, device)
+        seconds = time.perf_counter() - t0
+        done = step + 1
+
+        if cfg.debug.fail_at_step == done and rank == 0 and not _exists(marker):
+            _touch(marker)  # first attempt only: the restarted worker finds the marker
+            raise InjectedFailure(f"debug.fail_at_step={done}: injected failure on rank 0")
+
+        report = {"step": done, "start_step": start, "loss": terms["total"],
+                  **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
+                  "beta": b, "lr": engine.get_lr()[0], "tokens": tokens, "tokens_per_second": tokens / seconds,
+                  "step_seconds": seconds, "epoch": position.epoch}
+        if metrics is not None:
+            metrics.record(done, terms, tokens, seconds)
+        if rank == 0 and (done % cfg.run.log_every == 0 or done == total or done == start + 1):
+            elapsed = time.perf_counter() - t_run
+            eta = elapsed / (done - start) * (total - done)
+            parts = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
+            print(f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
+                  f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s", flush=True)
+
+        if done % cfg.run.checkpoint_every == 0 or done == total:
+            with tempfile.TemporaryDirectory() as tmp:
+                # ZeRO: every rank writes its shard; frozen backbone weights are left out.
+                engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=frozen)
+                if rank == 0:
+                    state = {"step": done, "position": vars(position), "time": time.time()}
+                    (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+                ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
+            if metrics is not None:
+                metrics.checkpoint_time.set(time.time())
+        elif done % cfg.run.log_every == 0:
+            ray.train.report(report)
+
+    if rank == 0:
+        # ZeRO-2 keeps whole weights on every rank; bf16 ones are exported as fp32 for the library.
+        module = engine.module.float() if cfg.deepspeed.precision == "bf16" else engine.module
+        path = export_model(module, f"{run_dir(cfg)}/{MODEL_DIR}")
+        print(f"[larimar] exported the model to {path}", flush=True)
+
+
+# -- the driver side -------------------------------------------------------------------------
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make a local storage_path and data.source absolute: workers and Ray run in other directories."""
+    from larimar.data import resolve_source
+
+    if "://" not in cfg.run.storage_path:
+        cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
+    source = resolve_source(cfg.data.source)
+    cfg.data.source = str(source)
+    return cfg
+
+
+def worker_env(cfg: TrainConfig) -> dict[str, str]:
+    """Environment of the training workers: DeepSpeed's accelerator must be chosen explicitly."""
+    env = {"DS_ACCELERATOR": "cuda" if cfg.scaling.use_gpu else "cpu", "TOKENIZERS_PARALLELISM": "false"}
+    if not cfg.scaling.use_gpu:
+        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.scaling.cpus_per_worker)))
+    for name in ("LARIMAR_CACHE_DIR", "HF_HOME"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def make_trainer(cfg: TrainConfig, dataset):
+    """The TorchTrainer for `cfg`, reading the Ray dataset `dataset` as the "train" split."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    s, r = cfg.scaling, cfg.run
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": to_dict(cfg)},
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
+        run_config=RunConfig(name=r.name, storage_path=r.storage_path,
+                             failure_config=FailureConfig(max_failures=r.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=r.keep_checkpoints),
+                             worker_runtime_env={"env_vars": worker_env(cfg)}),
+        datasets={"train": dataset},
+    )
