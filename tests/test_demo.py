@@ -1,0 +1,31 @@
+"""The README's demo end to end: a trained model recalls written facts and drops a forgotten one."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_trains_recalls_and_forgets(tmp_path):
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "jobs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    summary = demo.main(["--out", str(tmp_path)])
+    assert summary["recall_before"] >= 5 / 6
+    assert summary["forgotten_recalled_after"] is False
+    assert summary["retained_recall_after"] >= 0.8
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == summary["steps"]
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_demo_bad_override_names_the_key(capsys):
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "jobs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    with pytest.raises(SystemExit):
+        demo.main(["model.memory.slotz=4"])
+    assert "model.memory.slotz" in capsys.readouterr().err
