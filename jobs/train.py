@@ -13,13 +13,11 @@ exits with status 2 and a message naming the key, before Ray starts. Logic: lari
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 from larimar.config import ConfigError
-from larimar.data import prepare_chunks, to_ray_dataset
-from larimar.distributed import MODEL_DIR, make_trainer, resolve_paths, run_dir
+from larimar.data import prepare_chunks
+from larimar.distributed import fit, resolve_paths, run_dir
 from larimar.train_config import load_train_config
 
 
@@ -38,29 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
           f"{cfg.scaling.num_workers} workers x {cfg.optim.micro_batch_episodes} episodes x "
           f"{cfg.data.episode_size} chunks x {cfg.optim.grad_accumulation} accumulation, {cfg.optim.steps} steps; "
           f"run {run_dir(cfg)}", flush=True)
-
-    import ray
-
-    started = not ray.is_initialized()
-    if started and os.environ.get("RAY_ADDRESS"):
-        ray.init()
-    elif started:
-        # Logical CPUs: Ray Train's controller and Ray Data's split coordinator need no CPU, the
-        # workers need cpus_per_worker each; over-committing a small machine is deliberate.
-        need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
-        ray.init(num_cpus=max(os.cpu_count() or 1, need))
-    t0 = time.perf_counter()
-    try:
-        result = make_trainer(cfg, to_ray_dataset(chunks)).fit()
-    finally:
-        if started:
-            ray.shutdown()
-    model_path = f"{run_dir(cfg)}/{MODEL_DIR}"
-    summary = {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None,
-               "model": model_path, "seconds": time.perf_counter() - t0}
-    print(f"[larimar] done in {summary['seconds']:.0f}s: step {summary['metrics'].get('step')}, "
-          f"loss {summary['metrics'].get('loss', float('nan')):.4f}; checkpoint {summary['checkpoint']}", flush=True)
-    print(f"[larimar] trained model: {model_path}  (LarimarModel.from_pretrained({model_path!r}))", flush=True)
+    summary = fit(cfg, chunks)
+    m = summary["metrics"]
+    print(f"[larimar] done in {summary['seconds']:.0f}s: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
+          f"{m.get('steady_tokens_per_second', 0):,.0f} tokens/s; checkpoint {summary['checkpoint']}", flush=True)
+    print(f"[larimar] trained model: {summary['model']}  (LarimarModel.from_pretrained)", flush=True)
     return summary
 
 

@@ -141,6 +141,7 @@ def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
     else:
         paragraphs = hub_paragraphs(source, d.hub_config, d.split, d.text_field)
     tokenizer = decoder_tokenizer(cfg.model.decoder)
+    datasets.disable_progress_bars()  # seconds of work; the bars would only clutter job logs
     ds = datasets.Dataset.from_dict({"paragraph": paragraphs})
     ds = ds.map(lambda b: {"text": chunk_paragraphs(b["paragraph"], tokenizer, cfg.chunk_tokens, d.min_chunk_tokens)},
                 batched=True, batch_size=1000, remove_columns=["paragraph"], new_fingerprint="larimar-chunks")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -42,6 +43,10 @@ DS_TAG = "deepspeed"  # DeepSpeed checkpoint tag (sub-directory) inside a Ray ch
 STATE_FILE = "train_state.json"
 FAILURE_MARKER = ".larimar_injected_failure"
 MODEL_DIR = "model"
+
+# Progress goes through logging: Ray Train's patched print() tees to both the captured stdout and
+# the root logger, so every printed line shows twice in the job logs.
+log = logging.getLogger(__name__)
 
 
 class InjectedFailure(RuntimeError):
@@ -195,8 +200,8 @@ def train_loop_per_worker(config: dict) -> None:
             state = json.loads((Path(d) / STATE_FILE).read_text())
         start, position = state["step"], DataPosition(**state["position"])
         if rank == 0:
-            print(f"[larimar] resumed at step {start}/{cfg.optim.steps} (epoch {position.epoch}, "
-                  f"batch {position.batches})", flush=True)
+            log.info(f"[larimar] resumed at step {start}/{cfg.optim.steps} (epoch {position.epoch}, "
+                     f"batch {position.batches})")
 
     metrics = TrainMetrics(cfg.run.name) if rank == 0 else None
     shard = ray.train.get_dataset_shard("train")
@@ -206,6 +211,7 @@ def train_loop_per_worker(config: dict) -> None:
     marker = f"{run_dir(cfg)}/{FAILURE_MARKER}"
     engine.train()
     report: dict = {}
+    steady_tokens, steady_seconds = 0, 0.0  # this attempt's steps after its first (which warms up)
     for step in range(start, total):
         t0 = time.perf_counter()
         b = beta(step, total, cfg.model.loss)
@@ -226,6 +232,8 @@ def train_loop_per_worker(config: dict) -> None:
         tokens = _sum_over_ranks(tokens, device)
         seconds = time.perf_counter() - t0
         done = step + 1
+        if step > start:
+            steady_tokens, steady_seconds = steady_tokens + tokens, steady_seconds + seconds
 
         if cfg.debug.fail_at_step == done and rank == 0 and not _exists(marker):
             _touch(marker)  # first attempt only: the restarted worker finds the marker
@@ -234,15 +242,16 @@ def train_loop_per_worker(config: dict) -> None:
         report = {"step": done, "start_step": start, "loss": terms["total"],
                   **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
                   "beta": b, "lr": engine.get_lr()[0], "tokens": tokens, "tokens_per_second": tokens / seconds,
-                  "step_seconds": seconds, "epoch": position.epoch}
+                  "step_seconds": seconds, "epoch": position.epoch,
+                  "steady_tokens_per_second": steady_tokens / steady_seconds if steady_seconds else tokens / seconds}
         if metrics is not None:
             metrics.record(done, terms, tokens, seconds)
         if rank == 0 and (done % cfg.run.log_every == 0 or done == total or done == start + 1):
             elapsed = time.perf_counter() - t_run
             eta = elapsed / (done - start) * (total - done)
             parts = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
-            print(f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
-                  f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s", flush=True)
+            log.info(f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
+                     f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s")
 
         if done % cfg.run.checkpoint_every == 0 or done == total:
             with tempfile.TemporaryDirectory() as tmp:
@@ -261,7 +270,7 @@ def train_loop_per_worker(config: dict) -> None:
         # ZeRO-2 keeps whole weights on every rank; bf16 ones are exported as fp32 for the library.
         module = engine.module.float() if cfg.deepspeed.precision == "bf16" else engine.module
         path = export_model(module, f"{run_dir(cfg)}/{MODEL_DIR}")
-        print(f"[larimar] exported the model to {path}", flush=True)
+        log.info(f"[larimar] exported the model to {path}")
 
 
 # -- the driver side -------------------------------------------------------------------------
@@ -307,3 +316,31 @@ def make_trainer(cfg: TrainConfig, dataset):
                              worker_runtime_env={"env_vars": worker_env(cfg)}),
         datasets={"train": dataset},
     )
+
+
+def fit(cfg: TrainConfig, chunks) -> dict:
+    """Train on the prepared chunk dataset (`larimar.data.prepare_chunks`); returns a summary.
+
+    Joins the cluster in RAY_ADDRESS (set inside ``ray job submit``) or an already initialised
+    Ray; otherwise starts a local Ray for the run and shuts it down afterwards.
+    """
+    import ray
+
+    from larimar.data import to_ray_dataset
+
+    started = not ray.is_initialized()
+    if started and os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    elif started:
+        # Logical CPUs: Ray Train's controller and Ray Data's split coordinator need none, the
+        # workers cpus_per_worker each; over-committing a small machine is deliberate.
+        need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
+        ray.init(num_cpus=max(os.cpu_count() or 1, need))
+    t0 = time.perf_counter()
+    try:
+        result = make_trainer(cfg, to_ray_dataset(chunks)).fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None,
+            "model": f"{run_dir(cfg)}/{MODEL_DIR}", "seconds": time.perf_counter() - t0}

@@ -1,0 +1,132 @@
+"""Training data (larimar/data.py): paragraphs, 64-token chunks, episodes, shard iteration."""
+
+import json
+
+import pytest
+
+from larimar.config import ConfigError
+from larimar.data import (
+    chunk_paragraphs,
+    decoder_tokenizer,
+    episode_batches,
+    episodes,
+    is_paragraph,
+    prepare_chunks,
+    read_paragraphs,
+    resolve_source,
+)
+from larimar.train_config import load_train_config
+from tests.conftest import require_shared
+
+TINY = ["model.encoder=tiny-bert", "model.decoder=tiny-llama", "scaling.num_workers=2"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return decoder_tokenizer("tiny-llama")
+
+
+def test_wikitext_headings_and_blank_lines_are_not_paragraphs():
+    assert not is_paragraph(" = Homarus gammarus = \n")
+    assert not is_paragraph(" = = Description = = \n")
+    assert not is_paragraph(" \n")
+    assert is_paragraph(" The lobster ( = a crustacean ) is blue . \n")
+
+
+def test_wikitext_valid_paragraphs():
+    path = require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
+    paragraphs = read_paragraphs(path)
+    assert paragraphs[0].startswith("Homarus gammarus , known as the European lobster")
+    assert 1000 < len(paragraphs) < 3760  # blank and heading lines are dropped
+    assert all(p and p == p.strip() and not p.startswith("=") for p in paragraphs)
+
+
+def test_chunks_are_text_spans_of_at_most_chunk_tokens(tokenizer):
+    path = require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
+    paragraphs = read_paragraphs(path)[:50]
+    chunks = chunk_paragraphs(paragraphs, tokenizer, chunk_tokens=62, min_chunk_tokens=8)
+    lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in chunks]
+    assert len(chunks) > len(paragraphs)  # long paragraphs give several chunks
+    assert max(lengths) <= 62 + 2  # re-tokenizing a span may merge differently at its edges
+    assert sum(n >= 60 for n in lengths) > len(chunks) / 2  # most chunks are full
+    assert min(lengths) >= 7
+    joined = " ".join(paragraphs)
+    assert all(c in joined for c in chunks)  # original text, not a detokenized approximation
+
+
+def test_short_tails_are_dropped_and_chunks_stay_in_their_paragraph(tokenizer):
+    text = " ".join(f"word{i}" for i in range(30))
+    chunks = chunk_paragraphs([text, "tiny"], tokenizer, chunk_tokens=10, min_chunk_tokens=3)
+    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert len(chunks) == n // 10 + (n % 10 >= 3)
+    assert "tiny" not in " ".join(chunks)  # 1 token < min_chunk_tokens
+
+
+def test_txt_jsonl_and_directory_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("first line of text\n\n = Heading = \nsecond line\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "a record\nwith two lines"}) + "\n\n"
+                                      + json.dumps({"text": "another"}) + "\n")
+    assert read_paragraphs(tmp_path / "a.txt") == ["first line of text", "second line"]
+    assert read_paragraphs(tmp_path / "b.jsonl") == ["a record", "with two lines", "another"]
+    assert len(read_paragraphs(tmp_path)) == 5
+    (tmp_path / "c.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
+    with pytest.raises(ConfigError, match="data.text_field"):
+        read_paragraphs(tmp_path / "c.jsonl")
+
+
+def test_source_resolution(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_source("Salesforce/wikitext") == "Salesforce/wikitext"  # a hub name passes through
+    (tmp_path / "wikitext-2-raw").mkdir()
+    (tmp_path / "wikitext-2-raw" / "wiki.valid.raw").write_text("text\n")
+    monkeypatch.setenv("LARIMAR_DATA_DIR", str(tmp_path))
+    assert resolve_source("../shared/data/wikitext-2-raw/wiki.valid.raw") == tmp_path / "wikitext-2-raw" / "wiki.valid.raw"
+    with pytest.raises(ConfigError, match="data.source.*nowhere.txt"):
+        resolve_source("./nowhere.txt")
+
+
+def test_default_source_resolves_from_any_working_directory(tmp_path, monkeypatch):
+    path = require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LARIMAR_DATA_DIR", raising=False)
+    assert resolve_source(load_train_config(None).data.source) == path.resolve()
+
+
+def test_episodes_group_consecutive_texts_and_drop_the_tail():
+    assert episodes(list("abcdefg"), 3) == [["a", "b", "c"], ["d", "e", "f"]]
+
+
+def test_prepare_chunks_is_deterministic_and_limited():
+    require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
+    cfg = load_train_config(None, TINY + ["data.limit=100", "model.max_length=32"])
+    ds = prepare_chunks(cfg)
+    assert ds.column_names == ["text"] and len(ds) == 100
+    assert ds["text"] == prepare_chunks(cfg)["text"]
+    other = prepare_chunks(load_train_config(None, TINY + ["data.limit=100", "model.max_length=32", "data.shuffle_seed=1"]))
+    assert other["text"] != ds["text"]
+    with pytest.raises(ConfigError, match="cannot fill one micro-batch"):
+        prepare_chunks(load_train_config(None, TINY + ["data.limit=10", "data.episode_size=8"]))
+
+
+class FakeShard:
+    """Ray Data's DataIterator, reduced to what `episode_batches` uses."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.epochs = 0
+
+    def iter_batches(self, batch_size, batch_format, drop_last):
+        self.epochs += 1
+        for i in range(0, len(self.rows) - batch_size + 1, batch_size):
+            yield {"text": self.rows[i:i + batch_size]}
+
+
+def test_episode_batches_cycle_epochs_and_skip_on_resume():
+    stream = episode_batches(FakeShard([str(i) for i in range(7)]), 3)
+    assert [next(stream) for _ in range(3)] == [(0, 0, ["0", "1", "2"]), (0, 1, ["3", "4", "5"]),
+                                                (1, 0, ["0", "1", "2"])]
+    resumed = episode_batches(FakeShard([str(i) for i in range(7)]), 3, skip=1, start_epoch=4)
+    assert next(resumed) == (4, 1, ["3", "4", "5"])
+    assert next(resumed) == (5, 0, ["0", "1", "2"])
+    with pytest.raises(RuntimeError, match="fewer than 3 chunks"):
+        next(episode_batches(FakeShard(["a"]), 3))
