@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_demo():
+    spec = importlib.util.spec_from_file_location("larimar_demo_job", ROOT / "jobs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(demo)
+    return demo
+
+
 @pytest.mark.slow
 def test_demo_trains_recalls_and_forgets(tmp_path):
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "jobs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_demo()
     summary = demo.main(["--out", str(tmp_path)])
     assert summary["recall_before"] >= 5 / 6
     assert summary["forgotten_recalled_after"] is False
@@ -23,9 +30,7 @@ def test_demo_trains_recalls_and_forgets(tmp_path):
 
 
 def test_demo_bad_override_names_the_key(capsys):
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "jobs" / "demo.py")
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = load_demo()
     with pytest.raises(SystemExit):
         demo.main(["model.memory.slotz=4"])
     assert "model.memory.slotz" in capsys.readouterr().err

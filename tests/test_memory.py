@@ -5,11 +5,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from larimar.editor import reference_memory
 from larimar.memory import EpisodicMemory, MemoryConfig, SequentialMemory
 from larimar.pinv import PinvConfig, PinvDivergenceError, pinv
 
-torch.set_default_dtype(torch.float64)
 SETTINGS = settings(max_examples=25, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _float64():
+    """The identities are checked to 1e-8: run this module in float64, then restore the default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -67,8 +76,10 @@ def test_sequential_writes_equal_batch_ridge_solution(K, C, n, ridge, seed):
 @SETTINGS
 @given(K=st.integers(4, 12), C=st.integers(4, 10), n=st.integers(2, 12), seed=st.integers(0, 10**6), data=st.data())
 def test_write_then_forget_equals_never_written(K, C, n, seed, data):
+    # The product's reference memory (orthonormal). A Gaussian one can be so ill-conditioned
+    # (sigma ratios ~300 at K = C = 5) that a downdate loses ~6 digits: still exact math, looser numbers.
     g = gen(seed)
-    ref = torch.randn(K, C, generator=g)
+    ref = reference_memory(K, C, seed)
     keys, values = torch.randn(n, C, generator=g), torch.randn(n, C, generator=g)
     drop = data.draw(st.integers(0, n - 1))
     full = SequentialMemory(ref)
