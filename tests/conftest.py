@@ -3,8 +3,11 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Tests never use the network; huggingface_hub reads this once, at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LARIMAR_SHARED_DIR", ROOT.parent / "shared"))
