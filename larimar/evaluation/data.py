@@ -61,9 +61,13 @@ class Fact:
 
 
 def _read_json(path: str | Path) -> list[dict]:
-    resolved = resolve_source(str(path))
-    if isinstance(resolved, str) or not Path(resolved).exists():
-        raise ConfigError(f"--data: {path!r} is not a file")
+    try:
+        resolved = resolve_source(str(path))
+    except ConfigError:
+        resolved = None
+    if not isinstance(resolved, Path) or not resolved.is_file():
+        raise ConfigError(f"--data: {path!r} is not a file (expected a CounterFact or zsRE JSON file, "
+                          "a ../shared/data/... path, or synthetic[:N])")
     data = json.loads(Path(resolved).read_text())
     if not isinstance(data, list) or not data or not isinstance(data[0], dict):
         raise ConfigError(f"--data: {path} must hold a non-empty JSON list of records")
