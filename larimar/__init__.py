@@ -4,14 +4,15 @@ Das et al., "Larimar: Large Language Models with Episodic Memory Control", ICML 
 """
 
 from larimar.config import ConfigError
-from larimar.editor import EditableMemory, LarimarEditor, MemoryFullError, UnknownFactError
+from larimar.editor import EditableMemory, LarimarEditor
+from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError
 from larimar.memory import EpisodicMemory, MemoryConfig, SequentialMemory
 from larimar.model import LarimarConfig, LarimarModel
 from larimar.pinv import PinvConfig, PinvDivergenceError
 from larimar.scope import ScopeDetector
 
 __all__ = [
-    "ConfigError", "EditableMemory", "EpisodicMemory", "LarimarConfig", "LarimarEditor", "LarimarModel",
+    "ConfigError", "EditableMemory", "EpisodicMemory", "Fact", "FactMemory", "LarimarConfig", "LarimarEditor", "LarimarModel",
     "MemoryConfig", "MemoryFullError", "PinvConfig", "PinvDivergenceError", "ScopeDetector", "SequentialMemory",
     "UnknownFactError",
 ]

@@ -19,30 +19,17 @@ z = 0.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
+from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, key_texts, make_fact, scope_texts
 from larimar.memory import SequentialMemory
 from larimar.model import LarimarModel, pad
 from larimar.scope import ScopeDetector, load_embedder
 
-
-class MemoryFullError(RuntimeError):
-    """Writing would exceed the memory's fact capacity."""
-
-
-class UnknownFactError(KeyError):
-    """No fact with this id is stored in the memory."""
-
-
-@dataclass
-class Fact:
-    id: int
-    text: str  # the full fact, as written and as embedded by the scope detector
-    prompt: str | None = None  # for (prompt, target) edits
-    target: str | None = None
+__all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
+           "reference_memory"]
 
 
 @dataclass
@@ -73,28 +60,43 @@ def reference_memory(slots: int, latent_dim: int, seed: int = 0) -> torch.Tensor
     return Q if slots >= latent_dim else Q.T
 
 
-@dataclass
 class EditableMemory:
-    """One memory: its RLS state, its facts and its scope index. Create with `LarimarEditor.create_memory`."""
+    """One memory with the model that encodes for it. Create with `LarimarEditor.create_memory`."""
 
-    editor: "LarimarEditor"
-    state: SequentialMemory
-    capacity: int
-    facts: dict[int, Fact] = field(default_factory=dict)
-    _latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
-    scope: ScopeDetector | None = None
+    def __init__(self, editor: "LarimarEditor", core: FactMemory):
+        self.editor = editor
+        self.core = core
 
     @property
     def model(self) -> LarimarModel:
         return self.editor.model
+
+    @property
+    def state(self) -> SequentialMemory:
+        return self.core.state
+
+    @property
+    def facts(self) -> dict[int, Fact]:
+        return self.core.facts
+
+    @property
+    def capacity(self) -> int:
+        return self.core.capacity
+
+    @property
+    def scope(self) -> ScopeDetector | None:
+        return self.core.scope
+
+    @scope.setter
+    def scope(self, value: ScopeDetector | None) -> None:
+        self.core.scope = value
 
     # -- edits ----------------------------------------------------------------------------------
 
     def write(self, facts: str | list[str]) -> list[int]:
         """Write free-text facts (key = value = the fact's encoding). Returns their ids."""
         texts = [facts] if isinstance(facts, str) else list(facts)
-        return self._write([Fact(0, t) for t in texts])
+        return self._write([make_fact(text=t) for t in texts])
 
     def edit(self, prompts: str | list[str], target_new: str | list[str]) -> list[int]:
         """EasyEdit-style: make each prompt continue with its target. Returns the facts' ids."""
@@ -102,51 +104,31 @@ class EditableMemory:
         targets = [target_new] if isinstance(target_new, str) else list(target_new)
         if len(prompts) != len(targets):
             raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
-        return self._write([Fact(0, f"{p} {t}", p, t) for p, t in zip(prompts, targets)])
+        return self._write([make_fact(prompt=p, target=t) for p, t in zip(prompts, targets)])
 
     def _write(self, facts: list[Fact]) -> list[int]:
-        for f in facts:
-            if not f.text.strip() or (f.prompt is not None and not (f.prompt.strip() and f.target.strip())):
-                raise ValueError("facts, prompts and targets must be non-empty text")
-        if len(self.facts) + len(facts) > self.capacity:
-            raise MemoryFullError(f"memory holds {len(self.facts)} of {self.capacity} facts; "
-                                  f"writing {len(facts)} more would exceed it (forget some or create a larger memory)")
+        self.core.check_room(len(facts))
         if not facts:
             return []
         with torch.no_grad():
             values = self.model.encode_texts([f.text for f in facts])
-            keys = self.model.encode_texts([f.prompt or f.text for f in facts])
-        self.state.write(keys, values)
-        for f, k, v in zip(facts, keys, values):
-            f.id = next(self._ids)
-            self.facts[f.id] = f
-            self._latents[f.id] = (k, v)
-        if self.scope is not None:  # an edit is in scope for queries like its prompt or its full text
-            entries = [(f.id, t) for f in facts for t in ([f.prompt, f.text] if f.prompt else [f.text])]
-            self.scope.add([i for i, _ in entries], [t for _, t in entries])
-        return [f.id for f in facts]
+            keys = self.model.encode_texts(key_texts(facts))
+        vectors = self.scope.embed(scope_texts(facts)[1]) if self.scope is not None else None
+        return self.core.write(facts, keys, values, vectors)
 
     def forget(self, fact_id: int) -> None:
         """Remove a fact (alpha = -1 with its original key and value)."""
-        if fact_id not in self.facts:
-            raise UnknownFactError(f"no fact with id {fact_id} in this memory")
-        k, v = self._latents.pop(fact_id)
-        self.state.forget(k.unsqueeze(0), v.unsqueeze(0))
-        del self.facts[fact_id]
-        if self.scope is not None:
-            self.scope.remove(fact_id)
+        self.core.forget(fact_id)
 
     # -- queries --------------------------------------------------------------------------------
 
     def read(self, queries: list[str], use_scope: bool = True) -> tuple[torch.Tensor, list]:
         """Latents for decoding each query: the memory read-out, or 0 when out of scope."""
         with torch.no_grad():
-            z = self.state.read(self.model.encode_texts(queries))[0].to(self.model.memory.prior_mean.dtype)  # (n, C)
-        if use_scope and self.scope is not None:
-            matches = self.scope.match(queries)
-            keep = torch.tensor([m.in_scope for m in matches], dtype=z.dtype).unsqueeze(1)
-            return z * keep, matches
-        return z, [None] * len(queries)
+            zq = self.model.encode_texts(queries)
+        matches = self.scope.match(queries) if use_scope and self.scope is not None else None
+        z = self.core.read(zq, matches).to(self.model.memory.prior_mean.dtype)  # (n, C)
+        return z, matches if matches is not None else [None] * len(queries)
 
     def generate(self, prompts: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0,
                  use_scope: bool = True, **kwargs) -> list[Generation]:
@@ -186,7 +168,7 @@ class EditableMemory:
         return out
 
     def __len__(self) -> int:
-        return len(self.facts)
+        return len(self.core)
 
 
 class LarimarEditor:
@@ -210,4 +192,4 @@ class LarimarEditor:
             raise ValueError(f"slots must be >= 1, got {K}")
         ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed)
         scope = ScopeDetector(self.scope_embedder, self.scope_threshold) if self.scope_embedder else None
-        return EditableMemory(self, SequentialMemory(ref, ridge=ridge), capacity or K, scope=scope)
+        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge), capacity or K, scope))

@@ -1,0 +1,133 @@
+"""A memory of facts without any model: RLS state, fact log, scope index, snapshot/restore.
+
+`FactMemory` takes latents and scope embeddings computed elsewhere. The Python editing API
+(`larimar.editor.EditableMemory`) wraps it with an encoder; the serving memory actor holds many
+of them and receives the latents from the encoder deployment, so the component that serialises
+edits never runs a neural network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from larimar.memory import SequentialMemory
+from larimar.scope import ScopeDetector, ScopeMatch
+
+
+class MemoryFullError(RuntimeError):
+    """Writing would exceed the memory's fact capacity."""
+
+
+class UnknownFactError(KeyError):
+    """No fact with this id is stored in the memory."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class Fact:
+    id: int
+    text: str  # the full fact, as written and as embedded by the scope detector
+    prompt: str | None = None  # for (prompt, target) edits
+    target: str | None = None
+
+
+def make_fact(text: str | None = None, prompt: str | None = None, target: str | None = None) -> Fact:
+    """Validate one fact: free text, or a (prompt, target) edit whose text is "prompt target"."""
+    if prompt is not None or target is not None:
+        if not (prompt and prompt.strip() and target and target.strip()):
+            raise ValueError("an edit needs a non-empty prompt and a non-empty target")
+        return Fact(0, f"{prompt.strip()} {target.strip()}", prompt.strip(), target.strip())
+    if not text or not text.strip():
+        raise ValueError("facts must be non-empty text")
+    return Fact(0, text.strip())
+
+
+def key_texts(facts: list[Fact]) -> list[str]:
+    """What each fact's key encodes: its prompt for edits (queries look like prompts), else its text."""
+    return [f.prompt or f.text for f in facts]
+
+
+def scope_texts(facts: list[Fact]) -> tuple[list[int], list[str]]:
+    """Texts the scope index embeds, and the position of the fact each belongs to."""
+    owners, texts = [], []
+    for i, f in enumerate(facts):
+        for t in ([f.prompt, f.text] if f.prompt else [f.text]):
+            owners.append(i)
+            texts.append(t)
+    return owners, texts
+
+
+@dataclass
+class FactMemory:
+    state: SequentialMemory
+    capacity: int
+    scope: ScopeDetector | None = None
+    facts: dict[int, Fact] = field(default_factory=dict)
+    latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # id -> (key, value)
+    next_id: int = 1
+
+    def check_room(self, n: int) -> None:
+        if len(self.facts) + n > self.capacity:
+            raise MemoryFullError(f"memory holds {len(self.facts)} of {self.capacity} facts; writing {n} more "
+                                  "would exceed it (forget some or create a larger memory)")
+
+    def write(self, facts: list[Fact], keys: torch.Tensor, values: torch.Tensor,
+              scope_vectors: torch.Tensor | None = None) -> list[int]:
+        """Store facts with their (n, C) key and value latents; scope_vectors align with `scope_texts(facts)`."""
+        self.check_room(len(facts))
+        if not facts:
+            return []
+        if len(keys) != len(facts) or len(values) != len(facts):
+            raise ValueError(f"{len(facts)} facts need as many keys and values, got {len(keys)} and {len(values)}")
+        self.state.write(keys, values)
+        ids = list(range(self.next_id, self.next_id + len(facts)))
+        self.next_id += len(facts)
+        for f, i, k, v in zip(facts, ids, keys, values):
+            f.id = i
+            self.facts[i] = f
+            self.latents[i] = (k.detach().cpu(), v.detach().cpu())
+        if self.scope is not None and scope_vectors is not None:
+            owners, _ = scope_texts(facts)
+            self.scope.add_vectors([ids[o] for o in owners], scope_vectors)
+        return ids
+
+    def forget(self, fact_id: int) -> None:
+        """Remove a fact (alpha = -1 with its original key and value)."""
+        if fact_id not in self.facts:
+            raise UnknownFactError(f"no fact with id {fact_id} in this memory")
+        k, v = self.latents.pop(fact_id)
+        self.state.forget(k.unsqueeze(0), v.unsqueeze(0))
+        del self.facts[fact_id]
+        if self.scope is not None:
+            self.scope.remove(fact_id)
+
+    def read(self, queries: torch.Tensor, matches: list[ScopeMatch] | None = None) -> torch.Tensor:
+        """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
+        z = self.state.read(queries)[0].float()
+        if matches is not None:
+            z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype).unsqueeze(1)
+        return z
+
+    def __len__(self) -> int:
+        return len(self.facts)
+
+    # -- snapshot / restore -----------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"state": self.state.state_dict(), "capacity": self.capacity, "next_id": self.next_id,
+                "facts": [asdict(f) for f in self.facts.values()],
+                "latents": {i: torch.stack(kv) for i, kv in self.latents.items()},
+                "scope": self.scope.state_dict() if self.scope is not None else None}
+
+    @classmethod
+    def from_state_dict(cls, data: dict, scope: ScopeDetector | None = None) -> "FactMemory":
+        mem = cls(SequentialMemory.from_state_dict(data["state"]), data["capacity"], scope, next_id=data["next_id"])
+        mem.facts = {f["id"]: Fact(**f) for f in data["facts"]}
+        mem.latents = {int(i): (kv[0], kv[1]) for i, kv in data["latents"].items()}
+        if scope is not None and data["scope"] is not None:
+            scope.load_state_dict(data["scope"])
+        return mem
