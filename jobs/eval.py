@@ -13,7 +13,12 @@ Experiments (logic and protocol notes in larimar/evaluation/<name>.py):
 
 Each writes <out>/<experiment>.json and .md (and .png for curves). --data takes a CounterFact
 file (ROME or EasyEdit format), a zsRE (MEND) file, or synthetic[:N] (the demo model's domain).
---workers N spreads the cases over N Ray tasks, each loading the model.
+--workers N spreads the cases over N Ray tasks, each loading the model (same numbers as
+--workers 0 for the same seed). As a Ray job, where ../shared is not beside the working dir:
+
+    LARIMAR_DATA_DIR=/abs/shared/data ray job submit --working-dir . -- \
+        python jobs/eval.py counterfact --model /abs/model --data ../shared/data/counterfact/dev_canonical_100.json \
+        --workers 4 --out /abs/runs/eval
 """
 
 from __future__ import annotations
