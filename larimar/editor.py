@@ -25,7 +25,7 @@ import torch
 
 from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, key_texts, make_fact, scope_texts
 from larimar.memory import SequentialMemory
-from larimar.model import LarimarModel, pad
+from larimar.model import LarimarModel
 from larimar.scope import ScopeDetector, load_embedder
 
 __all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
@@ -134,38 +134,17 @@ class EditableMemory:
                  use_scope: bool = True, **kwargs) -> list[Generation]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         z, matches = self.read(prompts, use_scope)
-        m = self.model
-        batch = m.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
-        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        out = m.decoder.generate(batch["input_ids"], batch["attention_mask"], z, max_new_tokens=max_new_tokens,
-                                 eos_token_id=m.eos_id, **sampling, **kwargs)
-        texts = m.decoder_tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [Generation(t.strip(), bool(z[i].abs().sum() > 0), mt.fact_id if mt else None, mt.similarity if mt else 1.0)
-                for i, (t, mt) in enumerate(zip(texts, matches))]
+        outs = self.model.generate_text(prompts, z, max_new_tokens, temperature, **kwargs)
+        return [Generation(text, bool(z[i].abs().sum() > 0), m.fact_id if m else None, m.similarity if m else 1.0)
+                for i, ((text, _), m) in enumerate(zip(outs, matches))]
 
     def score(self, prompts: list[str], continuations: list[str], use_scope: bool = True) -> list[Score]:
         """log p(" " + continuation | prompt) under the memory; scope is decided per prompt."""
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
-        m = self.model
         z, _ = self.read(prompts, use_scope)
-        tok = m.decoder_tokenizer
-        seqs, spans = [], []
-        for p, c in zip(prompts, continuations):
-            p_ids = tok(p, add_special_tokens=False)["input_ids"]
-            c_ids = tok(" " + c.strip(), add_special_tokens=False)["input_ids"]
-            if not c_ids:
-                raise ValueError("continuations must be non-empty")
-            seqs.append([m.bos_id, *p_ids, *c_ids])
-            spans.append((1 + len(p_ids), len(c_ids)))
-        batch = pad(seqs, tok.pad_token_id, "right", m.device)
-        with torch.no_grad():
-            lp = m.decoder.token_logprobs(batch["input_ids"], batch["attention_mask"], z)  # (n, T-1)
-        out = []
-        for i, (start, n) in enumerate(spans):
-            token_lp = lp[i, start - 1 : start - 1 + n]  # logp of tokens start..start+n-1
-            out.append(Score(float(token_lp.sum()), float(-token_lp.mean()), n, bool(z[i].abs().sum() > 0)))
-        return out
+        return [Score(lp, nll, n, bool(z[i].abs().sum() > 0))
+                for i, (lp, nll, n) in enumerate(self.model.score_continuations(prompts, continuations, z))]
 
     def __len__(self) -> int:
         return len(self.core)

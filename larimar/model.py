@@ -141,6 +141,48 @@ class LarimarModel(nn.Module):
         loss = sum(weights[k] * v for k, v in terms.items())
         return LarimarOutput(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()})
 
+    # -- decoding with given latents ----------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_text(self, prompts: list[str], z: torch.Tensor, max_new_tokens: int = 32,
+                      temperature: float = 0.0, **kwargs) -> list[tuple[str, int]]:
+        """Continue each prompt conditioned on its latent (rows of z; 0 = plain decoder) -> (text, new tokens)."""
+        batch = self.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        out = self.decoder.generate(batch["input_ids"], batch["attention_mask"], z.to(self.device),
+                                    max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, **sampling, **kwargs)
+        new = out[:, batch["input_ids"].shape[1]:]
+        texts = self.decoder_tokenizer.batch_decode(new, skip_special_tokens=True)
+        lengths = (new != self.decoder_tokenizer.pad_token_id).sum(1).tolist()
+        return [(t.strip(), int(n)) for t, n in zip(texts, lengths)]
+
+    @torch.no_grad()
+    def score_continuations(self, prompts: list[str], continuations: list[str],
+                            z: torch.Tensor) -> list[tuple[float, float, int]]:
+        """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair.
+
+        Prompt and continuation are tokenized apart (ROME's convention), so the continuation's
+        tokens are the same whatever the prompt.
+        """
+        if len(prompts) != len(continuations):
+            raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
+        tok = self.decoder_tokenizer
+        seqs, spans = [], []
+        for p, c in zip(prompts, continuations):
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            c_ids = tok(" " + c.strip(), add_special_tokens=False)["input_ids"]
+            if not c.strip() or not c_ids:
+                raise ValueError("continuations must be non-empty")
+            seqs.append([self.bos_id, *p_ids, *c_ids])
+            spans.append((1 + len(p_ids), len(c_ids)))
+        batch = pad(seqs, tok.pad_token_id, "right", self.device)
+        lp = self.decoder.token_logprobs(batch["input_ids"], batch["attention_mask"], z.to(self.device))  # (n, T-1)
+        out = []
+        for i, (start, n) in enumerate(spans):
+            token_lp = lp[i, start - 1 : start - 1 + n]  # log p of tokens start .. start+n-1
+            out.append((float(token_lp.sum()), float(-token_lp.mean()), n))
+        return out
+
     # -- save / load --------------------------------------------------------------------------
 
     def _reloadable_prefixes(self) -> list[str]:

@@ -1,0 +1,152 @@
+"""HTTP request and response bodies (pydantic), shared by the Serve ingress and its clients.
+
+Hard shape checks live here (types, non-empty text: 422 from FastAPI); the configurable limits
+(text length, batch size, max_tokens) are checked by the ingress against `ServeSettings.limits`
+and answered with 413 or 422 and a message naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from larimar.serving.auth import ApiKey
+
+
+class Limits(BaseModel):
+    max_text_chars: int = Field(2000, ge=1)
+    max_facts_per_request: int = Field(64, ge=1)
+    max_tokens: int = Field(256, ge=1)
+    max_prompts_per_request: int = Field(16, ge=1)
+
+
+class ServeSettings(BaseModel):
+    """Arguments of the Serve application builder (`serve/app.py:build`), from YAML or the CLI."""
+
+    model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained)")
+    storage: str = Field("runs/serve-store", description="edit log and snapshots: a directory or s3:// URI")
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    scope_model: str | None = "minilm-l6"
+    scope_threshold: float = Field(0.7, ge=-1, le=1)
+    default_slots: int | None = Field(None, ge=1, description="K of new memories; default: the model's K")
+    snapshot_every: int = Field(200, ge=1)
+    decoder_device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: shard layers over the replica's GPUs
+    decoder_replicas: int = Field(1, ge=1)
+    decoder_max_replicas: int = Field(1, ge=1)
+    decoder_gpus: float = Field(0, ge=0)
+
+    model_config = {"extra": "forbid"}
+
+
+class FactIn(BaseModel):
+    text: str | None = Field(None, description="a free-text fact")
+    prompt: str | None = Field(None, description="an edit: the prompt ...")
+    target: str | None = Field(None, description="... and the continuation it should get")
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if self.text is None and (self.prompt is None or self.target is None):
+            raise ValueError("a fact needs either text, or both prompt and target")
+        if self.text is not None and (self.prompt is not None or self.target is not None):
+            raise ValueError("give either text, or prompt and target, not both")
+        return self
+
+
+class CreateMemory(BaseModel):
+    name: str = Field("", max_length=200)
+    slots: int | None = Field(None, ge=1, description="memory size K")
+
+
+class MemoryOut(BaseModel):
+    id: str
+    name: str
+    slots: int
+    version: int
+    facts: int
+    created: float
+
+
+class FactOut(BaseModel):
+    id: int
+    text: str
+    prompt: str | None = None
+    target: str | None = None
+
+
+class MemoryDetail(MemoryOut):
+    stored: list[FactOut]
+    log: list[dict]  # {"version", "op": "write"|"forget", "fact_id", "text"}
+    fill: float  # facts / slots
+
+
+class WriteFacts(BaseModel):
+    facts: list[FactIn] = Field(min_length=1)
+
+
+class WriteResult(BaseModel):
+    ids: list[int]
+    version: int
+
+
+class ForgetResult(BaseModel):
+    forgotten: int
+    version: int
+
+
+class GenerateIn(BaseModel):
+    prompt: str = Field(min_length=1)
+    max_tokens: int = Field(32, ge=1)
+    temperature: float = Field(0.0, ge=0, le=5)
+    use_scope: bool = True
+
+
+class Match(BaseModel):
+    fact_id: int
+    similarity: float
+
+
+class GenerateOut(BaseModel):
+    text: str
+    used_memory: bool
+    matched: list[Match]
+    version: int
+    tokens: int
+
+
+class ScoreIn(BaseModel):
+    prompt: str = Field(min_length=1)
+    candidates: list[str] = Field(min_length=1)
+    use_scope: bool = True
+
+
+class ScoreOut(BaseModel):
+    logprobs: list[float]  # sum of token log-probabilities of " " + candidate
+    mean_nll: list[float]
+    used_memory: bool
+    version: int
+
+
+class CompletionIn(BaseModel):
+    """OpenAI /v1/completions, plus `memory_id` (Larimar's memory; omit for the plain decoder)."""
+
+    model: str = "larimar"
+    prompt: str | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, le=5)
+    memory_id: str | None = None
+    stream: bool = False
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatCompletionIn(BaseModel):
+    model: str = "larimar"
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0, le=5)
+    memory_id: str | None = None
