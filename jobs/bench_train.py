@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     storage = tempfile.mkdtemp(prefix="larimar-bench-")
-    ray.init(num_cpus=cores, include_dashboard=False)
+    ray.init(address="local", num_cpus=cores, include_dashboard=False)
     try:
         for spec in specs:
             name, modes = spec.split("=", 1)

@@ -3,8 +3,8 @@
     python jobs/train.py --config jobs/configs/tiny.yaml [key=value ...]       # embedded local Ray
     ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/tiny.yaml
 
-With RAY_ADDRESS set (as inside ``ray job submit``) it joins that cluster, else it starts a local
-one. Rerunning with the same run.name and run.storage_path resumes from the latest checkpoint; a
+With RAY_ADDRESS set (as inside ``ray job submit``; RAY_ADDRESS=auto for a ``ray start`` cluster on
+this machine) it joins that cluster, else it starts a local one. Rerunning with the same run.name and run.storage_path resumes from the latest checkpoint; a
 failed worker group restarts from it up to run.max_failures times. The trained model is written
 to ``<run.storage_path>/<run.name>/model`` (LarimarModel.from_pretrained loads it). A bad config
 exits with status 2 and a message naming the key, before Ray starts. Logic: larimar.distributed.

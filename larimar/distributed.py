@@ -321,8 +321,10 @@ def make_trainer(cfg: TrainConfig, dataset):
 def fit(cfg: TrainConfig, chunks) -> dict:
     """Train on the prepared chunk dataset (`larimar.data.prepare_chunks`); returns a summary.
 
-    Joins the cluster in RAY_ADDRESS (set inside ``ray job submit``) or an already initialised
-    Ray; otherwise starts a local Ray for the run and shuts it down afterwards.
+    Joins the cluster in RAY_ADDRESS (set inside ``ray job submit``; ``RAY_ADDRESS=auto`` joins a
+    ``ray start`` cluster on this machine) or an already initialised Ray; otherwise starts a local
+    Ray for the run (``address="local"``: never a stale cluster recorded in /tmp/ray) and shuts
+    it down afterwards.
     """
     import ray
 
@@ -335,7 +337,7 @@ def fit(cfg: TrainConfig, chunks) -> dict:
         # Logical CPUs: Ray Train's controller and Ray Data's split coordinator need none, the
         # workers cpus_per_worker each; over-committing a small machine is deliberate.
         need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
-        ray.init(num_cpus=max(os.cpu_count() or 1, need))
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need))
     t0 = time.perf_counter()
     try:
         result = make_trainer(cfg, to_ray_dataset(chunks)).fit()

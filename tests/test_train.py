@@ -7,10 +7,12 @@ DeepSpeed ZeRO-2 engine over gloo, on WikiText-2 chunks with the tiny config.
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -93,7 +95,7 @@ def ray_local():
     """One local Ray for the in-process runs (jobs/train.py leaves an initialised Ray running)."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -149,10 +151,12 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     env.pop("RAY_ADDRESS", None)
     port, dash = _free_port(), _free_port()
     ray_bin = Path(sys.executable).parent / "ray"
-    # --block keeps `ray start` in the foreground; terminating it stops exactly this cluster's
-    # processes (`ray stop` would stop every Ray on the machine).
+    # --block keeps `ray start` in the foreground; terminating its process group stops exactly this
+    # cluster (`ray stop` would stop every Ray on the machine). A private --temp-dir keeps its
+    # address out of /tmp/ray/ray_current_cluster, which a later plain ray.init() would try to join.
+    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                             "--num-cpus=4", "--include-dashboard=true", "--block"], env=env,
+                             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--block"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     try:
@@ -181,3 +185,4 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
