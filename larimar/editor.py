@@ -127,7 +127,7 @@ class EditableMemory:
         with torch.no_grad():
             zq = self.model.encode_texts(queries)
         matches = self.scope.match(queries) if use_scope and self.scope is not None else None
-        z = self.core.read(zq, matches).to(self.model.memory.prior_mean.dtype)  # (n, C)
+        z = self.core.read(zq, matches).to(self.model.device, self.model.memory.prior_mean.dtype)  # (n, C)
         return z, matches if matches is not None else [None] * len(queries)
 
     def generate(self, prompts: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0,
@@ -169,6 +169,6 @@ class LarimarEditor:
         K = slots or self.model.cfg.memory.slots
         if K < 1:
             raise ValueError(f"slots must be >= 1, got {K}")
-        ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed)
+        ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed).to(self.model.device)
         scope = ScopeDetector(self.scope_embedder, self.scope_threshold) if self.scope_embedder else None
         return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge), capacity or K, scope))

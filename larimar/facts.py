@@ -109,7 +109,7 @@ class FactMemory:
         """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
         z = self.state.read(queries)[0].float()
         if matches is not None:
-            z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype).unsqueeze(1)
+            z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype, device=z.device).unsqueeze(1)
         return z
 
     def __len__(self) -> int:

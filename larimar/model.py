@@ -210,13 +210,18 @@ class LarimarModel(nn.Module):
         (directory / CONFIG_NAME).write_text(json.dumps({"larimar": to_dict(self.cfg)}, indent=2))
         return directory
 
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LarimarModel":
+    @staticmethod
+    def read_config(directory: str | Path) -> LarimarConfig:
+        """The config of a saved model, without loading any weights."""
         directory = Path(directory)
         if not (directory / CONFIG_NAME).exists():
             raise FileNotFoundError(f"{directory} is not a Larimar model directory (no {CONFIG_NAME})")
-        cfg = from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
-        model = cls(cfg)
+        return from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LarimarModel":
+        directory = Path(directory)
+        model = cls(cls.read_config(directory))
         state = load_file(directory / WEIGHTS_NAME, device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}

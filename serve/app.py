@@ -1,0 +1,459 @@
+"""Larimar on Ray Serve: HTTP ingress, encoder, decoder and the single memory actor.
+
+    serve run serve.app:build model=runs/demo/model storage=runs/serve-store     # dev
+    serve deploy serve/config.yaml                                                # from the built config
+
+Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)
+-> MemoryActor.read (consistent version; 0 latent when out of scope) -> Decoder.generate.
+Writes: Ingress -> Encoder.encode_facts -> MemoryActor.write, where concurrent writes are batched
+(`serve.batch`), validated, logged durably and applied as one low-rank update per memory under
+one asyncio lock. Only the actor touches memory state; it runs no network (latents arrive
+encoded), so edits stay in the millisecond range. State logic: `larimar.serving.store`.
+No `from __future__ import annotations` here: FastAPI must see the real types of the
+class-based ingress methods to tell request bodies from query parameters.
+"""
+
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import torch
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+from larimar.facts import key_texts, make_fact, scope_texts
+from larimar.model import LarimarModel
+from larimar.scope import load_embedder, query_sentences
+from larimar.serving.auth import ApiKeys
+from larimar.serving.schemas import (
+    ChatCompletionIn, CompletionIn, CreateMemory, FactOut, ForgetResult, GenerateIn, GenerateOut, Limits, Match,
+    MemoryDetail, MemoryOut, ScoreIn, ScoreOut, ServeSettings, WriteFacts, WriteResult,
+)
+from larimar.serving.store import MemoryStore, StoreConfig, StoreError
+
+# -- model deployments ----------------------------------------------------------------------------
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class Encoder:
+    """Text -> Larimar latents, and sentence embeddings for the scope detector."""
+
+    def __init__(self, model_dir: str, scope_model: str | None):
+        torch.set_num_threads(1)
+        self.model = LarimarModel.from_pretrained(model_dir)
+        self.embedder = load_embedder(scope_model) if scope_model else None
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        if self.embedder is None or not texts:
+            return torch.empty(len(texts), 0)
+        return self.embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
+                                    show_progress_bar=False).cpu()
+
+    @torch.no_grad()
+    def encode_facts(self, facts: list[dict]) -> dict:
+        checked = [make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts]
+        return {"keys": self.model.encode_texts(key_texts(checked)),
+                "values": self.model.encode_texts([f.text for f in checked]),
+                "scope": self._embed(scope_texts(checked)[1])}
+
+    @torch.no_grad()
+    def encode_queries(self, queries: list[str]) -> dict:
+        sentences, owners = query_sentences(queries)
+        vectors = self._embed(sentences) if self.embedder is not None else None
+        return {"z": self.model.encode_texts(queries), "sentences": vectors, "owners": owners}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
+class Decoder:
+    """The latent-conditioned decoder; `device="auto"` shards its layers over the replica's GPUs."""
+
+    def __init__(self, model_dir: str, device: str = "cpu"):
+        torch.set_num_threads(1)
+        self.model = LarimarModel.from_pretrained(model_dir)
+        if device == "cuda":
+            self.model.to("cuda")
+        elif device == "auto":  # accelerate's device_map: layers spread over the visible GPUs
+            from accelerate import dispatch_model, infer_auto_device_map
+
+            lm = self.model.decoder.lm
+            dispatch_model(lm, device_map=infer_auto_device_map(lm))
+            self.model.decoder.kv_proj.to(lm.device)
+            self.model.decoder.emb_proj.to(lm.device)
+
+    def generate(self, prompts: list[str], z: torch.Tensor, max_tokens: int, temperature: float) -> list[tuple[str, int]]:
+        return self.model.generate_text(prompts, z, max_tokens, temperature)
+
+    def score(self, prompts: list[str], continuations: list[str], z: torch.Tensor) -> list[tuple[float, float, int]]:
+        return self.model.score_continuations(prompts, continuations, z)
+
+
+# -- the memory actor -------------------------------------------------------------------------------
+
+
+def _error(err: Exception) -> dict:
+    status = err.status if isinstance(err, StoreError) else 422
+    return {"error": {"status": status, "message": str(err)}}
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=2000)
+class MemoryActor:
+    """Owns every memory. All state-touching methods are `async def` under one asyncio lock."""
+
+    def __init__(self, store: dict):
+        self.store = MemoryStore(StoreConfig(**store))
+        self.lock = asyncio.Lock()
+        self.edits = Counter("larimar_memory_edits", description="acknowledged edits", tag_keys=("op",))
+        self.facts_written = Counter("larimar_memory_facts_written", description="facts written")
+        self.scope_checks = Counter("larimar_scope_checks", description="memory reads by scope outcome",
+                                    tag_keys=("outcome",))
+        self.memories = Gauge("larimar_memories", description="memories held")
+        self.fill = Gauge("larimar_memory_fill_ratio", description="facts / slots, summed over memories by stat",
+                          tag_keys=("stat",))
+        self.versions = Gauge("larimar_memory_version_max", description="highest memory version")
+        self.snapshot_age = Gauge("larimar_memory_snapshot_age_seconds", description="seconds since the last snapshot")
+        self.log_seq = Gauge("larimar_memory_log_sequence", description="last applied edit-log sequence number")
+        self.batch_size = Histogram("larimar_memory_write_batch_size", description="write requests per batch",
+                                    boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        recs = list(self.store.records.values())
+        self.memories.set(len(recs))
+        fills = [len(r.memory) / r.info.slots for r in recs] or [0.0]
+        self.fill.set(max(fills), tags={"stat": "max"})
+        self.fill.set(sum(fills) / len(fills), tags={"stat": "mean"})
+        self.versions.set(max([r.info.version for r in recs] or [0]))
+        self.snapshot_age.set(time.time() - self.store.last_snapshot_time)
+        self.log_seq.set(self.store.seq)
+
+    async def _commit(self, entry: dict):
+        entry = await asyncio.to_thread(self.store.persist, entry)  # durable before acknowledged
+        result = self.store.apply(entry)  # synchronous: readers never see half of it
+        await asyncio.to_thread(self.store.maybe_snapshot)
+        return result
+
+    async def create(self, tenant: str, name: str, slots: int | None) -> dict:
+        async with self.lock:
+            try:
+                info = await self._commit(self.store.prepare_create(tenant, name, slots))
+            except (StoreError, ValueError) as err:
+                return _error(err)
+            self.edits.inc(tags={"op": "create"})
+            self._update_gauges()
+            return {"ok": self._summary(info.id)}
+
+    async def delete(self, tenant: str, memory_id: str) -> dict:
+        async with self.lock:
+            try:
+                await self._commit(self.store.prepare_delete(tenant, memory_id))
+            except (StoreError, ValueError) as err:
+                return _error(err)
+            self.edits.inc(tags={"op": "delete"})
+            self._update_gauges()
+            return {"ok": True}
+
+    def _summary(self, memory_id: str) -> dict:
+        r = self.store.records[memory_id]
+        return {"id": r.info.id, "name": r.info.name, "slots": r.info.slots, "version": r.info.version,
+                "facts": len(r.memory), "created": r.info.created}
+
+    async def list_memories(self, tenant: str) -> dict:
+        return {"ok": [self._summary(i.id) for i in self.store.list(tenant)]}
+
+    async def inspect(self, tenant: str, memory_id: str) -> dict:
+        try:
+            r = self.store.get(tenant, memory_id)
+        except StoreError as err:
+            return _error(err)
+        facts = [{"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target} for f in r.memory.facts.values()]
+        return {"ok": {**self._summary(memory_id), "stored": facts, "log": list(r.events),
+                       "fill": len(r.memory) / r.info.slots}}
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def write(self, requests: list[tuple[str, str, list[dict], dict]]) -> list[dict]:
+        """Concurrent writes: validated in arrival order, one log entry and one update per memory."""
+        results: list[dict | None] = [None] * len(requests)
+        async with self.lock:
+            prepared, owners, pending = [], [], {}
+            for i, (tenant, memory_id, facts, enc) in enumerate(requests):
+                try:
+                    entry = self.store.prepare_write(tenant, memory_id, facts, enc["keys"], enc["values"], enc["scope"],
+                                                     pending=pending.get(memory_id, 0))
+                except (StoreError, ValueError) as err:
+                    results[i] = _error(err)
+                    continue
+                pending[memory_id] = pending.get(memory_id, 0) + len(facts)
+                prepared.append(entry)
+                owners.append(i)
+            self.batch_size.observe(len(requests))
+            for merged in self.store.merge_writes(prepared):
+                mine = [i for i, e in zip(owners, prepared) if e["memory_id"] == merged["memory_id"]]
+                for i, res in zip(mine, await self._commit(merged)):
+                    results[i] = {"ok": res}
+                    self.edits.inc(tags={"op": "write"})
+                    self.facts_written.inc(len(res["ids"]))
+            self._update_gauges()
+        return results
+
+    async def forget(self, tenant: str, memory_id: str, fact_id: int) -> dict:
+        async with self.lock:
+            try:
+                version = await self._commit(self.store.prepare_forget(tenant, memory_id, fact_id))
+            except (StoreError, ValueError) as err:
+                return _error(err)
+            self.edits.inc(tags={"op": "forget"})
+            self._update_gauges()
+            return {"ok": {"forgotten": fact_id, "version": version}}
+
+    async def read(self, tenant: str, memory_id: str, queries: dict, use_scope: bool) -> dict:
+        """No lock needed: `apply` runs without awaiting, so a read sees a whole version or the previous one."""
+        try:
+            z, matches, version = self.store.read(tenant, memory_id, queries["z"],
+                                                  queries["sentences"] if use_scope else None, queries["owners"])
+        except StoreError as err:
+            return _error(err)
+        if matches is not None:
+            for m in matches:
+                self.scope_checks.inc(tags={"outcome": "in_scope" if m.in_scope else "out_of_scope"})
+        return {"ok": {"z": z, "version": version,
+                       "matches": [(m.fact_id, m.similarity, m.in_scope) for m in matches] if matches else None}}
+
+    async def check_health(self) -> None:
+        self.snapshot_age.set(time.time() - self.store.last_snapshot_time)
+
+
+# -- HTTP ingress ------------------------------------------------------------------------------------
+
+api = FastAPI(title="Larimar", description="An LLM whose episodic memory you edit at serving time.", version="0.1.0")
+
+
+@api.exception_handler(StoreError)
+async def _store_error(request: Request, err: StoreError):
+    return JSONResponse(status_code=err.status, content={"detail": err.message})
+
+
+def presented_key(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> str | None:
+    """The API key from `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
+    return x_api_key or (authorization.removeprefix("Bearer ").strip() if authorization else None)
+
+
+def _unwrap(result: dict) -> Any:
+    if "error" in result:
+        raise HTTPException(status_code=result["error"]["status"], detail=result["error"]["message"])
+    return result["ok"]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=200)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, encoder, decoder, memory, settings: dict):
+        self.encoder, self.decoder, self.memory = encoder, decoder, memory
+        self.settings = ServeSettings(**settings)
+        self.limits: Limits = self.settings.limits
+        self.keys = ApiKeys(self.settings.api_keys)
+        self.requests = Counter("larimar_http_requests", description="HTTP requests",
+                                tag_keys=("endpoint", "status"))
+        self.latency = Histogram("larimar_http_latency_seconds", description="HTTP latency per endpoint",
+                                 boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+                                 tag_keys=("endpoint",))
+        api.middleware("http")(self._observe)
+
+    async def _observe(self, request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        self.requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
+        self.latency.observe(time.perf_counter() - start, tags={"endpoint": endpoint})
+        return response
+
+    def tenant(self, presented: str | None) -> str:
+        tenant = self.keys.tenant_for(presented)
+        if tenant is None:
+            raise HTTPException(status_code=401, detail="missing or invalid API key (Authorization: Bearer <key>)")
+        return tenant
+
+    def _check_text(self, field: str, text: str) -> None:
+        if len(text) > self.limits.max_text_chars:
+            raise HTTPException(413, f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+        if not text.strip():
+            raise HTTPException(422, f"{field} must not be empty")
+
+    def _check_tokens(self, max_tokens: int) -> None:
+        if max_tokens > self.limits.max_tokens:
+            raise HTTPException(413, f"max_tokens {max_tokens} exceeds the limit {self.limits.max_tokens}")
+
+    # -- health ----------------------------------------------------------------------------------
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict:
+        try:
+            await asyncio.wait_for(self.memory.list_memories.remote("__readyz__"), timeout=5)
+            await asyncio.wait_for(self.encoder.encode_queries.remote(["ready?"]), timeout=30)
+        except Exception as err:  # any failure of a dependency means not ready
+            raise HTTPException(503, f"not ready: {type(err).__name__}") from None
+        return {"status": "ready"}
+
+    # -- memories --------------------------------------------------------------------------------
+
+    @api.post("/v1/memories", status_code=201, response_model=MemoryOut)
+    async def create_memory(self, body: CreateMemory, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        slots = body.slots or self.settings.default_slots
+        return _unwrap(await self.memory.create.remote(tenant, body.name, slots))
+
+    @api.get("/v1/memories", response_model=list[MemoryOut])
+    async def list_memories(self, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        return _unwrap(await self.memory.list_memories.remote(tenant))
+
+    @api.get("/v1/memories/{memory_id}", response_model=MemoryDetail)
+    async def inspect_memory(self, memory_id: str, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        return _unwrap(await self.memory.inspect.remote(tenant, memory_id))
+
+    @api.delete("/v1/memories/{memory_id}")
+    async def delete_memory(self, memory_id: str, key: str | None = Depends(presented_key)) -> dict:
+        tenant = self.tenant(key)
+        _unwrap(await self.memory.delete.remote(tenant, memory_id))
+        return {"deleted": memory_id}
+
+    @api.post("/v1/memories/{memory_id}/facts", response_model=WriteResult)
+    async def write_facts(self, memory_id: str, body: WriteFacts, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        if len(body.facts) > self.limits.max_facts_per_request:
+            raise HTTPException(413, f"{len(body.facts)} facts in one request; the limit is "
+                                     f"{self.limits.max_facts_per_request}")
+        facts = [f.model_dump() for f in body.facts]
+        for i, f in enumerate(facts):
+            for key in ("text", "prompt", "target"):
+                if f[key] is not None:
+                    self._check_text(f"facts[{i}].{key}", f[key])
+        _unwrap(await self.memory.inspect.remote(tenant, memory_id))  # 404 before spending an encoder call
+        enc = await self.encoder.encode_facts.remote(facts)
+        return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc)))
+
+    @api.delete("/v1/memories/{memory_id}/facts/{fact_id}", response_model=ForgetResult)
+    async def forget_fact(self, memory_id: str, fact_id: int, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        return _unwrap(await self.memory.forget.remote(tenant, memory_id, fact_id))
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    async def _read(self, tenant: str, memory_id: str | None, prompts: list[str], use_scope: bool) -> dict:
+        enc = await self.encoder.encode_queries.remote(prompts)
+        if memory_id is None:
+            return {"z": torch.zeros_like(enc["z"]), "version": 0, "matches": None}
+        return _unwrap(await self.memory.read.remote(tenant, memory_id, enc, use_scope))
+
+    @staticmethod
+    def _matched(read: dict, i: int) -> tuple[bool, list[Match]]:
+        used = bool(read["z"][i].abs().sum() > 0)
+        if not read["matches"]:
+            return used, []
+        fact_id, sim, in_scope = read["matches"][i]
+        return used, [Match(fact_id=fact_id, similarity=sim)] if in_scope and fact_id is not None else []
+
+    @api.post("/v1/memories/{memory_id}/generate", response_model=GenerateOut)
+    async def generate(self, memory_id: str, body: GenerateIn, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        self._check_text("prompt", body.prompt)
+        self._check_tokens(body.max_tokens)
+        read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
+        [(text, n)] = await self.decoder.generate.remote([body.prompt], read["z"], body.max_tokens, body.temperature)
+        used, matched = self._matched(read, 0)
+        return GenerateOut(text=text, used_memory=used, matched=matched, version=read["version"], tokens=n)
+
+    @api.post("/v1/memories/{memory_id}/score", response_model=ScoreOut)
+    async def score(self, memory_id: str, body: ScoreIn, key: str | None = Depends(presented_key)):
+        tenant = self.tenant(key)
+        self._check_text("prompt", body.prompt)
+        if len(body.candidates) > self.limits.max_prompts_per_request:
+            raise HTTPException(413, f"{len(body.candidates)} candidates; the limit is {self.limits.max_prompts_per_request}")
+        for i, c in enumerate(body.candidates):
+            self._check_text(f"candidates[{i}]", c)
+        read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
+        z = read["z"].expand(len(body.candidates), -1)  # scope is decided once per prompt (ROME protocol)
+        scores = await self.decoder.score.remote([body.prompt] * len(body.candidates), body.candidates, z)
+        return ScoreOut(logprobs=[s[0] for s in scores], mean_nll=[s[1] for s in scores],
+                        used_memory=self._matched(read, 0)[0], version=read["version"])
+
+    # -- OpenAI-compatible -----------------------------------------------------------------------
+
+    async def _complete(self, tenant: str, prompts: list[str], memory_id: str | None, max_tokens: int,
+                        temperature: float) -> tuple[list[tuple[str, int]], dict]:
+        if len(prompts) > self.limits.max_prompts_per_request:
+            raise HTTPException(413, f"{len(prompts)} prompts; the limit is {self.limits.max_prompts_per_request}")
+        for i, p in enumerate(prompts):
+            self._check_text(f"prompt[{i}]", p)
+        self._check_tokens(max_tokens)
+        read = await self._read(tenant, memory_id, prompts, True)
+        outs = await self.decoder.generate.remote(prompts, read["z"], max_tokens, temperature)
+        return outs, read
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionIn, key: str | None = Depends(presented_key)) -> dict:
+        tenant = self.tenant(key)
+        if body.stream:
+            raise HTTPException(400, "stream=true is not supported; request the whole completion")
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        outs, read = await self._complete(tenant, prompts, body.memory_id, body.max_tokens, body.temperature)
+        choices = [{"index": i, "text": " " + t if t else t, "logprobs": None,
+                    "finish_reason": "length" if n >= body.max_tokens else "stop"} for i, (t, n) in enumerate(outs)]
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": body.model, "choices": choices,
+                "usage": {"completion_tokens": sum(n for _, n in outs)},
+                "larimar": {"memory_id": body.memory_id, "version": read["version"],
+                            "used_memory": [self._matched(read, i)[0] for i in range(len(prompts))]}}
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionIn, key: str | None = Depends(presented_key)) -> dict:
+        """The last user message is the prompt: Larimar's decoder is a completion model."""
+        tenant = self.tenant(key)
+        users = [m.content for m in body.messages if m.role == "user"]
+        if not users:
+            raise HTTPException(422, "messages need at least one user message")
+        outs, read = await self._complete(tenant, [users[-1]], body.memory_id, body.max_tokens, body.temperature)
+        (text, n) = outs[0]
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "length" if n >= body.max_tokens else "stop"}],
+                "usage": {"completion_tokens": n},
+                "larimar": {"memory_id": body.memory_id, "version": read["version"],
+                            "used_memory": self._matched(read, 0)[0]}}
+
+
+# -- application builder -----------------------------------------------------------------------------
+
+
+def build(args: dict):
+    """`serve run serve.app:build model=... [storage=...] [config=settings.yaml]` or a Serve config's args."""
+    args = dict(args)
+    if "config" in args:
+        import yaml
+
+        with open(args.pop("config")) as f:
+            args = {**yaml.safe_load(f), **args}
+    settings = ServeSettings(**args)
+    cfg = LarimarModel.read_config(settings.model)
+    store = StoreConfig(storage=settings.storage, latent_dim=cfg.memory.latent_dim,
+                        snapshot_every=settings.snapshot_every,
+                        default_slots=settings.default_slots or cfg.memory.slots,
+                        scope_threshold=settings.scope_threshold)
+    decoder = Decoder.options(
+        autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
+                            "target_ongoing_requests": 2},
+        ray_actor_options={"num_cpus": 0.5, "num_gpus": settings.decoder_gpus},
+    ).bind(settings.model, settings.decoder_device)
+    return Ingress.bind(Encoder.bind(settings.model, settings.scope_model), decoder,
+                        MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
+                        settings.model_dump(mode="json"))
