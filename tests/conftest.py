@@ -27,3 +27,17 @@ def require_shared(*parts: str) -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The README demo, run once per session: (output directory, summary). ~1.5 min on 2 cores."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("larimar_demo_job", ROOT / "jobs" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = demo  # dataclasses resolve string annotations through sys.modules
+    spec.loader.exec_module(demo)
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo.main(["--out", str(out)])

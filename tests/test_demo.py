@@ -19,9 +19,8 @@ def load_demo():
 
 
 @pytest.mark.slow
-def test_demo_trains_recalls_and_forgets(tmp_path):
-    demo = load_demo()
-    summary = demo.main(["--out", str(tmp_path)])
+def test_demo_trains_recalls_and_forgets(demo_run):
+    tmp_path, summary = demo_run
     assert summary["recall_before"] >= 5 / 6
     assert summary["forgotten_recalled_after"] is False
     assert summary["retained_recall_after"] >= 0.8

@@ -1,0 +1,237 @@
+"""The Serve application on a real local Ray, over real HTTP (serve/app.py, larimar/serving/).
+
+Uses the demo model trained by the project's own training code (the session fixture `demo_run`).
+"""
+
+import concurrent.futures as cf
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+from larimar.memory import SequentialMemory  # noqa: E402
+from larimar.serving.auth import hash_key  # noqa: E402
+from larimar.serving.store import MemoryStore, StoreConfig  # noqa: E402
+
+pytestmark = pytest.mark.slow
+KEYS = {"acme": "key-acme-123", "globex": "key-globex-456"}
+URL = "http://127.0.0.1:8000"
+
+
+def h(tenant: str) -> dict:
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+@pytest.fixture(scope="module")
+def service(demo_run, tmp_path_factory):
+    from serve.app import build
+
+    storage = tmp_path_factory.mktemp("serve-store")
+    settings = {"model": str(demo_run[0] / "model"), "storage": str(storage), "snapshot_every": 25,
+                "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()],
+                "limits": {"max_text_chars": 200, "max_facts_per_request": 8, "max_tokens": 16}}
+    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
+    serve.run(build(settings), name="larimar", route_prefix="/")
+    yield {"storage": storage, "settings": settings}
+    serve.shutdown()
+    ray.shutdown()
+
+
+def create(tenant="acme", **body) -> str:
+    r = requests.post(f"{URL}/v1/memories", json=body, headers=h(tenant))
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def test_write_then_generate_uses_the_fact_and_forget_removes_it(service):
+    mid = create(name="people")
+    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
+        {"prompt": "alice lives in", "target": "tokyo"}, {"prompt": "bob plays the", "target": "drums"}]})
+    assert r.status_code == 200 and r.json() == {"ids": [1, 2], "version": 1}
+    g = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
+                      json={"prompt": "alice lives in", "max_tokens": 4}).json()
+    assert g["text"].startswith("tokyo") and g["used_memory"] and g["matched"][0]["fact_id"] == 1
+    s = requests.post(f"{URL}/v1/memories/{mid}/score", headers=h("acme"),
+                      json={"prompt": "alice lives in", "candidates": ["tokyo", "paris"]}).json()
+    assert s["logprobs"][0] > s["logprobs"][1]
+    c = requests.post(f"{URL}/v1/completions", headers=h("acme"),
+                      json={"prompt": "bob plays the", "max_tokens": 4, "memory_id": mid}).json()
+    assert c["object"] == "text_completion" and c["choices"][0]["text"].strip().startswith("drums")
+    r = requests.delete(f"{URL}/v1/memories/{mid}/facts/1", headers=h("acme"))
+    assert r.json() == {"forgotten": 1, "version": 2}
+    g = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
+                      json={"prompt": "alice lives in", "max_tokens": 4}).json()
+    assert not g["text"].startswith("tokyo") and g["version"] == 2
+    detail = requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme")).json()
+    assert [f["id"] for f in detail["stored"]] == [2]
+    assert [(e["op"], e["fact_id"]) for e in detail["log"]] == [("write", 1), ("write", 2), ("forget", 1)]
+
+
+def test_concurrent_clients_match_a_replay_of_the_log(service):
+    mid = create(name="load", slots=32)
+    acked_writes, acked_forgets, versions = {}, [], []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        for j in range(3):
+            op = rng.random()
+            if op < 0.5:
+                r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"),
+                                  json={"facts": [{"text": f"client {i} fact {j} ."}]})
+                assert r.status_code in (200, 409), r.text
+                if r.status_code == 200:
+                    with lock:
+                        acked_writes.update({fid: f"client {i} fact {j} ." for fid in r.json()["ids"]})
+                        versions.append(r.json()["version"])
+            elif op < 0.7:
+                with lock:
+                    candidates = [f for f in acked_writes if f not in acked_forgets]
+                if candidates:
+                    fid = rng.choice(candidates)
+                    r = requests.delete(f"{URL}/v1/memories/{mid}/facts/{fid}", headers=h("acme"))
+                    assert r.status_code in (200, 404), r.text  # 404: another client forgot it first
+                    if r.status_code == 200:
+                        with lock:
+                            acked_forgets.append(fid)
+                            versions.append(r.json()["version"])
+            else:
+                r = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
+                                  json={"prompt": f"client {i} fact", "max_tokens": 2})
+                assert r.status_code == 200, r.text
+
+    with cf.ThreadPoolExecutor(32) as pool:
+        list(pool.map(client, range(32)))
+    assert len(versions) == len(set(versions))  # every acknowledged edit got its own version
+    detail = requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme")).json()
+    assert detail["version"] == len(versions) == max(versions)
+    live = {f["id"]: f["text"] for f in detail["stored"]}
+    expected = {fid: t for fid, t in acked_writes.items() if fid not in acked_forgets}
+    assert live == expected  # no lost and no duplicated edit
+
+    # An independent replay of the durable log (snapshot + entries) reaches the same memory.
+    replay = MemoryStore(StoreConfig(storage=str(service["storage"]), latent_dim=64))
+    rec = replay.records[mid]
+    assert rec.info.version == detail["version"] and {i: f.text for i, f in rec.memory.facts.items()} == live
+    assert rec.events == detail["log"]
+    # ... and that memory is the least-squares solution over exactly the surviving facts.
+    fresh = SequentialMemory(rec.memory.state.reference, ridge=rec.memory.state.ridge)
+    if rec.memory.latents:
+        keys = torch.stack([rec.memory.latents[i][0] for i in sorted(rec.memory.latents)])
+        values = torch.stack([rec.memory.latents[i][1] for i in sorted(rec.memory.latents)])
+        fresh.write(keys, values)
+    torch.testing.assert_close(rec.memory.state.M, fresh.M, atol=1e-6, rtol=1e-5)
+
+
+def _memory_actor():
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        if "MemoryActor" in info["name"] and "REPLICA" in info["name"].upper():
+            return ray.get_actor(info["name"], namespace=info["namespace"])
+    raise AssertionError("no MemoryActor replica found")
+
+
+def test_killing_the_memory_actor_loses_no_acknowledged_edit(service):
+    mid = create(name="crash", slots=64)
+    acked, stop = [], threading.Event()
+
+    def writer(i: int) -> None:
+        j = 0
+        while not stop.is_set() and j < 40:
+            try:
+                r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"),
+                                  json={"facts": [{"text": f"writer {i} item {j} ."}]}, timeout=60)
+            except requests.RequestException:
+                r = None
+            if r is not None and r.status_code == 200:
+                acked.extend(r.json()["ids"])
+            j += 1
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 60
+    while len(acked) < 5 and time.time() < deadline:
+        time.sleep(0.05)
+    ray.kill(_memory_actor(), no_restart=False)  # Serve's controller starts a new replica
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    for _ in range(120):  # wait for the replacement replica to restore and answer
+        r = requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme"), timeout=30)
+        if r.status_code == 200:
+            break
+        time.sleep(1)
+    stored = {f["id"] for f in r.json()["stored"]}
+    assert acked and set(acked) <= stored  # every acknowledged write survived the crash
+    assert len(stored) == len({f["text"] for f in r.json()["stored"]})  # none applied twice
+
+
+def test_tenants_cannot_see_each_other(service):
+    mid = create("acme", name="secret")
+    assert requests.get(f"{URL}/v1/memories/{mid}", headers=h("globex")).status_code == 404
+    assert mid not in [m["id"] for m in requests.get(f"{URL}/v1/memories", headers=h("globex")).json()]
+    assert mid in [m["id"] for m in requests.get(f"{URL}/v1/memories", headers=h("acme")).json()]
+    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("globex"), json={"facts": [{"text": "x y z ."}]})
+    assert r.status_code == 404
+    assert requests.delete(f"{URL}/v1/memories/{mid}/facts/1", headers=h("globex")).status_code == 404
+    assert requests.delete(f"{URL}/v1/memories/{mid}", headers=h("globex")).status_code == 404
+    assert requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("globex"),
+                         json={"prompt": "hi", "max_tokens": 4}).status_code == 404
+    assert requests.get(f"{URL}/v1/memories").status_code == 401
+    assert requests.get(f"{URL}/v1/memories", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_bad_inputs_get_clear_4xx(service):
+    mid = create(slots=2)
+    post = lambda path, **kw: requests.post(f"{URL}{path}", headers=h("acme"), timeout=30, **kw)  # noqa: E731
+    cases = [
+        (post(f"/v1/memories/{mid}/facts", data="{not json"), 422, None),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": []}), 422, None),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "   "}]}), 422, "must not be empty"),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"prompt": "only a prompt"}]}), 422, "prompt and target"),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "x" * 500}]}), 413, "limit is 200"),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": f"f{i}"} for i in range(9)]}), 413, "limit is 8"),
+        (post("/v1/memories/mem_nope/facts", json={"facts": [{"text": "a b c ."}]}), 404, "not found"),
+        (post(f"/v1/memories/{mid}/generate", json={"prompt": "hi", "max_tokens": 1000}), 413, "max_tokens"),
+        (post(f"/v1/memories/{mid}/generate", json={"prompt": ""}), 422, None),
+        (requests.delete(f"{URL}/v1/memories/{mid}/facts/77", headers=h("acme")), 404, "fact 77"),
+        (post("/v1/memories", json={"slots": 10**9}), 400, "slots"),
+        (post("/v1/completions", json={"prompt": "hi", "stream": True}), 400, "stream"),
+    ]
+    for response, status, text in cases:
+        assert response.status_code == status, (response.request.url, response.text)
+        if text is not None:
+            assert text in response.text
+    assert post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "a ."}, {"text": "b ."}]}).status_code == 200
+    full = post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "c ."}]})
+    assert full.status_code == 409 and "2 of 2" in full.text
+    assert requests.get(f"{URL}/readyz", timeout=60).status_code == 200
+
+
+def test_serve_config_validates_with_rays_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
+    app = config.applications[0]
+    assert app.import_path == "serve.app:build"
+    settings = yaml.safe_load((ROOT / app.args["config"]).read_text())
+    from larimar.serving.schemas import ServeSettings
+
+    ServeSettings(**settings)  # the referenced settings file is valid too
+    with pytest.raises(Exception):
+        ServeDeploySchema.model_validate({"applications": [{"import_path": "serve.app:build", "deployments": [
+            {"name": "MemoryActor", "num_replicas": -1}]}]})
