@@ -53,12 +53,26 @@ class Encoder:
         return self.embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
                                     show_progress_bar=False).cpu()
 
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
+        """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
+        return await asyncio.to_thread(self._encode_facts, requests)
+
     @torch.no_grad()
-    def encode_facts(self, facts: list[dict]) -> dict:
-        checked = [make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts]
-        return {"keys": self.model.encode_texts(key_texts(checked)),
-                "values": self.model.encode_texts([f.text for f in checked]),
-                "scope": self._embed(scope_texts(checked)[1])}
+    def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
+        per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts] for facts in requests]
+        flat = [f for facts in per_request for f in facts]
+        n = len(flat)
+        z = self.model.encode_texts(key_texts(flat) + [f.text for f in flat])  # (2n, C): keys then values
+        scope_owner, scope_text = scope_texts(flat)
+        vectors = self._embed(scope_text)
+        out, start = [], 0
+        for facts in per_request:
+            rows = [i for i, o in enumerate(scope_owner) if start <= o < start + len(facts)]
+            out.append({"keys": z[start : start + len(facts)], "values": z[n + start : n + start + len(facts)],
+                        "scope": vectors[rows]})
+            start += len(facts)
+        return out
 
     @torch.no_grad()
     def encode_queries(self, queries: list[str]) -> dict:
@@ -173,7 +187,7 @@ class MemoryActor:
         return {"ok": {**self._summary(memory_id), "stored": facts, "log": list(r.events),
                        "fill": len(r.memory) / r.info.slots}}
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def write(self, requests: list[tuple[str, str, list[dict], dict]]) -> list[dict]:
         """Concurrent writes: validated in arrival order, one log entry and one update per memory."""
         results: list[dict | None] = [None] * len(requests)
@@ -337,7 +351,6 @@ class Ingress:
             for key in ("text", "prompt", "target"):
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
-        _unwrap(await self.memory.inspect.remote(tenant, memory_id))  # 404 before spending an encoder call
         enc = await self.encoder.encode_facts.remote(facts)
         return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc)))
 

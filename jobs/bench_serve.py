@@ -1,0 +1,140 @@
+"""Serving benchmark: edit latency and throughput over HTTP, and the cost of memory conditioning.
+
+    python jobs/bench_serve.py --model runs/demo/model [--out runs/bench_serve.json]
+
+1. Starts the Serve application on an embedded local Ray and measures single-fact edit latency
+   (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s.
+2. In-process, on the same decoder: generation tokens/s with memory conditioning
+   (`LarimarModel.generate_text` with a nonzero latent) next to the decoder's plain
+   `generate()`, greedy, fixed number of new tokens. Run once for the served model and, with
+   --decoder smollm2-135m, for a LarimarModel built on SmolLM2-135M (untrained conditioning
+   weights: the cost, not the output, is measured).
+Targets: p50 edit latency <= 50 ms; conditioning overhead <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+URL = "http://127.0.0.1:8000"
+KEY = "bench-key"
+
+
+def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
+    mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
+    latencies: list[float] = []
+
+    def client(i: int) -> None:
+        with requests.Session() as s:
+            for j in range(edits_per_client):
+                t0 = time.perf_counter()
+                r = s.post(f"{URL}/v1/memories/{mid}/facts", headers=headers,
+                           json={"facts": [{"prompt": f"person {i} item {j} is", "target": f"value {j}"}]})
+                latencies.append((time.perf_counter() - t0) * 1e3)
+                r.raise_for_status()
+
+    start = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+    return {"clients": clients, "edits": len(latencies), "p50_ms": statistics.median(latencies),
+            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))], "edits_per_s": len(latencies) / wall}
+
+
+def conditioning_overhead(model, new_tokens: int, repeats: int) -> dict:
+    prompts = ["alice lives in", "the capital of the country is"]
+    batch = model.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
+    z = torch.randn(len(prompts), model.cfg.memory.latent_dim)
+    lm = model.decoder.lm
+    gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+           "pad_token_id": model.decoder_tokenizer.pad_token_id}
+
+    def plain():
+        lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **gen)
+
+    def conditioned():
+        model.decoder.generate(batch["input_ids"], batch["attention_mask"], z, **gen)
+
+    results = {}
+    with torch.no_grad():
+        for name, fn in (("plain", plain), ("conditioned", conditioned)):
+            fn()
+        times = {"plain": [], "conditioned": []}
+        for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
+            for name, fn in (("plain", plain), ("conditioned", conditioned)):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        results[f"{name}_tokens_per_s"] = len(prompts) * new_tokens / statistics.median(ts)
+    results["overhead"] = results["plain_tokens_per_s"] / results["conditioned_tokens_per_s"] - 1
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="runs/demo/model")
+    parser.add_argument("--out", default="runs/bench_serve.json")
+    parser.add_argument("--edits", type=int, default=160, help="edits per concurrency level")
+    parser.add_argument("--decoder", default="smollm2-135m", help="also time conditioning on this decoder ('' to skip)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import ray
+    from ray import serve
+
+    from larimar.config import from_dict
+    from larimar.model import LarimarConfig, LarimarModel
+    from larimar.serving.auth import hash_key
+    from serve.app import build
+
+    report: dict = {"model": args.model, "torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as storage:
+        ray.init(num_cpus=4, include_dashboard=False)
+        serve.run(build({"model": args.model, "storage": storage,
+                         "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}]}), name="larimar", route_prefix="/")
+        headers = {"Authorization": f"Bearer {KEY}"}
+        report["edit_latency"] = []
+        for clients in (1, 8, 32):
+            row = edit_latency(clients, max(1, args.edits // clients), headers)
+            report["edit_latency"].append(row)
+            print(f"edits, {clients:2d} clients: p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
+                  f"{row['edits_per_s']:.1f} edits/s", flush=True)
+        serve.shutdown()
+        ray.shutdown()
+
+    torch.set_num_threads(2)
+    report["conditioning"] = {}
+    models = {"served": lambda: LarimarModel.from_pretrained(args.model)}
+    if args.decoder:
+        cfg = LarimarModel.read_config(args.model)
+        models[args.decoder] = lambda: LarimarModel(from_dict(LarimarConfig, {
+            "encoder": cfg.encoder if cfg.encoder != "tiny-bert" else "minilm-l6", "decoder": args.decoder,
+            "memory": {"slots": cfg.memory.slots, "latent_dim": cfg.memory.latent_dim}})).eval()
+    for name, load in models.items():
+        row = conditioning_overhead(load(), args.new_tokens, args.repeats)
+        report["conditioning"][name] = row
+        print(f"generation ({name}): plain {row['plain_tokens_per_s']:.1f} tok/s, conditioned "
+              f"{row['conditioned_tokens_per_s']:.1f} tok/s, overhead {row['overhead']:+.1%}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
