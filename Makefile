@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/python jobs/demo.py
+	$(BIN)/python jobs/demo.py --serve
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=15

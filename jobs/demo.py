@@ -1,10 +1,12 @@
 """Demo: train a small Larimar on self-generated facts, edit its memory, recall, forget.
 
-    python jobs/demo.py [--config jobs/configs/demo.yaml] [--out runs/demo] [key=value ...]
+    python jobs/demo.py [--config jobs/configs/demo.yaml] [--out runs/demo] [--serve] [key=value ...]
 
 Trains for ~1.5 minutes on 2 CPU cores (plain PyTorch loop, `larimar.training`), saves the model
 with `save_pretrained`, then uses the editing API (`larimar.editor`): writes facts the model
-never saw together, asks about them, forgets one and asks again. Writes summary.json to --out.
+never saw together, asks about them, forgets one and asks again. With --serve it then starts the
+Serve application (serve/app.py) on an embedded local Ray and does the same over HTTP.
+--model DIR skips training and uses a saved model. Writes summary.json to --out.
 """
 
 from __future__ import annotations
@@ -37,19 +39,7 @@ class DemoConfig:
     seed: int = 0
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(Path(__file__).parent / "configs" / "demo.yaml"))
-    parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.memory.slots=64")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load(DemoConfig, args.config, args.overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    torch.manual_seed(cfg.seed)
-    out = Path(args.out)
-
+def train(cfg: DemoConfig, out: Path) -> tuple[Path, float, dict]:
     model = LarimarModel(cfg.model)
     E, N = cfg.episodes_per_batch, cfg.episode_size
 
@@ -74,7 +64,77 @@ def main(argv: list[str] | None = None) -> dict:
     model.save_pretrained(out / "model")
     print(f"saved the trained model to {out / 'model'} ({train_seconds:.0f}s of training)\n")
 
-    editor = LarimarEditor(LarimarModel.from_pretrained(out / "model"))
+    return out / "model", train_seconds, logs[-1].terms
+
+
+def serve_demo(model_dir: Path, facts, out: Path) -> dict:
+    """The same story over HTTP: Serve on an embedded local Ray, an API key, a memory, edits."""
+    import ray
+    import requests
+    from ray import serve
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for serve.app
+    from larimar.serving.auth import hash_key
+    from serve.app import build
+
+    url, headers = "http://127.0.0.1:8000", {"Authorization": "Bearer demo-key"}
+    print("\nstarting the Serve application on a local Ray (encoder, decoder, memory actor, ingress)...", flush=True)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # replicas' request logs stay in Ray's log files
+    try:
+        serve.run(build({"model": str(model_dir), "storage": str(out / "serve-store"),
+                         "api_keys": [{"tenant": "demo", "sha256": hash_key("demo-key")}]}),
+                  name="larimar", route_prefix="/")
+        mid = requests.post(f"{url}/v1/memories", json={"name": "demo"}, headers=headers).json()["id"]
+        print(f"POST /v1/memories -> {mid}")
+        t0 = time.perf_counter()
+        r = requests.post(f"{url}/v1/memories/{mid}/facts", headers=headers,
+                          json={"facts": [{"prompt": f.prompt, "target": f.obj} for f in facts]}).json()
+        print(f"POST /v1/memories/{mid}/facts ({len(facts)} facts) -> ids {r['ids']}, version {r['version']} "
+              f"in {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+        def ask() -> list[str]:
+            answers = []
+            for f in facts:
+                g = requests.post(f"{url}/v1/memories/{mid}/generate", headers=headers,
+                                  json={"prompt": f.prompt, "max_tokens": 4}).json()
+                answers.append(g["text"])
+                print(f"  {f.prompt} -> {g['text']!r}  (memory used: {g['used_memory']}, version {g['version']})")
+            return answers
+
+        print("asking over HTTP:")
+        before = ask()
+        v = requests.delete(f"{url}/v1/memories/{mid}/facts/{r['ids'][0]}", headers=headers).json()["version"]
+        print(f"DELETE /v1/memories/{mid}/facts/{r['ids'][0]} -> version {v}; asking again:")
+        after = ask()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return {"recalled_before": sum(a.startswith(f.obj) for a, f in zip(before, facts)) / len(facts),
+            "forgotten_recalled_after": after[0].startswith(facts[0].obj),
+            "retained_recall_after": sum(a.startswith(f.obj) for a, f in zip(after[1:], facts[1:])) / max(1, len(facts) - 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(Path(__file__).parent / "configs" / "demo.yaml"))
+    parser.add_argument("--out", default="runs/demo")
+    parser.add_argument("--model", help="use this saved model instead of training one")
+    parser.add_argument("--serve", action="store_true", help="also run the edits over HTTP against Ray Serve")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.memory.slots=64")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load(DemoConfig, args.config, args.overrides)
+    except ConfigError as err:
+        parser.error(str(err))
+    torch.manual_seed(cfg.seed)
+    out = Path(args.out)
+
+    if args.model:
+        model_dir, train_seconds, final_terms = Path(args.model), 0.0, {}
+    else:
+        model_dir, train_seconds, final_terms = train(cfg, out)
+
+    editor = LarimarEditor(LarimarModel.from_pretrained(model_dir))
     memory = editor.create_memory()
     facts = distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345)
     t0 = time.perf_counter()
@@ -103,12 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
 
     summary = {
-        "train_seconds": train_seconds, "steps": cfg.steps, "final_terms": logs[-1].terms,
+        "train_seconds": train_seconds, "steps": cfg.steps if not args.model else 0, "final_terms": final_terms,
         "write_ms": write_ms, "recall_before": sum(r["recalled"] for r in recalled) / len(recalled),
         "forgotten_recalled_after": after[0]["recalled"],
         "retained_recall_after": sum(r["recalled"] for r in after[1:]) / max(1, len(after) - 1),
         "before": recalled, "after": after,
     }
+    if args.serve:
+        summary["http"] = serve_demo(model_dir, facts, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nrecall {summary['recall_before']:.0%} before forgetting; forgotten fact recalled after: "
           f"{summary['forgotten_recalled_after']}; others recalled after: {summary['retained_recall_after']:.0%}")

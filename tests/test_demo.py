@@ -28,6 +28,14 @@ def test_demo_trains_recalls_and_forgets(demo_run):
     assert (tmp_path / "model" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_demo_over_http(demo_run, tmp_path):
+    summary = load_demo().main(["--model", str(demo_run[0] / "model"), "--serve", "--out", str(tmp_path)])
+    assert summary["http"]["recalled_before"] >= 5 / 6
+    assert summary["http"]["forgotten_recalled_after"] is False
+    assert summary["http"]["retained_recall_after"] >= 0.8
+
+
 def test_demo_bad_override_names_the_key(capsys):
     demo = load_demo()
     with pytest.raises(SystemExit):
