@@ -3,13 +3,18 @@
     python jobs/bench_train.py [--bench tiny=plain,1,2 --bench larimar-smol=plain,1] [--steps 8]
                                [--out runs/bench_train.json]
 
-For each config: `larimar.training.train_plain` in this process (all cores, torch threads), then
+For each config: `larimar.training.train_plain` in a separate Python process (no Ray in it), then
 `jobs/train.py`'s path (`larimar.distributed.fit`: Ray Train + DeepSpeed ZeRO-2) with 1 and/or 2
-workers sharing the machine's cores (cpus_per_worker = cores / workers). Tokens/s counts decoder
-tokens (non-pad targets, both loops count the same) over all steps but the first, which warms up
-(allocations, first gloo collectives). A Ray run's wall time also includes worker start-up and
-checkpointing. ratio = distributed tokens/s / plain tokens/s: the measured cost (or gain) of the
-distributed stack on this machine. Every distributed run starts fresh (a new storage directory).
+workers sharing the machine's cores (cpus_per_worker = cores / workers). Every process trains with
+the same thread settings: OMP_NUM_THREADS and torch.set_num_threads = its whole cores
+(`larimar.distributed.cpu_threads`; the plain loop gets the 1-worker share, i.e. all cores).
+Tokens/s counts decoder tokens (non-pad targets, both loops count the same) over all steps but the
+first, which warms up (allocations, first gloo collectives); a step's time covers taking and
+tokenizing its texts, forward, backward and the update in both loops. A Ray run's wall time also
+includes worker start-up and checkpointing. ratio = distributed tokens/s / plain tokens/s: the
+measured cost (or gain) of the distributed stack on this machine. Every distributed run starts
+fresh (a new storage directory) and reports its per-step phase times (data, forward, backward,
+optimizer) in the JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +32,7 @@ from pathlib import Path
 import torch
 
 from larimar.data import prepare_chunks
-from larimar.distributed import fit, resolve_paths
+from larimar.distributed import cpu_threads, fit, resolve_paths
 from larimar.model import LarimarModel
 from larimar.train_config import TrainConfig, load_train_config
 from larimar.training import episode_batch, train_plain
@@ -34,7 +41,13 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 def plain(cfg: TrainConfig, chunks: list[str]) -> dict:
-    """train_plain on one worker's share of a step: micro_batch_episodes x grad_accumulation episodes."""
+    """train_plain on one worker's share of a step: micro_batch_episodes x grad_accumulation episodes.
+
+    Runs in the current process with `cpu_threads(cfg)` torch threads; `main` calls it in a child
+    process (`plain_in_subprocess`) so that it shares nothing with the driver's Ray. A step's time
+    is measured like the workers': from the end of the previous step, so it includes taking the
+    texts and tokenizing them (`episode_batch`) as well as forward, backward and the update."""
+    torch.set_num_threads(cpu_threads(cfg))
     torch.manual_seed(cfg.run.seed)
     model = LarimarModel(cfg.model)
     B, E = cfg.optim.micro_batch_episodes * cfg.optim.grad_accumulation, cfg.data.episode_size
@@ -48,23 +61,44 @@ def plain(cfg: TrainConfig, chunks: list[str]) -> dict:
             yield episode_batch(model, chunks[i:i + per_step], B, E)
             i += per_step
 
-    t0 = time.perf_counter()
+    ends = [time.perf_counter()]
     logs = train_plain(model, batches(), cfg.optim.steps, lr=cfg.optim.lr, warmup=cfg.optim.warmup_steps,
-                       clip=cfg.optim.clip)
-    steady = logs[1:] or logs
-    return {"tokens_per_second": sum(x.tokens for x in steady) / sum(x.seconds for x in steady),
-            "step_seconds": sum(x.seconds for x in steady) / len(steady), "loss": logs[-1].loss,
-            "wall_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads()}
+                       clip=cfg.optim.clip, on_step=lambda _: ends.append(time.perf_counter()))
+    seconds = [b - a for a, b in zip(ends, ends[1:])]
+    steady = list(zip(logs, seconds))[1:] or list(zip(logs, seconds))
+    return {"tokens_per_second": sum(x.tokens for x, _ in steady) / sum(t for _, t in steady),
+            "step_seconds": sum(t for _, t in steady) / len(steady), "loss": logs[-1].loss,
+            "wall_seconds": ends[-1] - ends[0], "threads": torch.get_num_threads()}
+
+
+def plain_in_subprocess(path: Path, overrides: list[str]) -> dict:
+    """`plain` in a fresh Python process with the workers' thread settings (OMP_NUM_THREADS and
+    torch.set_num_threads), away from the driver's Ray processes and threads."""
+    cfg = load_train_config(path, overrides)
+    env = {**os.environ, "OMP_NUM_THREADS": str(cpu_threads(cfg)), "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("RAY_ADDRESS", None)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, __file__, "--plain-child", str(path), out.name, *overrides], env=env,
+                       check=True)
+        return json.loads(Path(out.name).read_text())
 
 
 def distributed(cfg: TrainConfig, chunks) -> dict:
     out = fit(cfg, chunks)
     m = out["metrics"]
-    return {"tokens_per_second": m["steady_tokens_per_second"], "step_seconds": m["step_seconds"],
-            "loss": m["loss"], "wall_seconds": out["seconds"]}
+    steady_steps = max(1, m["step"] - m["start_step"] - 1)
+    return {"tokens_per_second": m["steady_tokens_per_second"], "step_seconds": m["steady_seconds"] / steady_steps,
+            "loss": m["loss"], "wall_seconds": out["seconds"], "threads": m["threads"],
+            "phase_seconds_per_step": {k.split("/", 1)[1]: v / steady_steps for k, v in m.items() if k.startswith("time/")}}
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--plain-child"]:  # plain_in_subprocess: CONFIG OUT_JSON OVERRIDES...
+        path, out, overrides = argv[1], argv[2], argv[3:]
+        cfg = resolve_paths(load_train_config(path, overrides))
+        Path(out).write_text(json.dumps(plain(cfg, prepare_chunks(cfg)["text"])))
+        return {}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bench", action="append", help="CONFIG=plain,1,2 (config name in jobs/configs or a path)")
     parser.add_argument("--steps", type=int, default=8)
@@ -89,10 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
                              f"run.storage_path={storage}", f"run.name=bench-{path.stem}-{mode}",
                              f"run.checkpoint_every={args.steps}", f"run.log_every={max(1, args.steps // 4)}"]
                 cfg = resolve_paths(load_train_config(path, overrides))
-                chunks = prepare_chunks(cfg)
                 print(f"== {path.stem}: {'plain loop' if mode == 'plain' else f'{workers} Ray/DeepSpeed workers'}, "
-                      f"{args.steps} steps", flush=True)
-                row = plain(cfg, chunks["text"]) if mode == "plain" else distributed(cfg, chunks)
+                      f"{args.steps} steps, {cpu_threads(cfg)} threads per process", flush=True)
+                if mode == "plain":
+                    row = plain_in_subprocess(path, overrides)
+                else:
+                    row = distributed(cfg, prepare_chunks(cfg))
                 row.update(config=path.stem, mode="plain" if mode == "plain" else "ray+deepspeed", workers=workers,
                            steps=args.steps, chunks_per_worker_step=cfg.chunks_per_micro_batch * cfg.optim.grad_accumulation)
                 results.append(row)
@@ -105,11 +141,12 @@ def main(argv: list[str] | None = None) -> dict:
         row["ratio_vs_plain"] = row["tokens_per_second"] / base["tokens_per_second"] if base else None
     report = {"host": {"cpus": cores, "machine": platform.machine(), "torch": torch.__version__,
                        "device": "cpu"}, "results": results}
-    print(f"\n{'config':14s} {'mode':14s} {'workers':>7s} {'tokens/s':>10s} {'s/step':>7s} {'loss':>8s} {'vs plain':>8s}")
+    print(f"\n{'config':14s} {'mode':14s} {'workers':>7s} {'threads':>7s} {'tokens/s':>10s} {'s/step':>7s} "
+          f"{'loss':>8s} {'vs plain':>8s}")
     for r in results:
         ratio = f"{r['ratio_vs_plain']:.2f}x" if r["ratio_vs_plain"] is not None else "-"
-        print(f"{r['config']:14s} {r['mode']:14s} {r['workers']:7d} {r['tokens_per_second']:10,.0f} "
-              f"{r['step_seconds']:7.2f} {r['loss']:8.3f} {ratio:>8s}")
+        print(f"{r['config']:14s} {r['mode']:14s} {r['workers']:7d} {r['threads']:7d} {r['tokens_per_second']:10,.0f} "
+              f"{r['step_seconds']:7.3f} {r['loss']:8.3f} {ratio:>8s}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -43,6 +43,7 @@ DS_TAG = "deepspeed"  # DeepSpeed checkpoint tag (sub-directory) inside a Ray ch
 STATE_FILE = "train_state.json"
 FAILURE_MARKER = ".larimar_injected_failure"
 MODEL_DIR = "model"
+PHASES = ("data", "forward", "backward", "optimizer")  # per-step timing, reported as time/<phase>
 
 # Progress goes through logging: Ray Train's patched print() tees to both the captured stdout and
 # the root logger, so every printed line shows twice in the job logs.
@@ -180,6 +181,8 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device() if cfg.scaling.use_gpu else torch.device("cpu")
+    if not cfg.scaling.use_gpu:
+        torch.set_num_threads(cpu_threads(cfg))  # as OMP_NUM_THREADS: the worker's share of the cores
     _disable_deepspeed_jit_builds()
 
     torch.manual_seed(cfg.run.seed)  # same init everywhere (DeepSpeed also broadcasts rank 0's weights)
@@ -212,18 +215,29 @@ def train_loop_per_worker(config: dict) -> None:
     engine.train()
     report: dict = {}
     steady_tokens, steady_seconds = 0, 0.0  # this attempt's steps after its first (which warms up)
+    phases = dict.fromkeys(PHASES, 0.0)  # seconds per phase over the steady steps (profiling)
     for step in range(start, total):
         t0 = time.perf_counter()
         b = beta(step, total, cfg.model.loss)
         sums: dict[str, float] = {}
         tokens = 0
+        times = dict.fromkeys(PHASES, 0.0)
         for _ in range(cfg.optim.grad_accumulation):
+            t = time.perf_counter()
             epoch, index, texts = next(stream)
             position = DataPosition(epoch, index + 1)
             batch = episode_batch(engine.module, texts, B, E)
+            t1 = time.perf_counter()
+            times["data"] += t1 - t
             out = engine(**batch, beta=b)
+            t2 = time.perf_counter()
             engine.backward(out.loss)
+            t3 = time.perf_counter()
             engine.step()  # an optimizer step only at the accumulation boundary
+            t4 = time.perf_counter()
+            times["forward"] += t2 - t1
+            times["backward"] += t3 - t2
+            times["optimizer"] += t4 - t3
             for k, v in {"total": float(out.loss.detach()), **out.terms}.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.optim.grad_accumulation
             tokens += int(batch["dec_attention_mask"].sum())
@@ -234,6 +248,8 @@ def train_loop_per_worker(config: dict) -> None:
         done = step + 1
         if step > start:
             steady_tokens, steady_seconds = steady_tokens + tokens, steady_seconds + seconds
+            for k, v in times.items():
+                phases[k] += v
 
         if cfg.debug.fail_at_step == done and rank == 0 and not _exists(marker):
             _touch(marker)  # first attempt only: the restarted worker finds the marker
@@ -243,7 +259,9 @@ def train_loop_per_worker(config: dict) -> None:
                   **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
                   "beta": b, "lr": engine.get_lr()[0], "tokens": tokens, "tokens_per_second": tokens / seconds,
                   "step_seconds": seconds, "epoch": position.epoch,
-                  "steady_tokens_per_second": steady_tokens / steady_seconds if steady_seconds else tokens / seconds}
+                  "steady_tokens_per_second": steady_tokens / steady_seconds if steady_seconds else tokens / seconds,
+                  "steady_seconds": steady_seconds, "threads": torch.get_num_threads(),
+                  **{f"time/{k}": v for k, v in phases.items()}}
         if metrics is not None:
             metrics.record(done, terms, tokens, seconds)
         if rank == 0 and (done % cfg.run.log_every == 0 or done == total or done == start + 1):
@@ -287,11 +305,17 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def cpu_threads(cfg: TrainConfig) -> int:
+    """Torch/OpenMP threads of one CPU worker: its whole cores (at least 1). The plain-loop
+    baseline of jobs/bench_train.py uses the same number."""
+    return max(1, int(cfg.scaling.cpus_per_worker))
+
+
 def worker_env(cfg: TrainConfig) -> dict[str, str]:
     """Environment of the training workers: DeepSpeed's accelerator must be chosen explicitly."""
     env = {"DS_ACCELERATOR": "cuda" if cfg.scaling.use_gpu else "cpu", "TOKENIZERS_PARALLELISM": "false"}
     if not cfg.scaling.use_gpu:
-        env["OMP_NUM_THREADS"] = str(max(1, int(cfg.scaling.cpus_per_worker)))
+        env["OMP_NUM_THREADS"] = str(cpu_threads(cfg))
     for name in ("LARIMAR_CACHE_DIR", "HF_HOME"):
         if name in os.environ:
             env[name] = os.environ[name]

@@ -1,7 +1,9 @@
 """Distributed training (larimar/distributed.py, larimar/train_config.py, jobs/train.py).
 
 The slow tests run the real thing on CPU: a local Ray cluster, 2 Ray Train workers, each a
-DeepSpeed ZeRO-2 engine over gloo, on WikiText-2 chunks with the tiny config.
+DeepSpeed ZeRO-2 engine over gloo, on WikiText-2 chunks with the tiny config. They are sized for a
+2-core machine: one Ray for the module (the in-process runs join it), 2-3 steps per run, three
+in-process runs (first + resumed, and one with an injected failure) and one `ray job submit`.
 """
 
 import importlib.util
@@ -101,18 +103,21 @@ def ray_local():
 
 
 def _train(tmp_path, *overrides) -> dict:
+    """jobs/train.py on the tiny config in the module's Ray, a few steps over 256 chunks (plenty:
+    a step reads 8 per worker)."""
     require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
-    return train_job.main(["--config", str(TINY), f"run.storage_path={tmp_path}", *overrides])
+    return train_job.main(["--config", str(TINY), f"run.storage_path={tmp_path}", "data.limit=256",
+                           "optim.warmup_steps=1", "run.log_every=1", *overrides])
 
 
 @pytest.mark.slow
 def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(tmp_path, ray_local):
-    first = _train(tmp_path, "optim.steps=4", "run.checkpoint_every=2", "run.log_every=2")
+    first = _train(tmp_path, "optim.steps=2", "run.checkpoint_every=2")
     m = first["metrics"]
-    assert (m["step"], m["start_step"]) == (4, 0)
+    assert (m["step"], m["start_step"]) == (2, 0)
     assert {"loss/reconstruction", "loss/autoencoder", "loss/lm", "loss/kl", "tokens_per_second"} <= set(m)
     ckpt = Path(first["checkpoint"])
-    assert json.loads((ckpt / STATE_FILE).read_text())["step"] == 4
+    assert json.loads((ckpt / STATE_FILE).read_text())["step"] == 2
     assert {p.name for p in (ckpt / "deepspeed").iterdir()} >= {
         "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
 
@@ -124,41 +129,81 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     out = model.decoder.generate(prompt["input_ids"], prompt["attention_mask"], z, max_new_tokens=4, do_sample=False)
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
-    again = _train(tmp_path, "optim.steps=6", "run.checkpoint_every=2", "run.log_every=2")
-    assert (again["metrics"]["start_step"], again["metrics"]["step"]) == (4, 6)  # resumed, not from zero
-    assert json.loads((Path(again["checkpoint"]) / STATE_FILE).read_text())["step"] == 6
+    again = _train(tmp_path, "optim.steps=3", "run.checkpoint_every=2")
+    assert (again["metrics"]["start_step"], again["metrics"]["step"]) == (2, 3)  # resumed, not from zero
+    assert json.loads((Path(again["checkpoint"]) / STATE_FILE).read_text())["step"] == 3
 
 
 @pytest.mark.slow
 def test_an_injected_worker_failure_is_survived_and_the_run_finishes(tmp_path, ray_local):
-    out = _train(tmp_path, "run.name=faulty", "optim.steps=4", "run.checkpoint_every=2", "debug.fail_at_step=3",
+    out = _train(tmp_path, "run.name=faulty", "optim.steps=2", "run.checkpoint_every=1", "debug.fail_at_step=2",
                  "run.max_failures=1")
     assert (tmp_path / "faulty" / FAILURE_MARKER).exists()  # it did fail once
-    assert (out["metrics"]["step"], out["metrics"]["start_step"]) == (4, 2)  # restarted from the step-2 checkpoint
+    assert (out["metrics"]["step"], out["metrics"]["start_step"]) == (2, 1)  # restarted from the step-1 checkpoint
     assert (tmp_path / "faulty" / "model" / "model.safetensors").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+HEAD_PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+              "metrics-export-port", "ray-client-server-port", "runtime-env-agent-port", "node-manager-port",
+              "object-manager-port")
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free on every interface right now (all held open together while chosen)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """Stop exactly the cluster this test started: its process group, then any straggler whose
+    command line names its private temp dir (raylet, GCS, agents and workers all do)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            head.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if temp_dir.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
+    """`ray start --head` + `ray job submit`, against a head isolated from every other Ray on the
+    machine: the module's in-process cluster is still up (and other suites may run their own), so
+    every port is chosen free rather than left at Ray's fixed defaults (a second cluster's dashboard
+    agent on the default 52365 cannot bind, and the head then never accepts a job), and a private
+    --temp-dir keeps its address out of /tmp/ray/ray_current_cluster. Ray 2.60 enables token auth
+    for local clusters: RAY_AUTH_MODE=disabled for both start and submit."""
     data = require_shared("data")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    port, dash = _free_port(), _free_port()
+    ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
     ray_bin = Path(sys.executable).parent / "ray"
-    # --block keeps `ray start` in the foreground; terminating its process group stops exactly this
-    # cluster (`ray stop` would stop every Ray on the machine). A private --temp-dir keeps its
-    # address out of /tmp/ray/ray_current_cluster, which a later plain ray.init() would try to join.
     temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen([str(ray_bin), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-                             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--block"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    address = f"http://127.0.0.1:{dash}"
+    head_log = tmp_path / "ray-head.log"
+    # --block keeps `ray start` in the foreground, in its own process group: `_stop_head` stops
+    # exactly this cluster (`ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen([str(ray_bin), "start", "--head", *(f"--{k}={v}" for k, v in ports.items()),
+                             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--block"],
+                            env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    submission_id = f"larimar-test-{os.getpid()}"
     try:
         deadline = time.time() + 90
         while True:
@@ -166,23 +211,30 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
                 urllib.request.urlopen(f"{address}/api/version", timeout=2)
                 break
             except OSError:
-                if time.time() > deadline or head.poll() is not None:
-                    pytest.fail("the Ray head did not come up within 90 s")
-                time.sleep(1)
+                if head.poll() is not None:
+                    pytest.fail(f"`ray start --head` exited {head.returncode}: {head_log.read_text()[-3000:]}")
+                if time.time() > deadline:
+                    pytest.fail("the Ray head's dashboard did not answer within 90 s")
+                time.sleep(0.5)
         runtime_env = {"env_vars": {"LARIMAR_DATA_DIR": str(data)}}
-        submit = [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-                  "--runtime-env-json", json.dumps(runtime_env), "--",
+        submit = [str(ray_bin), "job", "submit", "--address", address, "--submission-id", submission_id,
+                  "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
                   "python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml", f"run.storage_path={tmp_path}",
-                  "optim.steps=2", "run.checkpoint_every=2", "run.log_every=1"]
-        for _ in range(30):  # the dashboard answers before the head's job agent has registered
-            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+                  "optim.steps=2", "optim.warmup_steps=1", "run.checkpoint_every=2", "run.log_every=1",
+                  "data.limit=256", "scaling.num_workers=1"]  # one worker: the 2-worker runs are tested above
+        for _ in range(60):  # the dashboard answers a few seconds before the head's job agent registers
+            job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
             if "No available agent" not in job.stdout + job.stderr:
                 break
-            time.sleep(2)
+            time.sleep(1)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "[larimar] step 2/2" in job.stdout and "trained model:" in job.stdout
         assert (tmp_path / "larimar-tiny" / "model" / "model.safetensors").exists()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        if head.poll() is None:  # a job still running (a timed-out submit) is stopped with its head
+            try:
+                subprocess.run([str(ray_bin), "job", "stop", "--address", address, submission_id], env=env,
+                               capture_output=True, timeout=30, check=False)
+            except subprocess.TimeoutExpired:
+                pass
+        _stop_head(head, temp_dir)
