@@ -3,11 +3,19 @@
     python jobs/train.py --config jobs/configs/tiny.yaml [key=value ...]       # embedded local Ray
     ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/tiny.yaml
 
+Against a ``ray start --head`` cluster: Ray 2.60 enables token authentication for local clusters, so
+a plain ``ray job submit`` fails with "Missing authentication token". Either use token mode
+(RAY_AUTH_MODE=token on the client, the token in ~/.ray/auth_token) or set RAY_AUTH_MODE=disabled
+for both ``ray start`` and ``ray job submit`` (what tests/test_train.py does). Outside the repo
+checkout (a job's working directory has no ../shared) pass the data directory, e.g.
+``--runtime-env-json '{"env_vars": {"LARIMAR_DATA_DIR": "/path/to/shared/data"}}'``.
+
 With RAY_ADDRESS set (as inside ``ray job submit``; RAY_ADDRESS=auto for a ``ray start`` cluster on
-this machine) it joins that cluster, else it starts a local one. Rerunning with the same run.name and run.storage_path resumes from the latest checkpoint; a
-failed worker group restarts from it up to run.max_failures times. The trained model is written
-to ``<run.storage_path>/<run.name>/model`` (LarimarModel.from_pretrained loads it). A bad config
-exits with status 2 and a message naming the key, before Ray starts. Logic: larimar.distributed.
+this machine) it joins that cluster, else it starts a local one. Rerunning with the same run.name
+and run.storage_path resumes from the latest checkpoint; a failed worker group restarts from it up
+to run.max_failures times. The trained model is written to ``<run.storage_path>/<run.name>/model``
+(LarimarModel.from_pretrained loads it). A bad config exits with status 2 and a message naming the
+key, before Ray starts. Logic: larimar.distributed.
 """
 
 from __future__ import annotations
