@@ -173,6 +173,13 @@ def load_decoder(name: str, tiny_hidden: int = 64, tiny_layers: int = 2) -> tupl
     return model, tok
 
 
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A backbone's tokenizer without its weights (data preparation needs only this)."""
+    if is_random_init(name):
+        return tiny_tokenizer()
+    return _from_pretrained(AutoTokenizer, name)
+
+
 def is_random_init(name: str) -> bool:
     entry = REGISTRY.get(name)
     return entry is not None and entry.tiny is not None
