@@ -467,6 +467,10 @@ def build(args: dict):
                             "target_ongoing_requests": 2},
         ray_actor_options={"num_cpus": 0.5, "num_gpus": settings.decoder_gpus},
     ).bind(settings.model, settings.decoder_device)
-    return Ingress.bind(Encoder.bind(settings.model, settings.scope_model), decoder,
+    encoder = Encoder.options(
+        autoscaling_config={"min_replicas": settings.encoder_replicas, "max_replicas": settings.encoder_max_replicas,
+                            "target_ongoing_requests": 8},
+    ).bind(settings.model, settings.scope_model)
+    return Ingress.bind(encoder, decoder,
                         MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
                         settings.model_dump(mode="json"))
