@@ -173,9 +173,11 @@ def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+    marks = (f"{temp_dir}/".encode(), f"{temp_dir}\0".encode())  # the dir itself, not a longer name
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if temp_dir.encode() in (proc / "cmdline").read_bytes():
+            cmdline = (proc / "cmdline").read_bytes()
+            if any(m in cmdline for m in marks):
                 os.kill(int(proc.name), signal.SIGKILL)
         except (OSError, ValueError):
             pass
