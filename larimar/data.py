@@ -104,11 +104,7 @@ def hub_paragraphs(name: str, config: str | None, split: str, text_field: str) -
 
 def decoder_tokenizer(name: str, tiny_hidden: int = 64, tiny_layers: int = 2):
     """The decoder's tokenizer without loading its weights (the driver only needs to cut chunks)."""
-    if backbones.is_random_init(name):
-        return backbones.tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    return backbones._from_pretrained(AutoTokenizer, name)
+    return backbones.load_tokenizer(name)
 
 
 def chunk_paragraphs(paragraphs: list[str], tokenizer, chunk_tokens: int, min_chunk_tokens: int = 1) -> list[str]:
