@@ -33,7 +33,7 @@ KEY = "bench-key"
 
 
 def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
-    mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
+    mid = requests.post(f"{URL}/v1/memories", json={"slots": 512}, headers=headers).json()["id"]  # the paper's K
     latencies: list[float] = []
 
     def client(i: int) -> None:
@@ -88,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="runs/demo/model")
     parser.add_argument("--out", default="runs/bench_serve.json")
-    parser.add_argument("--edits", type=int, default=160, help="edits per concurrency level")
+    parser.add_argument("--edits", type=int, default=160, help="edits per concurrency level (each into a fresh K = 512 memory)")
     parser.add_argument("--decoder", default="smollm2-135m", help="also time conditioning on this decoder ('' to skip)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
