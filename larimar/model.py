@@ -156,10 +156,9 @@ class LarimarModel(nn.Module):
         lengths = (new != self.decoder_tokenizer.pad_token_id).sum(1).tolist()
         return [(t.strip(), int(n)) for t, n in zip(texts, lengths)]
 
-    @torch.no_grad()
-    def score_continuations(self, prompts: list[str], continuations: list[str],
-                            z: torch.Tensor) -> list[tuple[float, float, int]]:
-        """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair.
+    def tokenize_continuations(self, prompts: list[str], continuations: list[str]
+                               ) -> tuple[dict[str, torch.Tensor], list[tuple[int, list[int]]]]:
+        """"<bos> prompt" + " continuation", right-padded, and per pair (start index, continuation ids).
 
         Prompt and continuation are tokenized apart (ROME's convention), so the continuation's
         tokens are the same whatever the prompt.
@@ -172,15 +171,21 @@ class LarimarModel(nn.Module):
             p_ids = tok(p, add_special_tokens=False)["input_ids"]
             c_ids = tok(" " + c.strip(), add_special_tokens=False)["input_ids"]
             if not c.strip() or not c_ids:
-                raise ValueError("continuations must be non-empty")
+                raise ValueError(f"continuation {c!r} is empty")
             seqs.append([self.bos_id, *p_ids, *c_ids])
-            spans.append((1 + len(p_ids), len(c_ids)))
-        batch = pad(seqs, tok.pad_token_id, "right", self.device)
+            spans.append((1 + len(p_ids), c_ids))
+        return pad(seqs, tok.pad_token_id, "right", self.device), spans
+
+    @torch.no_grad()
+    def score_continuations(self, prompts: list[str], continuations: list[str],
+                            z: torch.Tensor) -> list[tuple[float, float, int]]:
+        """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair."""
+        batch, spans = self.tokenize_continuations(prompts, continuations)
         lp = self.decoder.token_logprobs(batch["input_ids"], batch["attention_mask"], z.to(self.device))  # (n, T-1)
         out = []
-        for i, (start, n) in enumerate(spans):
-            token_lp = lp[i, start - 1 : start - 1 + n]  # log p of tokens start .. start+n-1
-            out.append((float(token_lp.sum()), float(-token_lp.mean()), n))
+        for i, (start, c_ids) in enumerate(spans):
+            token_lp = lp[i, start - 1 : start - 1 + len(c_ids)]  # log p of tokens start .. start+n-1
+            out.append((float(token_lp.sum()), float(-token_lp.mean()), len(c_ids)))
         return out
 
     # -- save / load --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from larimar.editor import EditableMemory
 from larimar.evaluation import metrics
-from larimar.model import LarimarModel, pad
+from larimar.model import LarimarModel
 
 
 @dataclass
@@ -44,16 +44,7 @@ def teacher_force(model: LarimarModel, prompts: list[str], answers: list[str], z
     """prompts, answers: n strings; z (n, C) -> one `Forced` per pair (a single decoder pass)."""
     if not (len(prompts) == len(answers) == z.shape[0]):
         raise ValueError(f"got {len(prompts)} prompts, {len(answers)} answers and {z.shape[0]} latents")
-    tok = model.decoder_tokenizer
-    seqs, spans = [], []
-    for p, a in zip(prompts, answers):
-        p_ids = tok(p, add_special_tokens=False)["input_ids"]
-        a_ids = tok(" " + a.strip(), add_special_tokens=False)["input_ids"]
-        if not a_ids:
-            raise ValueError(f"answer {a!r} tokenises to nothing")
-        seqs.append([model.bos_id, *p_ids, *a_ids])
-        spans.append((1 + len(p_ids), a_ids))
-    batch = pad(seqs, tok.pad_token_id, "right", model.device)
+    batch, spans = model.tokenize_continuations(prompts, answers)
     with torch.no_grad():
         logits = model.decoder(batch["input_ids"], batch["attention_mask"], z.to(model.device))[:, :-1].float()  # (n, T-1, V)
         logp = F.log_softmax(logits, -1)
