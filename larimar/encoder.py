@@ -31,13 +31,10 @@ class LatentEncoder(nn.Module):
         self.set_trainable_layers(trainable_layers)
 
     def set_trainable_layers(self, n: int) -> None:
-        if n < 0:
-            self.backbone.requires_grad_(True)
-            return
-        self.backbone.requires_grad_(False)
-        layers = self.backbone.encoder.layer if n > 0 else []
-        for layer in list(layers)[-n:] if n > 0 else []:
-            layer.requires_grad_(True)
+        self.backbone.requires_grad_(n < 0)
+        if n > 0:  # BERT-family layout: backbone.encoder.layer is the stack of transformer blocks
+            for layer in self.backbone.encoder.layer[-n:]:
+                layer.requires_grad_(True)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, C) latents."""

@@ -91,3 +91,12 @@ def test_cyclic_beta_schedule():
     assert values[40] == 0.5 and values[49] == 0.5
     assert values[50] == 0  # second cycle restarts
     assert beta(10, 100, LossConfig(kl=0.0)) == 0.0
+
+
+def test_encoder_trainable_layers():
+    model = LarimarModel(tiny_config(encoder_trainable_layers=1))
+    layers = model.encoder.backbone.encoder.layer
+    assert all(p.requires_grad for p in layers[-1].parameters())
+    assert not any(p.requires_grad for p in layers[0].parameters())
+    assert not model.encoder.backbone.embeddings.word_embeddings.weight.requires_grad
+    assert model.encoder.head.weight.requires_grad
