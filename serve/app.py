@@ -42,8 +42,9 @@ from larimar.serving.store import MemoryStore, StoreConfig, StoreError
 class Encoder:
     """Text -> Larimar latents, and sentence embeddings for the scope detector."""
 
-    def __init__(self, model_dir: str, scope_model: str | None):
-        torch.set_num_threads(1)
+    def __init__(self, model_dir: str, scope_model: str | None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
         self.model = LarimarModel.from_pretrained(model_dir)
         self.embedder = load_embedder(scope_model) if scope_model else None
 
@@ -85,8 +86,9 @@ class Encoder:
 class Decoder:
     """The latent-conditioned decoder; `device="auto"` shards its layers over the replica's GPUs."""
 
-    def __init__(self, model_dir: str, device: str = "cpu"):
-        torch.set_num_threads(1)
+    def __init__(self, model_dir: str, device: str = "cpu", threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
         self.model = LarimarModel.from_pretrained(model_dir)
         if device == "cuda":
             self.model.to("cuda")
@@ -466,11 +468,11 @@ def build(args: dict):
         autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
                             "target_ongoing_requests": 2},
         ray_actor_options={"num_cpus": 0.5, "num_gpus": settings.decoder_gpus},
-    ).bind(settings.model, settings.decoder_device)
+    ).bind(settings.model, settings.decoder_device, settings.torch_threads)
     encoder = Encoder.options(
         autoscaling_config={"min_replicas": settings.encoder_replicas, "max_replicas": settings.encoder_max_replicas,
                             "target_ongoing_requests": 8},
-    ).bind(settings.model, settings.scope_model)
+    ).bind(settings.model, settings.scope_model, settings.torch_threads)
     return Ingress.bind(encoder, decoder,
                         MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
                         settings.model_dump(mode="json"))

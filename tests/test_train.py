@@ -193,7 +193,10 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     --temp-dir keeps its address out of /tmp/ray/ray_current_cluster. Ray 2.60 enables token auth
     for local clusters: RAY_AUTH_MODE=disabled for both start and submit."""
     data = require_shared("data")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The job's entrypoint says `python`, as users write it: put this interpreter's directory first on
+    # PATH (the head and its job supervisor inherit it), as an activated virtualenv would.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
     ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
     ray_bin = Path(sys.executable).parent / "ray"

@@ -36,6 +36,8 @@ class ServeSettings(BaseModel):
     decoder_replicas: int = Field(1, ge=1)
     decoder_max_replicas: int = Field(1, ge=1)
     decoder_gpus: float = Field(0, ge=0)
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads of the encoder and decoder "
+                                      "replicas; None: torch's default (all cores)")
     encoder_replicas: int = Field(1, ge=1)
     encoder_max_replicas: int = Field(1, ge=1)
 
