@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--decoder", default="smollm2-135m", help="also time conditioning on this decoder ('' to skip)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-threads", type=int, default=None, help="ServeSettings.torch_threads")
     args = parser.parse_args()
 
     import ray
@@ -102,10 +103,10 @@ def main() -> None:
     from larimar.serving.auth import hash_key
     from serve.app import build
 
-    report: dict = {"model": args.model, "torch_threads": torch.get_num_threads()}
+    report: dict = {"model": args.model, "replica_torch_threads": args.torch_threads}
     with tempfile.TemporaryDirectory() as storage:
         ray.init(num_cpus=4, include_dashboard=False)
-        serve.run(build({"model": args.model, "storage": storage,
+        serve.run(build({"model": args.model, "storage": storage, "torch_threads": args.torch_threads,
                          "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}]}), name="larimar", route_prefix="/")
         headers = {"Authorization": f"Bearer {KEY}"}
         report["edit_latency"] = []
