@@ -120,16 +120,16 @@ class LatentDecoder(nn.Module):
         """transformers ``generate()`` with the latent; returns (B, T + new) ids without the slot.
 
         Batches must be left-padded. The slot is an already-cached first token for generate():
-        a placeholder id stands for it in ``input_ids`` and is stripped from the output.
+        the pad id stands for it in ``input_ids`` and is stripped from the output.
         """
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("LatentDecoder.generate supports num_beams=1 and num_return_sequences=1; "
                              "repeat the inputs and latents for several samples")
         B = input_ids.shape[0]
         full_mask, positions = self._inputs(z, attention_mask)
-        placeholder = torch.full((B, 1), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        slot_ids = torch.full((B, 1), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
         kwargs.setdefault("pad_token_id", self.pad_token_id)
         with self._shifted(z):
-            out = self.lm.generate(input_ids=torch.cat([placeholder, input_ids], 1), attention_mask=full_mask,
+            out = self.lm.generate(input_ids=torch.cat([slot_ids, input_ids], 1), attention_mask=full_mask,
                                    position_ids=positions, cache=self.prefix_cache(z), **kwargs)
         return out[:, 1:]
