@@ -102,7 +102,7 @@ def hub_paragraphs(name: str, config: str | None, split: str, text_field: str) -
     return [t.strip() for t in ds[text_field] if is_paragraph(t)]
 
 
-def decoder_tokenizer(name: str, tiny_hidden: int = 64, tiny_layers: int = 2):
+def decoder_tokenizer(name: str):
     """The decoder's tokenizer without loading its weights (the driver only needs to cut chunks)."""
     return backbones.load_tokenizer(name)
 
