@@ -170,6 +170,16 @@ def _sum_over_ranks(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
+def _sum_list_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (a collective: every rank calls it with the same length)."""
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t.tolist()
+
+
 def train_loop_per_worker(config: dict) -> None:
     """One DeepSpeed rank. `config` = {"train": to_dict(TrainConfig)}, plain data for pickling."""
     import deepspeed
@@ -207,6 +217,11 @@ def train_loop_per_worker(config: dict) -> None:
                      f"batch {position.batches})")
 
     metrics = TrainMetrics(cfg.run.name) if rank == 0 else None
+    validator = None
+    if cfg.validation.enabled:  # val/* metrics at every report, the same on every rank (Tune acts on them)
+        from larimar.validation import Validator
+
+        validator = Validator(cfg, config.get("validation_texts") or [], rank, world)
     shard = ray.train.get_dataset_shard("train")
     stream = episode_batches(shard, cfg.chunks_per_micro_batch, skip=position.batches, start_epoch=position.epoch)
     E, B = cfg.data.episode_size, cfg.optim.micro_batch_episodes
@@ -271,6 +286,14 @@ def train_loop_per_worker(config: dict) -> None:
             log.info(f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
                      f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s")
 
+        reporting = done % cfg.run.checkpoint_every == 0 or done == total or done % cfg.run.log_every == 0
+        if validator is not None and reporting:
+            t_val = time.perf_counter()
+            val = validator.metrics(engine.module, lambda v: _sum_list_over_ranks(v, device))
+            report.update(val, **{"time/validation": time.perf_counter() - t_val})
+            if rank == 0:
+                log.info(f"[larimar] step {done} " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+
         if done % cfg.run.checkpoint_every == 0 or done == total:
             with tempfile.TemporaryDirectory() as tmp:
                 # ZeRO: every rank writes its shard; frozen backbone weights are left out.
@@ -302,6 +325,10 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
     source = resolve_source(cfg.data.source)
     cfg.data.source = str(source)
+    if cfg.validation.enabled:
+        cfg.validation.source = str(resolve_source(cfg.validation.source))
+        if cfg.validation.counterfact:
+            cfg.validation.counterfact = str(resolve_source(cfg.validation.counterfact))
     return cfg
 
 
@@ -322,22 +349,31 @@ def worker_env(cfg: TrainConfig) -> dict[str, str]:
     return env
 
 
-def make_trainer(cfg: TrainConfig, dataset):
-    """The TorchTrainer for `cfg`, reading the Ray dataset `dataset` as the "train" split."""
+def make_trainer(cfg: TrainConfig, dataset, callbacks: list | None = None, validation_texts: list[str] | None = None):
+    """The TorchTrainer for `cfg`, reading the Ray dataset `dataset` as the "train" split.
+
+    `callbacks`: Ray Train callbacks (a Tune trial passes TuneReportCallback). With
+    ``validation.enabled`` the held-out chunks travel in the loop config: `validation_texts` if
+    given (a sweep prepares them once), else prepared here."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    loop_config: dict = {"train": to_dict(cfg)}
+    if cfg.validation.enabled:
+        from larimar.validation import prepare_validation_texts
+
+        loop_config["validation_texts"] = validation_texts if validation_texts is not None else prepare_validation_texts(cfg)
     s, r = cfg.scaling, cfg.run
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": to_dict(cfg)},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(name=r.name, storage_path=r.storage_path,
                              failure_config=FailureConfig(max_failures=r.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=r.keep_checkpoints),
-                             worker_runtime_env={"env_vars": worker_env(cfg)}),
+                             worker_runtime_env={"env_vars": worker_env(cfg)}, callbacks=callbacks),
         datasets={"train": dataset},
     )
 

@@ -21,6 +21,7 @@ from larimar.config import ConfigError, load
 from larimar.model import LarimarConfig
 
 SHARED_WIKITEXT = "../shared/data/wikitext-2-raw/wiki.valid.raw"
+SHARED_WIKITEXT_TEST = "../shared/data/wikitext-2-raw/wiki.test.raw"  # held out from training
 
 
 @dataclass
@@ -113,6 +114,30 @@ class DebugConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """Held-out metrics computed inside the training loop at every ``ray.train.report`` (Tune's
+    schedulers act on them): reconstruction through memory on held-out text chunks, written
+    ``episode_size`` at a time and in single memories of each ``capacity_sizes`` N, and ES/PS/NS
+    on a small CounterFact slice. Off by default: plain training runs do not pay for it."""
+
+    enabled: bool = False
+    source: str = SHARED_WIKITEXT_TEST  # held-out text, chunked like data.source (never trained on)
+    chunks: int = 64  # held-out chunks: episodes of N = data.episode_size for val/* metrics
+    capacity_sizes: list[int] = field(default_factory=list)  # N values: one memory of N chunks each
+    decode_cap: int = 32  # most chunks decoded per measurement (the latent metrics use all of them)
+    counterfact: str | None = None  # CounterFact JSON for val/ES, val/PS, val/NS; None skips them
+    counterfact_cases: int = 8  # first cases of that file
+    seed: int = 0  # shuffles the held-out chunks before taking them
+
+    def __post_init__(self) -> None:
+        for name in ("chunks", "decode_cap", "counterfact_cases"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"validation.{name} must be >= 1, got {getattr(self, name)}")
+        if any(n < 1 for n in self.capacity_sizes):
+            raise ValueError(f"validation.capacity_sizes must be >= 1, got {self.capacity_sizes}")
+
+
+@dataclass
 class TrainConfig:
     model: LarimarConfig = field(default_factory=LarimarConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +146,7 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     deepspeed: DeepSpeedSection = field(default_factory=DeepSpeedSection)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
         limit = self.model.max_length - 2
@@ -132,6 +158,9 @@ class TrainConfig:
         if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
             # The CPU accelerator supports bf16 only with mkldnn kernels; fp32 is the tested CPU path.
             raise ConfigError("deepspeed.precision: bf16 needs scaling.use_gpu=true; train on CPU in fp32")
+        if self.validation.enabled and self.validation.chunks < self.data.episode_size:
+            raise ConfigError(f"validation.chunks: {self.validation.chunks} cannot fill one episode of "
+                              f"data.episode_size={self.data.episode_size}")
         if self.debug.fail_at_step is not None and not 1 <= self.debug.fail_at_step <= self.optim.steps:
             raise ConfigError(f"debug.fail_at_step: expected a step in 1..{self.optim.steps}, got {self.debug.fail_at_step}")
 
