@@ -43,16 +43,31 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
 
 
 class LatentDecoder(nn.Module):
-    def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int):
+    def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int, inject_layers: int = -1,
+                 embedding_shift: bool = True, init: str = "normal"):
+        """inject_layers: -1 puts the slot in every layer (the paper), n > 0 in the top n only; the
+        lower layers then see an all-zero slot, take no gradient and, with a frozen decoder, run
+        without building an autograd graph (the cheap CPU recipe).
+        embedding_shift: also add emb_proj(z) to the token embeddings (the paper); this makes the
+        gradient flow through every layer.
+        init: "normal" (std = the LM's initializer_range, the reference) or "zero", which starts a
+        pretrained decoder exactly at its own predictions (plus a zero slot) instead of under a
+        random perturbation."""
         super().__init__()
+        if init not in ("normal", "zero"):
+            raise ValueError(f"conditioning init must be 'normal' or 'zero', got {init!r}")
         self.lm = lm
         self.pad_token_id = pad_token_id
         self.num_layers, self.kv_heads, self.head_dim, hidden = attention_geometry(lm.config)
+        if inject_layers == 0 or inject_layers < -1 or inject_layers > self.num_layers:
+            raise ValueError(f"inject_layers must be -1 (all) or 1..{self.num_layers}, got {inject_layers}")
+        self.inject_layers = self.num_layers if inject_layers == -1 else inject_layers
         std = getattr(lm.config.get_text_config(), "initializer_range", 0.02)
-        self.kv_proj = nn.Linear(latent_dim, self.num_layers * self.kv_heads * self.head_dim, bias=False)
-        self.emb_proj = nn.Linear(latent_dim, hidden, bias=False)
-        nn.init.normal_(self.kv_proj.weight, std=std)
-        nn.init.normal_(self.emb_proj.weight, std=std)
+        self.kv_proj = nn.Linear(latent_dim, self.inject_layers * self.kv_heads * self.head_dim, bias=False)
+        self.emb_proj = nn.Linear(latent_dim, hidden, bias=False) if embedding_shift else None
+        for proj in (self.kv_proj, self.emb_proj):
+            if proj is not None:
+                nn.init.normal_(proj.weight, std=std) if init == "normal" else nn.init.zeros_(proj.weight)
         self._shift: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(f"shift{id(self)}", default=None)
         lm.get_input_embeddings().register_forward_hook(self._add_shift)
 
@@ -64,6 +79,9 @@ class LatentDecoder(nn.Module):
 
     @contextlib.contextmanager
     def _shifted(self, z: torch.Tensor) -> Iterator[None]:
+        if self.emb_proj is None:
+            yield
+            return
         token = self._shift.set(self.emb_proj(z.to(self.emb_proj.weight.dtype)).unsqueeze(1))  # (B, 1, H)
         try:
             yield
@@ -71,13 +89,16 @@ class LatentDecoder(nn.Module):
             self._shift.reset(token)
 
     def prefix_cache(self, z: torch.Tensor) -> DynamicCache:
-        """One key = value slot per layer: (B, C) -> cache of length 1."""
+        """One key = value slot per layer: (B, C) -> cache of length 1 (zeros below the injected layers)."""
         B = z.shape[0]
-        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, L*Hkv*D)
-        kv = kv.view(B, self.num_layers, self.kv_heads, 1, self.head_dim)  # (B, L, Hkv, 1, D)
+        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, Li*Hkv*D)
+        kv = kv.view(B, self.inject_layers, self.kv_heads, 1, self.head_dim)  # (B, Li, Hkv, 1, D)
+        first = self.num_layers - self.inject_layers
+        zero = kv.new_zeros(B, self.kv_heads, 1, self.head_dim).detach() if first else None
         cache = DynamicCache(config=self.lm.config)
         for layer in range(self.num_layers):
-            cache.update(kv[:, layer], kv[:, layer], layer)
+            slot = zero if layer < first else kv[:, layer - first]
+            cache.update(slot, slot, layer)
         return cache
 
     @staticmethod

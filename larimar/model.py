@@ -44,6 +44,9 @@ class LarimarConfig:
     decoder_trainable: bool = False  # fine-tune the whole decoder (the reference does); else only the
     # conditioning projections train and z = 0 reproduces the base LM exactly
     max_length: int = 64  # tokens per text; the paper's chunk size
+    inject_layers: int = -1  # decoder layers given the latent slot: -1 all (the paper), n: the top n only
+    embedding_shift: bool = True  # also shift the token embeddings by a projection of z (the paper)
+    conditioning_init: Literal["normal", "zero"] = "normal"  # "zero" starts a pretrained decoder at its own predictions
     tiny_hidden: int = 64  # width of tiny-* random backbones
     tiny_layers: int = 2
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -78,7 +81,9 @@ class LarimarModel(nn.Module):
         enc, self.encoder_tokenizer = backbones.load_encoder(cfg.encoder, cfg.tiny_hidden, cfg.tiny_layers)
         lm, self.decoder_tokenizer = backbones.load_decoder(cfg.decoder, cfg.tiny_hidden, cfg.tiny_layers)
         self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers)
-        self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id)
+        self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id,
+                                     inject_layers=cfg.inject_layers, embedding_shift=cfg.embedding_shift,
+                                     init=cfg.conditioning_init)
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         self.memory = EpisodicMemory(cfg.memory)
         self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)

@@ -1,0 +1,96 @@
+"""Fact-style training text from the editing benchmarks' own files (CounterFact, zsRE).
+
+The paper trains on WikiText only. A small decoder on a CPU budget learns far faster to read a
+short fact back out of its latent when it also sees short fact sentences: "<prompt> <target>",
+the shape of every edit it will be asked to recall. A model trained with this text must say so
+in its name (e.g. ``larimar-smol-facts``) and be reported beside the WikiText-only variant.
+
+Evaluation cases must stay unseen: every case of the files named in ``exclude`` is dropped by
+case id (CounterFact) and by subject (both benchmarks), so a dev-set metric is a held-out one.
+
+Sentences per record:
+- CounterFact (ROME format or EasyEdit's flattened format): the rewrite prompt with the new
+  target and with the true target, and the neighbourhood / locality prompt with its true target.
+- zsRE (MEND format): the question and its rephrase, each followed by ``answers[0]``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from larimar.config import ConfigError
+
+
+def _load(path: Path) -> list[dict]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"data.facts: cannot read {path}: {e}") from None
+    if not isinstance(records, list) or not records or not isinstance(records[0], dict):
+        raise ConfigError(f"data.facts: {path} is not a JSON list of records")
+    return records
+
+
+def kind(record: dict) -> str:
+    if "requested_rewrite" in record:
+        return "counterfact"
+    if "target_new" in record and "prompt" in record:
+        return "counterfact_flat"
+    if "src" in record and "answers" in record:
+        return "zsre"
+    raise ConfigError(f"data.facts: unknown record format with keys {sorted(record)} "
+                      "(expected CounterFact, flattened CounterFact or zsRE/MEND)")
+
+
+def _target(value) -> str:
+    return (value["str"] if isinstance(value, dict) else str(value)).strip()
+
+
+def identities(record: dict) -> tuple[str | None, str | None]:
+    """(case id, subject) of a record, either may be None."""
+    k = kind(record)
+    if k == "counterfact":
+        return str(record.get("case_id")), record["requested_rewrite"]["subject"].strip()
+    if k == "counterfact_flat":
+        return str(record.get("case_id")), str(record.get("subject", "")).strip() or None
+    return None, str(record.get("subject", "")).strip() or None
+
+
+def sentences(record: dict) -> list[str]:
+    k = kind(record)
+    out: list[tuple[str, str]] = []
+    if k == "counterfact":
+        rw = record["requested_rewrite"]
+        prompt = rw["prompt"].format(rw["subject"])
+        out += [(prompt, _target(rw["target_new"])), (prompt, _target(rw["target_true"]))]
+        out += [(p, _target(rw["target_true"])) for p in record.get("neighborhood_prompts", [])[:1]]
+    elif k == "counterfact_flat":
+        out += [(record["prompt"], _target(record["target_new"])), (record["prompt"], _target(record["ground_truth"]))]
+        if record.get("locality_prompt") and record.get("locality_ground_truth"):
+            out.append((record["locality_prompt"], _target(record["locality_ground_truth"])))
+    else:
+        answer = str(record["answers"][0]).strip()
+        out += [(record["src"], answer)] + ([(record["rephrase"], answer)] if record.get("rephrase") else [])
+    return [f"{p.strip()} {t}" for p, t in out if p.strip() and t]
+
+
+def fact_sentences(paths: list[Path], exclude: list[Path] = ()) -> list[str]:
+    """Every fact sentence of `paths`, minus the cases (ids and subjects) of the `exclude` files."""
+    ids, subjects = set(), set()
+    for path in exclude:
+        for r in _load(path):
+            i, s = identities(r)
+            ids.add(i) if i is not None else None
+            subjects.add(s) if s else None
+    seen, out = set(), []
+    for path in paths:
+        for r in _load(path):
+            i, s = identities(r)
+            if (i is not None and i in ids and kind(r) != "zsre") or (s and s in subjects):
+                continue
+            for text in sentences(r):
+                if text not in seen:
+                    seen.add(text)
+                    out.append(text)
+    return out
