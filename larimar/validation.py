@@ -68,6 +68,17 @@ def prepare_validation_texts(cfg: TrainConfig) -> list[str]:
     return chunks[:need]
 
 
+def metric_names(cfg: TrainConfig) -> list[str]:
+    """The val/* keys every report carries under this config (what a sweep may optimise)."""
+    v = cfg.validation
+    names = ["val/rec_nll", "val/rec_token_acc", "val/ae_token_acc", "val/latent_err", "val/latent_recall"]
+    for n in v.capacity_sizes:
+        names += [f"val/recall@{n}", f"val/latent_recall@{n}", f"val/latent_err@{n}"]
+    if v.counterfact:
+        names += ["val/ES", "val/PS", "val/NS", "val/Score"]
+    return names
+
+
 def _identity(values: list[float]) -> list[float]:
     return values
 
