@@ -178,7 +178,7 @@ def parse_space(search: SearchSection, base: TrainConfig) -> list[Param]:
     """search.space -> Params, each value checked against TrainConfig (errors name the entry)."""
     params = []
     base_dict = to_dict(base)
-    for name, spec in search.space.items():
+    for name, spec in _flatten(search.space).items():
         where = f"search.space.{name}"
         key = ALIASES.get(name, name)
         if key.startswith(FIXED_PREFIXES) and key not in FIXED_EXCEPTIONS:
@@ -212,6 +212,18 @@ def parse_space(search: SearchSection, base: TrainConfig) -> list[Param]:
     if not params:
         raise ConfigError("search.space: empty; name at least one parameter, e.g. K: {grid: [128, 256]}")
     return params
+
+
+def _flatten(space: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections (``{model: {loss: {kl: {grid: ...}}}}``, or a ``search.space.a.b=...``
+    override) -> dotted names; a mapping that names a domain kind is a leaf."""
+    out = {}
+    for name, spec in space.items():
+        if isinstance(spec, dict) and spec and not any(k in KINDS for k in spec):
+            out.update(_flatten(spec, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = spec
+    return out
 
 
 def trial_config(base: dict, values: dict[str, Any], where: str = "search.space") -> TrainConfig:
