@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,14 @@ def export_model(model: LarimarModel, uri: str) -> str:
 
 class TrainMetrics:
     """Prometheus metrics (exported by Ray as ``ray_larimar_train_*``), recorded by rank 0 only:
-    the loss terms are already averaged over ranks and tokens/s is the global rate."""
+    the loss terms are already averaged over ranks and tokens/s is the global rate.
+
+    Ray 2.60 exports a gauge only while it is being set: a value not set again within two export
+    intervals (2 x 10 s by default) disappears from the scrape. A step of a large model, or the
+    time between checkpoints, is longer than that, so gauges go through `_set`, which remembers
+    the value, and a daemon thread sets them again every `REFRESH_SECONDS`."""
+
+    REFRESH_SECONDS = 5.0
 
     def __init__(self, run_name: str):
         from ray.util.metrics import Counter, Gauge, Histogram
@@ -117,14 +125,37 @@ class TrainMetrics:
                                      "Unix time of the last checkpoint", ("run",))
         for m in (self.loss, self.tokens_per_second, self.tokens, self.step_seconds, self.step, self.checkpoint_time):
             m.set_default_tags(tags)
+        self._values: dict[tuple, tuple] = {}  # (gauge name, tags) -> (gauge, value, tags)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._refresh, name="larimar-train-metrics", daemon=True).start()
+
+    def _set(self, gauge, value: float, tags: dict[str, str] | None = None) -> None:
+        with self._lock:
+            self._values[(gauge.info["name"], tuple(sorted((tags or {}).items())))] = (gauge, value, tags)
+        gauge.set(value, tags)
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.REFRESH_SECONDS):
+            with self._lock:
+                values = list(self._values.values())
+            for gauge, value, tags in values:
+                gauge.set(value, tags)
 
     def record(self, step: int, terms: dict[str, float], tokens: int, seconds: float) -> None:
         for term, value in terms.items():
-            self.loss.set(value, {"term": term})
-        self.tokens_per_second.set(tokens / seconds if seconds > 0 else 0.0)
+            self._set(self.loss, value, {"term": term})
+        self._set(self.tokens_per_second, tokens / seconds if seconds > 0 else 0.0)
         self.tokens.inc(tokens)
         self.step_seconds.observe(seconds)
-        self.step.set(step)
+        self._set(self.step, step)
+
+    def checkpointed(self, timestamp: float) -> None:
+        """Dashboards show the checkpoint's age: time() - this."""
+        self._set(self.checkpoint_time, timestamp)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 # -- the worker loop -------------------------------------------------------------------------
@@ -303,7 +334,7 @@ def train_loop_per_worker(config: dict) -> None:
                     (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
             if metrics is not None:
-                metrics.checkpoint_time.set(time.time())
+                metrics.checkpointed(time.time())
         elif done % cfg.run.log_every == 0:
             ray.train.report(report)
 
@@ -312,6 +343,8 @@ def train_loop_per_worker(config: dict) -> None:
         module = engine.module.float() if cfg.deepspeed.precision == "bf16" else engine.module
         path = export_model(module, f"{run_dir(cfg)}/{MODEL_DIR}")
         log.info(f"[larimar] exported the model to {path}")
+    if metrics is not None:
+        metrics.close()
 
 
 # -- the driver side -------------------------------------------------------------------------

@@ -239,7 +239,9 @@ class MemoryActor:
                        "matches": [(m.fact_id, m.similarity, m.in_scope) for m in matches] if matches else None}}
 
     async def check_health(self) -> None:
-        self.snapshot_age.set(time.time() - self.store.last_snapshot_time)
+        """Serve calls this every 10 s: it also re-sets the gauges, which Ray 2.60 stops exporting
+        when they are not set for two export intervals (2 x 10 s), even on an idle actor."""
+        self._update_gauges()
 
 
 # -- HTTP ingress ------------------------------------------------------------------------------------
@@ -280,12 +282,15 @@ class Ingress:
 
     async def _observe(self, request: Request, call_next):
         start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
-        self.requests.inc(tags={"endpoint": endpoint, "status": str(response.status_code)})
-        self.latency.observe(time.perf_counter() - start, tags={"endpoint": endpoint})
-        return response
+        status = "500"  # an exception escaping the app is answered 500 by Serve: count it too
+        try:
+            response = await call_next(request)
+            status = str(response.status_code)
+            return response
+        finally:
+            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
+            self.requests.inc(tags={"endpoint": endpoint, "status": status})
+            self.latency.observe(time.perf_counter() - start, tags={"endpoint": endpoint})
 
     def tenant(self, presented: str | None) -> str:
         tenant = self.keys.tenant_for(presented)
