@@ -319,9 +319,26 @@ def _scheduler(cfg: SweepConfig, base: TrainConfig):
                          reduction_factor=cfg.scheduler.reduction_factor)
 
 
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """A local Ray with the dashboard, whose State API is how Ray Train's PlacementGroupCleaner
+    finds ASHA-stopped trials' dead controllers. The cleaner runs in the cluster and looks the API
+    up by address; with several Ray clusters on one machine (other users, CI jobs) auto-detection
+    fails ("Found multiple active Ray instances") and the leaked placement group starves the next
+    trial. So the dashboard gets a port chosen here and every worker of this job is told its URL."""
+    import socket
+
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+
+
 def _init_ray() -> bool:
     """Join RAY_ADDRESS's cluster (inside ``ray job submit``) or an initialised Ray; else start a
-    local one with the dashboard (it cleans up ASHA-stopped trials' placement groups)."""
+    local one with the dashboard (`start_local_ray`). True when this call started it."""
     import ray
 
     if ray.is_initialized():
@@ -329,7 +346,7 @@ def _init_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(address="local", include_dashboard=True)
+        start_local_ray()
     return True
 
 
@@ -433,7 +450,9 @@ def trial_rows(grid, params: list[Param], base: TrainConfig, metric: str, train_
         step = m.get("step")
         if result.error is not None:
             status = "error"
-        elif step is not None and step >= steps:
+        elif step is None:
+            status = "not run"  # the sweep was interrupted before its first report; a rerun resumes it
+        elif step >= steps:
             status = "finished"
         else:
             status = "stopped early"  # ASHA (the only thing that ends a healthy trial before its last step)
@@ -474,10 +493,10 @@ def write_report(report_dir: Path, rows: list[dict], params: list[Param], cfg: S
     swept = [p.name for p in params if p.swept]
     shown = ["trial_id", "status", *swept, "step", cfg.metric,
              *[c for c in columns if c.startswith("val/") and c != cfg.metric and "@" not in c], "loss"]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped early", "error")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped early", "error", "not run")}
     md = [f"# Sweep {cfg.experiment.name}", "",
           f"{len(rows)} trials: {counts['finished']} finished, {counts['stopped early']} stopped early by "
-          f"{cfg.scheduler.type.upper()}, {counts['error']} errored. Objective: {cfg.metric} ({cfg.mode}), "
+          f"{cfg.scheduler.type.upper()}, {counts['error']} errored, {counts['not run']} not run. Objective: {cfg.metric} ({cfg.mode}), "
           f"last report of each trial; base config {cfg.train} with {' '.join(cfg.overrides) or 'no overrides'}.", "",
           markdown_table(shown, [[_short(r.get(c)) for c in shown] for r in rows])]
     capacity = sorted({c for c in columns if "@" in c})

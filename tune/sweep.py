@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None):
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("finished", "stopped early", "error")}
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("finished", "stopped early", "error", "not run")}
     print(f"[larimar] sweep {summary.experiment_path} {'(restored) ' if summary.restored else ''}done in "
           f"{summary.seconds:.0f}s: {len(summary.rows)} trials ({counts['finished']} finished, "
-          f"{counts['stopped early']} stopped early, {counts['error']} errored), {summary.concurrency} at a time", flush=True)
+          f"{counts['stopped early']} stopped early, {counts['error']} errored, {counts['not run']} not run), "
+          f"{summary.concurrency} at a time", flush=True)
     print(f"[larimar] best: {json.dumps(summary.best)}", flush=True)
     print(f"[larimar] report: {summary.report_dir}/trials.md, trials.csv, best.json and plots", flush=True)
     if summary.best is None:
