@@ -54,7 +54,7 @@ def prepare_validation_texts(cfg: TrainConfig) -> list[str]:
     source = resolve_source(v.source)
     if not isinstance(source, Path):
         raise ConfigError(f"validation.source: {v.source!r} is not a local file or directory")
-    train_source = resolve_source(cfg.data.source)
+    train_source = resolve_source(cfg.data.source) if cfg.data.source else None  # None: fact sentences only
     if isinstance(train_source, Path) and source.resolve() == train_source.resolve():
         raise ConfigError(f"validation.source: {v.source!r} is the training data (data.source); "
                           "held-out metrics need text the model never trains on")
