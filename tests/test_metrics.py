@@ -5,7 +5,7 @@ of the Grafana dashboards must return data. Plus the dashboards' structure and t
 payloads (no Grafana server can be installed here: neither Debian nor PyPI/npm ship one).
 
 Prometheus is Debian's `prometheus` package (installed by `make install` / .ci/run). ~3 minutes
-on 2 cores: one Ray head, a 6-step tiny training run, one Serve application, ~30 s of traffic.
+on 2 cores: one Ray head, a 4-step tiny training run, one Serve application, ~30 s of traffic.
 """
 
 from __future__ import annotations
@@ -176,14 +176,23 @@ def stack(tmp_path_factory):
                             stdout=prom_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     t0 = time.time()
+    phases = {}  # seconds per setup phase, printed with -s (and kept in the report on failure)
+
+    def mark(name):
+        phases[name] = round(time.time() - t0 - sum(phases.values()), 1)
+        print(f"[metrics] {name}: {phases[name]} s", flush=True)
+
     try:
         _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", 60, "prometheus", prom, prom_log)
         _wait_http(f"{address}/api/version", 90, "`ray start --head`", head, head_log)
+        mark("ray head and prometheus up")
 
-        submit = [str(ray_bin), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+        # No --working-dir upload: the head runs in the checkout with PYTHONPATH on it, as the
+        # image does on KubeRay; the entrypoint is the RayJob's, with a test-sized config.
+        submit = [str(ray_bin), "job", "submit", "--address", address,
                   "--runtime-env-json", json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}), "--",
-                  "python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml", f"run.name={RUN}",
-                  f"run.storage_path={tmp / 'runs'}", "optim.steps=6", "optim.warmup_steps=1",
+                  "python", f"{ROOT}/jobs/train.py", "--config", f"{ROOT}/jobs/configs/tiny.yaml", f"run.name={RUN}",
+                  f"run.storage_path={tmp / 'runs'}", "optim.steps=4", "optim.warmup_steps=1",
                   "run.checkpoint_every=2", "run.log_every=1", "data.limit=256", "scaling.num_workers=1"]
         for _ in range(60):  # the dashboard answers a few seconds before the job agent registers
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -193,6 +202,7 @@ def stack(tmp_path_factory):
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         model = tmp / "runs" / RUN / "model"
         assert (model / "model.safetensors").exists()
+        mark("training job")
 
         # The RayService's config, rendered for this machine: same application, local args.
         base = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
@@ -205,6 +215,7 @@ def stack(tmp_path_factory):
                               "--address", address], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         _wait_http(f"http://127.0.0.1:{serve_port}/readyz", 240, "the Serve application", head, head_log)
+        mark("serve deploy")
         yield {"prometheus": Prometheus(f"http://127.0.0.1:{prom_port}"), "url": f"http://127.0.0.1:{serve_port}",
                "t0": t0}
     finally:
