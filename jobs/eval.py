@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     p.add_argument("--segment-facts", type=int, default=16, help="long-context: facts per segment memory")
     p.add_argument("--eval-cap", type=int, default=256, help="most facts whose recall is measured per point")
     p.add_argument("--repeats", type=int, default=1, help="timing: passes over the cases")
+    p.add_argument("--editor", default="larimar",
+                   help="larimar, or a peer baseline on the model's decoder: ft-l, ike, rome, grace "
+                        "(counterfact, zsre, sequential)")
+    p.add_argument("--editor-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a baseline setting, e.g. layer=5 (repeatable; see larimar/baselines/<name>.py)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -68,7 +73,8 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
             workers=a.workers, batch_size=a.batch_size, slots=a.slots, ridge=a.ridge,
             scope_model=None if a.scope_model.lower() == "none" else a.scope_model, scope_threshold=a.scope_threshold,
             use_scope=a.use_scope, checkpoints=a.checkpoints, sizes=a.sizes, slots_list=a.slots_list, trials=a.trials,
-            segment_facts=a.segment_facts, eval_cap=a.eval_cap, repeats=a.repeats, progress=not a.no_progress)
+            segment_facts=a.segment_facts, eval_cap=a.eval_cap, repeats=a.repeats, progress=not a.no_progress,
+            editor=a.editor, editor_options=a.editor_opt)
     except ConfigError as err:
         p.error(str(err))
 

@@ -19,6 +19,7 @@ from larimar.evaluation.data import Fact, load_facts
 from larimar.model import LarimarConfig, LarimarModel
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "jobs" / "configs"
+BASELINE_EXPERIMENTS = ("counterfact", "zsre", "sequential")
 
 
 @dataclass
@@ -44,8 +45,17 @@ class EvalConfig:
     eval_cap: int = 256  # most facts whose recall is measured per point (a seeded sample)
     repeats: int = 1  # timing: passes over the cases (after one warm-up edit)
     progress: bool = True
+    editor: str = "larimar"  # or a peer baseline of larimar.baselines (counterfact, zsre, sequential only)
+    editor_options: list[str] = field(default_factory=list)  # key=value settings of the baseline
 
     def __post_init__(self) -> None:
+        if self.editor != "larimar":
+            from larimar.baselines import editor_config
+
+            editor_config(self.editor, self.editor_options)  # unknown editor or option: ConfigError now
+            if self.experiment not in BASELINE_EXPERIMENTS:
+                raise ConfigError(f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, "
+                                  f"not {self.experiment!r}")
         for name in ("batch_size", "checkpoints", "trials", "segment_facts", "eval_cap", "repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -90,6 +100,14 @@ class EvalContext:
         if not scope:
             mem.scope = None
         return mem
+
+    @functools.cached_property
+    def baseline(self):
+        """The peer editor of ``--editor`` on this model's decoder LM (with z = 0 it is the plain LM)."""
+        from larimar.baselines import make_editor
+
+        return make_editor(self.cfg.editor, self.model.decoder.lm, self.model.decoder_tokenizer, self.model.bos_id,
+                           self.cfg.editor_options)
 
     @functools.cached_property
     def facts(self) -> list[Fact]:

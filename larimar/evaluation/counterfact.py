@@ -20,11 +20,13 @@ GROUPS = ("rewrite", "paraphrase", "neighborhood")
 
 
 def conditions(cfg: EvalConfig) -> list[str]:
+    if cfg.editor != "larimar":
+        return ["edited", "unedited"]
     return (["scope"] if cfg.scope_model else []) + ["no_scope", "unedited"]
 
 
 def needs_scope(cfg: EvalConfig) -> bool:
-    return cfg.scope_model is not None
+    return cfg.scope_model is not None and cfg.editor == "larimar"
 
 
 def items(cfg: EvalConfig, slots: int) -> list[CounterFactCase]:
@@ -63,6 +65,11 @@ def evaluate_case(ctx: EvalContext, case: CounterFactCase, empty) -> dict:
 
 
 def evaluate(ctx: EvalContext, cases: list[CounterFactCase], tick) -> list[dict]:
+    if ctx.cfg.editor != "larimar":
+        from larimar.baselines import evaluate as baseline
+
+        ctx.baseline.prepare()
+        return baseline.counterfact(ctx.baseline, cases, tick, ctx.cfg.batch_size)
     empty = ctx.memory(scope=False)  # nothing written: every read is z = 0, the unedited decoder
     out = []
     for case in cases:

@@ -37,6 +37,7 @@ class CounterFactCase:
     neighborhood: tuple[str, ...] = ()
     neighborhood_true: str = ""  # the answer the neighbourhood prompts must keep
     format: str = "canonical"  # "canonical" (ROME) or "flat" (EasyEdit)
+    subject: str = ""  # the edited subject (ROME-style editors locate its last token)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ZsreCase:
     rephrase: str
     loc: str
     loc_ans: str
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Fact:
     prompt: str
     target: str
     rephrases: tuple[str, ...] = field(default=())
+    subject: str = ""
 
     @property
     def text(self) -> str:
@@ -96,12 +99,12 @@ def counterfact_case(record: dict, index: int) -> CounterFactCase:
         true = rw["target_true"]["str"]
         return CounterFactCase(int(record.get("case_id", index)), rw["prompt"].format(rw["subject"]),
                                rw["target_new"]["str"], true, tuple(record.get("paraphrase_prompts", ())),
-                               tuple(record.get("neighborhood_prompts", ())), true, "canonical")
+                               tuple(record.get("neighborhood_prompts", ())), true, "canonical", rw["subject"])
     if fmt == "counterfact-flat":
         loc = record.get("locality_prompt")
         return CounterFactCase(int(record.get("case_id", index)), record["prompt"], record["target_new"],
                                record["ground_truth"], (), (loc,) if loc else (),
-                               record.get("locality_ground_truth", ""), "flat")
+                               record.get("locality_ground_truth", ""), "flat", record.get("subject", ""))
     raise ConfigError(f"--data: counterfact needs CounterFact records, got {fmt} records")
 
 
@@ -114,7 +117,8 @@ def zsre_case(record: dict, index: int) -> ZsreCase:
         raise ConfigError(f"--data: zsre needs MEND-format zsRE records (src, answers, loc), got keys {sorted(record)}")
     if not record["answers"]:
         raise ConfigError(f"--data: zsRE record {index} has an empty 'answers' list")
-    return ZsreCase(index, record["src"], record["answers"][0], record["rephrase"], record["loc"], record["loc_ans"])
+    return ZsreCase(index, record["src"], record["answers"][0], record["rephrase"], record["loc"], record["loc_ans"],
+                    record.get("subject", ""))
 
 
 def load_zsre(path: str | Path, limit: int | None = None) -> list[ZsreCase]:
@@ -133,5 +137,5 @@ def load_facts(source: str, limit: int | None = None, seed: int = 0) -> list[Fac
     records = _limit(_read_json(source), limit)
     fmt = detect_format(records[0])
     if fmt == "zsre":
-        return [Fact(c.prompt, c.target, (c.rephrase,)) for c in (zsre_case(r, i) for i, r in enumerate(records))]
-    return [Fact(c.prompt, c.target_new, c.paraphrases) for c in (counterfact_case(r, i) for i, r in enumerate(records))]
+        return [Fact(c.prompt, c.target, (c.rephrase,), c.subject) for c in (zsre_case(r, i) for i, r in enumerate(records))]
+    return [Fact(c.prompt, c.target_new, c.paraphrases, c.subject) for c in (counterfact_case(r, i) for i, r in enumerate(records))]

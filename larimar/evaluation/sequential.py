@@ -19,7 +19,7 @@ from larimar.evaluation.report import Curve, Report, markdown_table
 
 
 def needs_scope(cfg: EvalConfig) -> bool:
-    return cfg.use_scope and cfg.scope_model is not None
+    return cfg.use_scope and cfg.scope_model is not None and cfg.editor == "larimar"
 
 
 def items(cfg: EvalConfig, slots: int) -> list[dict]:
@@ -33,6 +33,13 @@ def checkpoints(n: int, parts: int) -> list[int]:
 
 def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
     cfg, facts = ctx.cfg, ctx.facts
+    if cfg.editor != "larimar":
+        from larimar.baselines import evaluate as baseline
+
+        ctx.baseline.prepare()
+        records, _ = baseline.sequential(ctx.baseline, facts, cfg.checkpoints, cfg.eval_cap, cfg.seed, tick,
+                                         cfg.batch_size)
+        return records
     rng = random.Random(cfg.seed)
     mem = ctx.memory(capacity=len(facts), scope=needs_scope(cfg))
     use_scope = needs_scope(cfg)

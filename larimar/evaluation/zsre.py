@@ -21,11 +21,13 @@ from larimar.evaluation.report import Report, markdown_table
 
 
 def conditions(cfg: EvalConfig) -> list[str]:
+    if cfg.editor != "larimar":
+        return ["edited", "unedited"]
     return (["scope"] if cfg.scope_model else []) + ["no_scope", "unedited"]
 
 
 def needs_scope(cfg: EvalConfig) -> bool:
-    return cfg.scope_model is not None
+    return cfg.scope_model is not None and cfg.editor == "larimar"
 
 
 def items(cfg: EvalConfig, slots: int) -> list[ZsreCase]:
@@ -49,6 +51,11 @@ def evaluate_case(ctx: EvalContext, case: ZsreCase) -> dict:
 
 
 def evaluate(ctx: EvalContext, cases: list[ZsreCase], tick) -> list[dict]:
+    if ctx.cfg.editor != "larimar":
+        from larimar.baselines import evaluate as baseline
+
+        ctx.baseline.prepare()
+        return baseline.zsre(ctx.baseline, cases, tick, ctx.cfg.batch_size)
     out = []
     for case in cases:
         out.append(evaluate_case(ctx, case))
