@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ import pyarrow as pa
 
 from larimar import backbones
 from larimar.config import ConfigError
+from larimar.fact_corpus import fact_sentences
 from larimar.train_config import TrainConfig
 
 TEXT_SUFFIXES = (".raw", ".txt", ".jsonl")
@@ -128,8 +130,8 @@ def chunk_paragraphs(paragraphs: list[str], tokenizer, chunk_tokens: int, min_ch
     return [c for c in chunks if c]
 
 
-def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
-    """The run's chunk dataset (column ``text``), shuffled and limited as configured."""
+def text_chunks(cfg: TrainConfig) -> datasets.Dataset:
+    """data.source cut into chunks (column ``text``), in corpus order."""
     d = cfg.data
     source = resolve_source(d.source)
     if isinstance(source, Path):
@@ -139,12 +141,58 @@ def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
     tokenizer = decoder_tokenizer(cfg.model.decoder)
     datasets.disable_progress_bars()  # seconds of work; the bars would only clutter job logs
     ds = datasets.Dataset.from_dict({"paragraph": paragraphs})
-    ds = ds.map(lambda b: {"text": chunk_paragraphs(b["paragraph"], tokenizer, cfg.chunk_tokens, d.min_chunk_tokens)},
-                batched=True, batch_size=1000, remove_columns=["paragraph"], new_fingerprint="larimar-chunks")
-    if d.shuffle_seed is not None:
-        ds = ds.shuffle(seed=d.shuffle_seed)
-    if d.limit is not None:
-        ds = ds.select(range(min(d.limit, len(ds))))
+    return ds.map(lambda b: {"text": chunk_paragraphs(b["paragraph"], tokenizer, cfg.chunk_tokens, d.min_chunk_tokens)},
+                  batched=True, batch_size=1000, remove_columns=["paragraph"], new_fingerprint="larimar-chunks")
+
+
+def fact_texts(cfg: TrainConfig) -> list[str]:
+    """data.facts as fact sentences, minus the cases of data.facts_exclude (larimar.fact_corpus)."""
+    d = cfg.data
+    paths = [resolve_source(p) for p in d.facts]
+    exclude = [resolve_source(p) for p in d.facts_exclude]
+    for name, p in zip(d.facts + d.facts_exclude, paths + exclude):
+        if not isinstance(p, Path):
+            raise ConfigError(f"data.facts: {name!r} is not a local file")
+    return fact_sentences(paths, exclude)
+
+
+def mixed_episodes(kinds: list[list[str]], episode_size: int, seed: int | None) -> list[str]:
+    """Rows such that every run of `episode_size` consecutive rows comes from one kind of text.
+
+    Long text chunks and short fact sentences in one episode would pad every fact to the chunk
+    length; grouping them apart keeps each decoder batch's padding small. Episodes of the kinds
+    are interleaved in a seeded random order.
+    """
+    rng = random.Random(seed)
+    groups = []
+    for texts in kinds:
+        texts = list(texts)
+        if seed is not None:
+            rng.shuffle(texts)
+        groups += [texts[i:i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
+    if seed is not None:
+        rng.shuffle(groups)
+    return [t for g in groups for t in g]
+
+
+def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
+    """The run's chunk dataset (column ``text``), shuffled and limited as configured."""
+    d = cfg.data
+    if not d.facts:
+        ds = text_chunks(cfg)
+        if d.shuffle_seed is not None:
+            ds = ds.shuffle(seed=d.shuffle_seed)
+        if d.limit is not None:
+            ds = ds.select(range(min(d.limit, len(ds))))
+    else:
+        chunks = list(text_chunks(cfg)["text"]) if d.source is not None else []
+        if d.source_limit is not None:
+            chunks = random.Random(d.shuffle_seed).sample(chunks, min(d.source_limit, len(chunks)))
+        kinds = ([chunks] if chunks else []) + [fact_texts(cfg)]
+        rows = mixed_episodes(kinds, d.episode_size, d.shuffle_seed)
+        if d.limit is not None:
+            rows = rows[:d.limit - d.limit % d.episode_size]
+        ds = datasets.Dataset.from_dict({"text": rows})
     ds = ds.flatten_indices()
     needed = cfg.chunks_per_micro_batch * cfg.scaling.num_workers
     if len(ds) < needed:

@@ -44,7 +44,7 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
 
 class LatentDecoder(nn.Module):
     def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int, inject_layers: int = -1,
-                 embedding_shift: bool = True, init: str = "normal"):
+                 embedding_shift: bool = True, init: str = "normal", tie_key_value: bool = True):
         """inject_layers: -1 puts the slot in every layer (the paper), n > 0 in the top n only; the
         lower layers then see an all-zero slot, take no gradient and, with a frozen decoder, run
         without building an autograd graph (the cheap CPU recipe).
@@ -52,7 +52,9 @@ class LatentDecoder(nn.Module):
         gradient flow through every layer.
         init: "normal" (std = the LM's initializer_range, the reference) or "zero", which starts a
         pretrained decoder exactly at its own predictions (plus a zero slot) instead of under a
-        random perturbation."""
+        random perturbation.
+        tie_key_value: the slot's key is its value (the reference); False projects them apart, so
+        where a layer attends and what it reads there are learned separately."""
         super().__init__()
         if init not in ("normal", "zero"):
             raise ValueError(f"conditioning init must be 'normal' or 'zero', got {init!r}")
@@ -63,7 +65,9 @@ class LatentDecoder(nn.Module):
             raise ValueError(f"inject_layers must be -1 (all) or 1..{self.num_layers}, got {inject_layers}")
         self.inject_layers = self.num_layers if inject_layers == -1 else inject_layers
         std = getattr(lm.config.get_text_config(), "initializer_range", 0.02)
-        self.kv_proj = nn.Linear(latent_dim, self.inject_layers * self.kv_heads * self.head_dim, bias=False)
+        self.tie_key_value = tie_key_value
+        self.kv_proj = nn.Linear(latent_dim, self.inject_layers * self.kv_heads * self.head_dim * (1 if tie_key_value else 2),
+                                 bias=False)
         self.emb_proj = nn.Linear(latent_dim, hidden, bias=False) if embedding_shift else None
         for proj in (self.kv_proj, self.emb_proj):
             if proj is not None:
@@ -89,16 +93,20 @@ class LatentDecoder(nn.Module):
             self._shift.reset(token)
 
     def prefix_cache(self, z: torch.Tensor) -> DynamicCache:
-        """One key = value slot per layer: (B, C) -> cache of length 1 (zeros below the injected layers)."""
+        """One slot per layer, key = value unless untied: (B, C) -> cache of length 1 (zeros below the
+        injected layers)."""
         B = z.shape[0]
-        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, Li*Hkv*D)
-        kv = kv.view(B, self.inject_layers, self.kv_heads, 1, self.head_dim)  # (B, Li, Hkv, 1, D)
+        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, Li*Hkv*D*(1 or 2))
+        kv = kv.view(B, self.inject_layers, 1 if self.tie_key_value else 2, self.kv_heads, 1, self.head_dim)
+        keys, values = kv[:, :, 0], kv[:, :, -1]  # (B, Li, Hkv, 1, D) each
         first = self.num_layers - self.inject_layers
         zero = kv.new_zeros(B, self.kv_heads, 1, self.head_dim).detach() if first else None
         cache = DynamicCache(config=self.lm.config)
         for layer in range(self.num_layers):
-            slot = zero if layer < first else kv[:, layer - first]
-            cache.update(slot, slot, layer)
+            if layer < first:
+                cache.update(zero, zero, layer)
+            else:
+                cache.update(keys[:, layer - first], values[:, layer - first], layer)
         return cache
 
     @staticmethod

@@ -6,7 +6,8 @@ the shape of every edit it will be asked to recall. A model trained with this te
 in its name (e.g. ``larimar-smol-facts``) and be reported beside the WikiText-only variant.
 
 Evaluation cases must stay unseen: every case of the files named in ``exclude`` is dropped by
-case id (CounterFact) and by subject (both benchmarks), so a dev-set metric is a held-out one.
+case id (CounterFact) and by subject (both benchmarks), and so is any sentence that names one of
+their subjects, so a dev-set metric is a held-out one.
 
 Sentences per record:
 - CounterFact (ROME format or EasyEdit's flattened format): the rewrite prompt with the new
@@ -17,6 +18,7 @@ Sentences per record:
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from larimar.config import ConfigError
@@ -83,6 +85,7 @@ def fact_sentences(paths: list[Path], exclude: list[Path] = ()) -> list[str]:
             i, s = identities(r)
             ids.add(i) if i is not None else None
             subjects.add(s) if s else None
+    mentions = re.compile("|".join(rf"\b{re.escape(s)}\b" for s in sorted(subjects))) if subjects else None
     seen, out = set(), []
     for path in paths:
         for r in _load(path):
@@ -90,6 +93,8 @@ def fact_sentences(paths: list[Path], exclude: list[Path] = ()) -> list[str]:
             if (i is not None and i in ids and kind(r) != "zsre") or (s and s in subjects):
                 continue
             for text in sentences(r):
+                if mentions is not None and mentions.search(text):
+                    continue  # another record's sentence naming a held-out subject, e.g. as its target
                 if text not in seen:
                     seen.add(text)
                     out.append(text)

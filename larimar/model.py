@@ -47,12 +47,17 @@ class LarimarConfig:
     inject_layers: int = -1  # decoder layers given the latent slot: -1 all (the paper), n: the top n only
     embedding_shift: bool = True  # also shift the token embeddings by a projection of z (the paper)
     conditioning_init: Literal["normal", "zero"] = "normal"  # "zero" starts a pretrained decoder at its own predictions
+    tie_key_value: bool = True  # the slot's key is its value (the paper); false: separate projections
+    latent_scale_min: float = 1.0  # training only: each read-out is scaled by U(latent_scale_min, 1), so the
+    # decoder also decodes the weaker read-outs a paraphrased query gets from a memory (1.0: off)
     tiny_hidden: int = 64  # width of tiny-* random backbones
     tiny_layers: int = 2
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.latent_scale_min <= 1.0:
+            raise ValueError(f"latent_scale_min must be in (0, 1], got {self.latent_scale_min}")
         if self.max_length < 4:
             raise ValueError(f"max_length must be >= 4 tokens, got {self.max_length}")
 
@@ -83,7 +88,7 @@ class LarimarModel(nn.Module):
         self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers)
         self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id,
                                      inject_layers=cfg.inject_layers, embedding_shift=cfg.embedding_shift,
-                                     init=cfg.conditioning_init)
+                                     init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value)
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         self.memory = EpisodicMemory(cfg.memory)
         self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)
@@ -126,7 +131,11 @@ class LarimarModel(nn.Module):
         M = self.memory.write(z)  # (B, K, C)
         read = self.memory.read(z, M)  # z: (B, N, C)
         # All decoder passes in one batch: rows of [read-out | own latent | zero latent].
-        groups = {"reconstruction": read.z.reshape(B * N, -1)}
+        read_z = read.z.reshape(B * N, -1)
+        if self.training and self.cfg.latent_scale_min < 1.0:
+            lo = self.cfg.latent_scale_min
+            read_z = read_z * (lo + (1 - lo) * torch.rand(B * N, 1, device=read_z.device, dtype=read_z.dtype))
+        groups = {"reconstruction": read_z}
         if w.autoencoder > 0:
             groups["autoencoder"] = z.reshape(B * N, -1)
         if w.lm > 0 and self.cfg.decoder_trainable:  # with a frozen decoder the z = 0 term is a constant

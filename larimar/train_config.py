@@ -26,7 +26,12 @@ SHARED_WIKITEXT_TEST = "../shared/data/wikitext-2-raw/wiki.test.raw"  # held out
 
 @dataclass
 class DataConfig:
-    source: str = SHARED_WIKITEXT  # local file or directory (.raw/.txt/.jsonl), or a hub dataset name
+    source: str | None = SHARED_WIKITEXT  # local file or directory (.raw/.txt/.jsonl), a hub dataset name,
+    # or null for fact sentences only
+    facts: list[str] = field(default_factory=list)  # CounterFact / zsRE JSON files whose fact sentences are
+    # added as training text (larimar.fact_corpus); name such a model "...-facts"
+    facts_exclude: list[str] = field(default_factory=list)  # evaluation files whose cases are kept out of training
+    source_limit: int | None = None  # with data.facts: at most this many data.source chunks join the facts
     hub_config: str | None = None  # hub dataset config, e.g. wikitext-103-raw-v1
     split: str = "train"  # hub split
     text_field: str = "text"  # the text column of .jsonl files and hub datasets
@@ -38,6 +43,8 @@ class DataConfig:
     shuffle_seed: int | None = 0  # chunks are shuffled once when prepared, so episodes mix articles
 
     def __post_init__(self) -> None:
+        if self.source is None and not self.facts:
+            raise ValueError("data.source is null and data.facts is empty: there is no training text")
         if self.episode_size < 1:
             raise ValueError(f"data.episode_size must be >= 1, got {self.episode_size}")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:

@@ -98,7 +98,8 @@ class Decoder:
             lm = self.model.decoder.lm
             dispatch_model(lm, device_map=infer_auto_device_map(lm))
             self.model.decoder.kv_proj.to(lm.device)
-            self.model.decoder.emb_proj.to(lm.device)
+            if self.model.decoder.emb_proj is not None:
+                self.model.decoder.emb_proj.to(lm.device)
 
     def generate(self, prompts: list[str], z: torch.Tensor, max_tokens: int, temperature: float) -> list[tuple[str, int]]:
         return self.model.generate_text(prompts, z, max_tokens, temperature)

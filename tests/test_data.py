@@ -16,7 +16,7 @@ from larimar.data import (
     resolve_source,
 )
 from larimar.train_config import load_train_config
-from tests.conftest import require_shared
+from tests.conftest import SHARED, require_shared
 
 TINY = ["model.encoder=tiny-bert", "model.decoder=tiny-llama", "scaling.num_workers=2"]
 
@@ -130,3 +130,41 @@ def test_episode_batches_cycle_epochs_and_skip_on_resume():
     assert next(resumed) == (5, 0, ["0", "1", "2"])
     with pytest.raises(RuntimeError, match="fewer than 3 chunks"):
         next(episode_batches(FakeShard(["a"]), 3))
+
+
+def test_fact_sentences_keep_evaluation_cases_out():
+    require_shared("data", "counterfact", "dev_flat.json")
+    from larimar.fact_corpus import fact_sentences
+
+    d = SHARED / "data"
+    canonical = json.loads((d / "counterfact" / "dev_canonical_100.json").read_text())
+    held_out = {c["requested_rewrite"]["subject"] for c in canonical}
+    everything = fact_sentences([d / "counterfact" / "dev_flat.json"])
+    kept = fact_sentences([d / "counterfact" / "dev_flat.json", d / "zsre" / "train_1k.json"],
+                          [d / "counterfact" / "dev_canonical_100.json", d / "zsre" / "dev_eval_300.json"])
+    rw = canonical[0]["requested_rewrite"]
+    fact = f"{rw['prompt'].format(rw['subject'])} {rw['target_new']['str']}"
+    assert fact in everything and fact not in kept
+    assert not any(f" {s} " in f" {t} " for t in kept for s in held_out)
+    assert "What is the product made by UniFirst? uniform" in kept  # zsRE train question + answer
+    assert len(kept) > 50_000 and len(set(kept)) == len(kept)
+
+
+def test_mixed_episodes_never_mix_kinds():
+    from larimar.data import mixed_episodes
+
+    rows = mixed_episodes([[f"long {i}" for i in range(40)], [f"fact {i}" for i in range(50)]], 8, seed=0)
+    assert len(rows) == 8 * (40 // 8 + 50 // 8)
+    kinds = [{r.split()[0] for r in rows[i:i + 8]} for i in range(0, len(rows), 8)]
+    assert all(len(k) == 1 for k in kinds) and {"long"} in kinds and {"fact"} in kinds
+    assert rows == mixed_episodes([[f"long {i}" for i in range(40)], [f"fact {i}" for i in range(50)]], 8, seed=0)
+
+
+def test_prepare_chunks_with_facts_only(tmp_path):
+    require_shared("data", "zsre", "train_1k.json")
+    cfg = load_train_config(None, TINY + ["data.source=null", "data.facts=[../shared/data/zsre/train_1k.json]",
+                                          "data.episode_size=4", "data.limit=42"])
+    ds = prepare_chunks(cfg)
+    assert len(ds) == 40 and all("?" in t for t in ds["text"])
+    with pytest.raises(ConfigError, match="data.source"):
+        load_train_config(None, TINY + ["data.source=null"])
