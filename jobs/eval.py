@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--slots", type=int, help="memory size K (default: the model's)")
     p.add_argument("--ridge", type=float, default=1e-3)
+    p.add_argument("--memory-keys", default="linear", choices=["linear", "relu"],
+                   help="memory addressing: linear (the paper; at most C facts kept apart) or relu random features (K)")
     p.add_argument("--scope-model", default="minilm-l6", help="scope embedder; 'none' disables the detector")
     p.add_argument("--scope-threshold", type=float, default=0.7, help="cosine similarity for 'in scope'")
     p.add_argument("--use-scope", action="store_true", help="memory experiments: gate reads with the scope detector")
@@ -70,7 +72,7 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
     try:
         return EvalConfig(
             experiment=a.experiment, model=a.model, data=a.data, out=a.out, limit=a.limit, seed=a.seed,
-            workers=a.workers, batch_size=a.batch_size, slots=a.slots, ridge=a.ridge,
+            workers=a.workers, batch_size=a.batch_size, slots=a.slots, ridge=a.ridge, memory_keys=a.memory_keys,
             scope_model=None if a.scope_model.lower() == "none" else a.scope_model, scope_threshold=a.scope_threshold,
             use_scope=a.use_scope, checkpoints=a.checkpoints, sizes=a.sizes, slots_list=a.slots_list, trials=a.trials,
             segment_facts=a.segment_facts, eval_cap=a.eval_cap, repeats=a.repeats, progress=not a.no_progress,

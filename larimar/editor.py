@@ -164,11 +164,14 @@ class LarimarEditor:
         return cls(LarimarModel.from_pretrained(directory), **kwargs)
 
     def create_memory(self, slots: int | None = None, capacity: int | None = None, ridge: float = 1e-3,
-                      seed: int = 0) -> EditableMemory:
-        """A new empty memory with `slots` rows (default: the trained K); holds up to `capacity` facts (default K)."""
+                      seed: int = 0, keys: str = "linear") -> EditableMemory:
+        """A new empty memory with `slots` rows (default: the trained K); holds up to `capacity` facts (default K).
+
+        keys: "linear" addressing (the paper; keys span at most C dimensions, so more than C facts
+        blend) or "relu" random-feature addressing (up to K facts kept apart); see SequentialMemory."""
         K = slots or self.model.cfg.memory.slots
         if K < 1:
             raise ValueError(f"slots must be >= 1, got {K}")
         ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed).to(self.model.device)
         scope = ScopeDetector(self.scope_embedder, self.scope_threshold) if self.scope_embedder else None
-        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge), capacity or K, scope))
+        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, scope))

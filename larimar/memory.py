@@ -117,6 +117,12 @@ class SequentialMemory:
     invertible before K independent keys exist; forgetting subtracts a fact's rank-one term
     exactly, so write-then-forget returns to the state without that fact.
 
+    Addressing (``keys``): "linear" is the paper's w = z pinv(M_ref); its keys span at most C
+    dimensions, so beyond C facts (384 for MiniLM latents) the least-squares solution must blend
+    them. "relu" uses w = relu(z pinv(M_ref) * sqrt(K) / |z|), fixed random features of the key's
+    direction: K independent keys fit exactly, and nearby keys (paraphrases) still get nearby
+    weights (the arc-cosine kernel), so N up to K facts are recalled apart.
+
     Runs in float64 by default: thousands of rank-one updates of P = C^{-1} accumulate
     round-off in float32.
     """
@@ -130,13 +136,16 @@ class SequentialMemory:
         initial: torch.Tensor | None = None,
         pinv_cfg: PinvConfig | None = None,
         dtype: torch.dtype = torch.float64,
+        keys: str = "linear",
     ):
         if reference.ndim != 2:
             raise ValueError(f"reference memory must be (K, C), got shape {tuple(reference.shape)}")
         if ridge <= 0:
             raise ValueError(f"ridge must be > 0 to keep C invertible, got {ridge}")
+        if keys not in ("linear", "relu"):
+            raise ValueError(f"memory keys must be 'linear' or 'relu', got {keys!r}")
         K, C = reference.shape
-        self.K, self.C, self.ridge, self.dtype = K, C, ridge, dtype
+        self.K, self.C, self.ridge, self.dtype, self.key_kind = K, C, ridge, dtype, keys
         self.reference = reference.detach().to(dtype)
         self.key_map = pinv(self.reference, pinv_cfg or PinvConfig()).to(dtype)  # (C, K)
         dev = reference.device
@@ -154,7 +163,11 @@ class SequentialMemory:
 
     def keys(self, Z_key: torch.Tensor) -> torch.Tensor:
         """(B, n, C) or (n, C) key latents -> (.., n, K) addressing weights."""
-        return Z_key.to(self.dtype) @ self.key_map
+        W = Z_key.to(self.dtype) @ self.key_map
+        if self.key_kind == "relu":
+            norm = Z_key.to(self.dtype).norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            W = torch.relu(W * (self.K**0.5) / norm)
+        return W
 
     def _batched(self, X: torch.Tensor) -> torch.Tensor:
         if X.ndim == 2:
@@ -173,7 +186,7 @@ class SequentialMemory:
         n = Zk.shape[1]
         if n == 0:
             return
-        W = Zk @ self.key_map  # (B, n, C) @ (C, K) -> (B, n, K)
+        W = self.keys(Zk)  # (B, n, C) -> (B, n, K)
         PWt = self.P @ W.transpose(-1, -2)  # (B, K, n)
         # Woodbury: (C + a W^T W)^{-1} = P - P W^T S^{-1} W P with S = a^{-1} I + W P W^T, a = +-1.
         S = alpha * torch.eye(n, dtype=self.dtype, device=W.device) + W @ PWt  # (B, n, n)
@@ -197,15 +210,17 @@ class SequentialMemory:
 
     def read(self, Z_query: torch.Tensor) -> torch.Tensor:
         """(B, n, C) or (n, C) queries -> (B, n, C) read-outs, addressed through the reference keys."""
-        return (self._batched(Z_query) @ self.key_map) @ self.M  # (B, n, K) @ (B, K, C)
+        return self.keys(self._batched(Z_query)) @ self.M  # (B, n, K) @ (B, K, C)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"reference": self.reference, "P": self.P, "M": self.M, "count": self.count,
-                "ridge": torch.tensor(self.ridge, dtype=torch.float64)}
+                "ridge": torch.tensor(self.ridge, dtype=torch.float64),
+                "relu_keys": torch.tensor(self.key_kind == "relu")}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], pinv_cfg: PinvConfig | None = None) -> "SequentialMemory":
         mem = cls(state["reference"], batch=state["M"].shape[0], ridge=float(state["ridge"]),
-                  pinv_cfg=pinv_cfg, dtype=state["M"].dtype)
+                  pinv_cfg=pinv_cfg, dtype=state["M"].dtype,
+                  keys="relu" if bool(state.get("relu_keys", False)) else "linear")
         mem.P, mem.M, mem.count = state["P"].clone(), state["M"].clone(), state["count"].clone()
         return mem

@@ -213,3 +213,28 @@ def test_bad_inputs_raise_clear_errors():
         SequentialMemory(torch.randn(8, 6), ridge=0)
     with pytest.raises(ValueError, match="pinv.method"):
         PinvConfig(method="svd")
+
+
+def test_relu_keys_keep_more_facts_than_latent_dims_apart():
+    """Linear keys span at most C dimensions: N = K > C facts blend. Random-feature (relu) keys
+    fit all K, and forgetting one still returns the memory to the state without it."""
+    g = torch.Generator().manual_seed(0)
+    C, K = 16, 64
+    ref = torch.linalg.qr(torch.randn(K, C, generator=g, dtype=torch.float64))[0]
+    Z_key = torch.randn(K, C, generator=g, dtype=torch.float64)
+    Z_val = torch.randn(K, C, generator=g, dtype=torch.float64)
+    errors = {}
+    for kind in ("linear", "relu"):
+        mem = SequentialMemory(ref, ridge=1e-8, keys=kind)
+        for i in range(K):
+            mem.write(Z_key[i:i + 1], Z_val[i:i + 1])
+        errors[kind] = float(((mem.read(Z_key)[0] - Z_val).norm(dim=-1) / Z_val.norm(dim=-1)).max())
+    assert errors["relu"] < 1e-3 < 0.5 < errors["linear"]
+    fewer = SequentialMemory(ref, ridge=1e-8, keys="relu")
+    fewer.write(Z_key[1:], Z_val[1:])
+    mem.forget(Z_key[:1], Z_val[:1])
+    assert torch.allclose(mem.read(Z_key[1:]), fewer.read(Z_key[1:]), atol=1e-4)
+    restored = SequentialMemory.from_state_dict(mem.state_dict())
+    assert restored.key_kind == "relu" and torch.allclose(restored.read(Z_key[1:2]), mem.read(Z_key[1:2]))
+    with pytest.raises(ValueError, match="linear' or 'relu"):
+        SequentialMemory(ref, keys="gauss")

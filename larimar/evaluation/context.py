@@ -34,6 +34,7 @@ class EvalConfig:
     batch_size: int = 32  # prompts per decoder pass
     slots: int | None = None  # K of the memories; default the model's trained K
     ridge: float = 1e-3  # SequentialMemory ridge (keeps C invertible before K keys exist)
+    memory_keys: str = "linear"  # SequentialMemory addressing: "linear" (the paper) or "relu" (random features)
     scope_model: str | None = "minilm-l6"  # sentence embedder of the scope detector; None disables it
     scope_threshold: float = 0.7  # cosine similarity at or above which a query is in scope
     use_scope: bool = False  # memory experiments: gate reads with the scope detector
@@ -56,6 +57,8 @@ class EvalConfig:
             if self.experiment not in BASELINE_EXPERIMENTS:
                 raise ConfigError(f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, "
                                   f"not {self.experiment!r}")
+        if self.memory_keys not in ("linear", "relu"):
+            raise ConfigError(f"--memory-keys must be 'linear' or 'relu', got {self.memory_keys!r}")
         for name in ("batch_size", "checkpoints", "trials", "segment_facts", "eval_cap", "repeats"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -96,7 +99,7 @@ class EvalContext:
     def memory(self, slots: int | None = None, capacity: int | None = None, scope: bool = True) -> EditableMemory:
         """A fresh memory seeded by the run's seed; scope=False drops its scope index (faster writes)."""
         mem = self.editor.create_memory(slots=slots or self.slots, capacity=capacity, ridge=self.cfg.ridge,
-                                        seed=self.cfg.seed)
+                                        seed=self.cfg.seed, keys=self.cfg.memory_keys)
         if not scope:
             mem.scope = None
         return mem
