@@ -166,3 +166,16 @@ def test_ray_workers_give_the_single_process_numbers(job, tiny_model, data, tmp_
     finally:
         ray.shutdown()
     assert single["summary"] == spread["summary"] and ps["records"] == pr["records"]
+
+
+def test_perplexity_z0_is_the_base_lm(job, tiny_model, tmp_path):
+    text = tmp_path / "wiki.raw"
+    text.write_text(" = Title = \n" + "\n".join(f"The river number {i} flows past the old mill into the sea ." * 3
+                                                  for i in range(6)) + "\n")
+    result, payload = run(job, tmp_path, "perplexity", "--model", tiny_model, "--data", str(text), "--batch-size", "4")
+    s = result["summary"]
+    assert s["chunks"] >= 6 and s["tokens"] > 50
+    assert s["ppl_base"] > 1 and abs(s["z0_vs_base"]) < 1e-4  # z = 0 masks the slot: the plain decoder
+    assert s["ppl_self"] != s["ppl_base"]  # a random latent head does move the conditioned decoder
+    with pytest.raises(SystemExit):
+        job.main(["perplexity", "--model", tiny_model, "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)])

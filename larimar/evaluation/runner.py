@@ -32,6 +32,7 @@ EXPERIMENTS = {
     "capacity": "larimar.evaluation.capacity",
     "long-context": "larimar.evaluation.long_context",
     "timing": "larimar.evaluation.timing",
+    "perplexity": "larimar.evaluation.perplexity",
 }
 
 
