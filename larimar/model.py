@@ -33,6 +33,22 @@ from larimar.memory import EpisodicMemory, MemoryConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"  # trained adapters shipped with the package
+
+
+def bundled_models() -> list[str]:
+    return sorted(p.name for p in BUNDLED_DIR.glob("*") if (p / CONFIG_NAME).exists()) if BUNDLED_DIR.is_dir() else []
+
+
+def resolve_model_dir(spec: str | Path) -> Path:
+    """A saved model directory, or the name of a model shipped in larimar/pretrained (e.g. larimar-smol-facts)."""
+    path = Path(spec).expanduser()
+    if (path / CONFIG_NAME).exists():
+        return path
+    if str(spec) in bundled_models():
+        return BUNDLED_DIR / str(spec)
+    raise FileNotFoundError(f"{spec} is not a Larimar model directory (no {CONFIG_NAME}) nor a bundled model "
+                            f"({', '.join(bundled_models()) or 'none'})")
 
 
 @dataclass
@@ -213,7 +229,8 @@ class LarimarModel(nn.Module):
             out.append("decoder.lm.")
         return out
 
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """config.json + model.safetensors; `dtype` (e.g. torch.bfloat16) halves a shipped adapter."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         skip = self._reloadable_prefixes()
@@ -222,7 +239,8 @@ class LarimarModel(nn.Module):
             if any(name.startswith(p) for p in skip) or tensor.data_ptr() in seen:
                 continue  # frozen backbone, or a tied weight already written under another name
             seen.add(tensor.data_ptr())
-            state[name] = tensor.detach().contiguous().cpu()
+            t = tensor.detach()
+            state[name] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous().cpu()
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, tmp, metadata={"format": "pt"})
         tmp.replace(directory / WEIGHTS_NAME)
@@ -232,14 +250,12 @@ class LarimarModel(nn.Module):
     @staticmethod
     def read_config(directory: str | Path) -> LarimarConfig:
         """The config of a saved model, without loading any weights."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"{directory} is not a Larimar model directory (no {CONFIG_NAME})")
+        directory = resolve_model_dir(directory)
         return from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LarimarModel":
-        directory = Path(directory)
+        directory = resolve_model_dir(directory)
         model = cls(cls.read_config(directory))
         state = load_file(directory / WEIGHTS_NAME, device=str(map_location))
         missing, unexpected = model.load_state_dict(state, strict=False)

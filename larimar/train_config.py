@@ -198,5 +198,13 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML plus ``key=value`` overrides -> TrainConfig; raises ConfigError naming the key."""
+    """YAML plus ``key=value`` overrides -> TrainConfig; raises ConfigError naming the key.
+
+    `path` may also be a recipe name, e.g. ``larimar-smol`` for ``jobs/configs/larimar-smol.yaml``."""
+    if path is not None and not Path(path).exists() and Path(path).suffix == "" and "/" not in str(path):
+        recipe = Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"{path}.yaml"
+        if not recipe.exists():
+            known = sorted(p.stem for p in recipe.parent.glob("*.yaml"))
+            raise ConfigError(f"--config: {path!r} is neither a file nor a recipe in jobs/configs ({', '.join(known)})")
+        path = recipe
     return load(TrainConfig, path, overrides)

@@ -100,3 +100,32 @@ def test_encoder_trainable_layers():
     assert not any(p.requires_grad for p in layers[0].parameters())
     assert not model.encoder.backbone.embeddings.word_embeddings.weight.requires_grad
     assert model.encoder.head.weight.requires_grad
+
+
+def test_top_layer_untied_slot_in_bf16_and_bundled_names(tmp_path, monkeypatch):
+    """The smol recipe's decoder conditioning (top layers only, separate key/value, zero init)
+    learns, saves in bf16 (the shipped adapter) and loads by a bundled name."""
+    import larimar.model as model_module
+
+    model = LarimarModel(tiny_config(inject_layers=1, embedding_shift=False, conditioning_init="zero",
+                                     tie_key_value=False, latent_scale_min=0.5)).eval()
+    assert model.decoder.emb_proj is None and float(model.decoder.kv_proj.weight.detach().abs().sum()) == 0
+    batch = model.tokenize_for_decoder(TEXTS[:2])
+    z = model.encode_texts(TEXTS[:2])
+    with torch.no_grad():
+        model.decoder.kv_proj.weight.normal_(std=0.5)
+    cache = model.decoder.prefix_cache(z)
+    k0, v0 = cache.layers[0].keys, cache.layers[0].values
+    k1, v1 = cache.layers[1].keys, cache.layers[1].values
+    assert float(k0.abs().sum()) == 0 and float(v0.abs().sum()) == 0  # below the injected layer: zero slot
+    assert not torch.equal(k1, v1)  # untied
+    assert not torch.allclose(model.decoder(**batch, z=z), model.decoder(**batch, z=torch.zeros_like(z)))
+    model.save_pretrained(tmp_path / "shipped" / "tiny-adapter", dtype=torch.bfloat16)
+    from safetensors.torch import load_file
+    assert {t.dtype for t in load_file(tmp_path / "shipped" / "tiny-adapter" / "model.safetensors").values()} == {torch.bfloat16}
+    monkeypatch.setattr(model_module, "BUNDLED_DIR", tmp_path / "shipped")
+    assert model_module.bundled_models() == ["tiny-adapter"]
+    loaded = LarimarModel.from_pretrained("tiny-adapter")
+    torch.testing.assert_close(loaded.decoder.kv_proj.weight, model.decoder.kv_proj.weight.bfloat16().float())
+    with pytest.raises(FileNotFoundError, match="tiny-adapter"):
+        LarimarModel.from_pretrained("no-such-model")

@@ -16,7 +16,7 @@ import torch
 from larimar.config import ConfigError, from_dict, load_yaml
 from larimar.editor import EditableMemory, LarimarEditor
 from larimar.evaluation.data import Fact, load_facts
-from larimar.model import LarimarConfig, LarimarModel
+from larimar.model import LarimarConfig, LarimarModel, bundled_models
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "jobs" / "configs"
 BASELINE_EXPERIMENTS = ("counterfact", "zsre", "sequential")
@@ -75,8 +75,8 @@ class EvalConfig:
 def load_model(spec: str) -> LarimarModel:
     """A saved model directory, or (for smoke runs) an untrained model from a config's ``model:`` section."""
     path = Path(spec)
-    if path.is_dir():
-        return LarimarModel.from_pretrained(path)
+    if path.is_dir() or spec in bundled_models():
+        return LarimarModel.from_pretrained(spec)
     yaml_path = path if path.suffix in (".yaml", ".yml") else CONFIG_DIR / f"{spec}.yaml"
     if not yaml_path.exists():
         raise ConfigError(f"--model: {spec!r} is neither a saved model directory nor a config name in {CONFIG_DIR}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -23,6 +22,7 @@ from tqdm.auto import tqdm
 from larimar.config import ConfigError, from_dict, load_yaml
 from larimar.evaluation import report
 from larimar.evaluation.context import CONFIG_DIR, EvalConfig, EvalContext, load_model
+from larimar.model import LarimarModel, bundled_models
 
 EXPERIMENTS = {
     "counterfact": "larimar.evaluation.counterfact",
@@ -45,8 +45,8 @@ def experiment_module(name: str):
 def model_slots(spec: str) -> int:
     """The trained K of a model, read from its config without loading weights."""
     path = Path(spec)
-    if path.is_dir():
-        return json.loads((path / "config.json").read_text())["larimar"]["memory"]["slots"]
+    if path.is_dir() or spec in bundled_models():
+        return LarimarModel.read_config(spec).memory.slots
     yaml_path = path if path.suffix in (".yaml", ".yml") else CONFIG_DIR / f"{spec}.yaml"
     if yaml_path.exists():
         return load_yaml(yaml_path).get("model", {}).get("memory", {}).get("slots", 512)
