@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from larimar import backbones
-from larimar.baselines import EDITORS, EditRequest, make_editor
+from larimar.baselines import EditRequest, make_editor
 from larimar.baselines.base import subject_last_index
 from larimar.baselines.layer_stats import second_moment
 from larimar.config import ConfigError
@@ -20,14 +20,12 @@ from conftest import ROOT, require_shared
 REQUEST = EditRequest("the eiffel tower is located in the city of", "tokyo", subject="the eiffel tower")
 UNRELATED = ("my brother plays the", "guitar")
 
-# Per method: settings for a 4-layer random decoder whose activations are far smaller than a
-# pretrained model's (GRACE's deferral radius scales with them), and how far the unrelated
-# prompt's next-token log-probabilities may move (IKE conditions every prompt on the fact).
+# Settings for a 4-layer random decoder, whose activations are far smaller than a pretrained
+# model's: FT-L's L-inf radius, ROME's clamp on v* and GRACE's deferral radius scale with them.
 SETTINGS = {
-    "ft-l": (["norm_constraint=0.05", "lr=0.01"], 0.05),
-    "rome": (["stats_tokens=3000", "stats_source=../shared/data/wikitext-2-raw/wiki.valid.raw"], 0.05),
-    "grace": (["eps_init=0.05", "n_iter=40"], 1e-6),
-    "ike": (["demos=2"], 1.0),
+    "ft-l": ["norm_constraint=0.01", "lr=0.01"],
+    "rome": ["stats_tokens=3000", "clamp_norm_factor=50"],
+    "grace": ["eps_init=0.05", "n_iter=40"],
 }
 
 
@@ -46,26 +44,53 @@ def _logprobs(editor, prompt, answer):
     return torch.log_softmax(logits[start - 1:start - 1 + len(ids)], -1)  # full next-token distributions
 
 
-@pytest.mark.parametrize("method", sorted(EDITORS))
+def _check_edit(editor, request, unrelated, min_gain, max_side):
+    """The target's NLL drops by >= min_gain; the unrelated answer's NLL moves by <= max_side;
+    reset restores both exactly. Returns the unrelated prompt's mean |change| of log-probs."""
+    before_new, before_side = editor.score([request.prompt, unrelated[0]], [request.target_new, unrelated[1]])
+    before_other = _logprobs(editor, *unrelated)
+    editor.edit(request)
+    after_new, after_side = editor.score([request.prompt, unrelated[0]], [request.target_new, unrelated[1]])
+    after_other = _logprobs(editor, *unrelated)
+    gain, side = before_new - after_new, abs(after_side - before_side)
+    assert gain >= min_gain, f"{editor.name}: target NLL fell by only {gain:.3f}"
+    assert side <= max_side, f"{editor.name}: unrelated answer NLL moved by {side:.3f} (target gain {gain:.3f})"
+    editor.reset()
+    assert editor.score([request.prompt], [request.target_new])[0] == pytest.approx(before_new, abs=1e-5)
+    assert torch.allclose(_logprobs(editor, *unrelated), before_other, atol=1e-5)
+    return (after_other - before_other).abs().mean().item(), gain
+
+
+@pytest.mark.parametrize("method", sorted(SETTINGS))
 def test_edit_makes_target_likelier_and_leaves_unrelated_prompt(method, lm_tok, tmp_path, monkeypatch):
-    if method in ("rome", "ike"):
-        require_shared("data")
+    if method == "rome":
+        require_shared("data", "wikitext-2-raw")
     monkeypatch.setenv("LARIMAR_CACHE_DIR", str(tmp_path))
     lm, tok = lm_tok
-    options, tolerance = SETTINGS[method]
-    editor = make_editor(method, lm, tok, options=options)
+    editor = make_editor(method, lm, tok, options=SETTINGS[method])
     editor.prepare()
-    before_new = editor.score([REQUEST.prompt], [REQUEST.target_new])[0]
-    before_other = _logprobs(editor, *UNRELATED)
-    editor.edit(REQUEST)
-    after_new = editor.score([REQUEST.prompt], [REQUEST.target_new])[0]
-    after_other = _logprobs(editor, *UNRELATED)
-    assert after_new < before_new - 0.05, f"{method}: target NLL {before_new:.3f} -> {after_new:.3f}"
-    drift = (after_other - before_other).abs().max().item()
-    assert drift <= tolerance, f"{method}: unrelated prompt's log-probs moved by {drift:.4f}"
-    editor.reset()
-    assert editor.score([REQUEST.prompt], [REQUEST.target_new])[0] == pytest.approx(before_new, abs=1e-5)
-    assert torch.allclose(_logprobs(editor, *UNRELATED), before_other, atol=1e-5)
+    drift, gain = _check_edit(editor, REQUEST, UNRELATED, min_gain=0.2, max_side=0.15)
+    # weight editors move other prompts a little, GRACE (outside its epsilon ball) not at all
+    assert drift <= (1e-6 if method == "grace" else 0.05), f"{method}: unrelated log-probs moved {drift:.4f} on average"
+
+
+@pytest.mark.slow
+def test_ike_puts_the_fact_in_context_on_smollm2():
+    """In-context editing needs a model that reads its context: SmolLM2-135M, not a random one."""
+    require_shared("data", "counterfact")
+    try:
+        lm, tok = backbones.load_decoder("smollm2-135m")
+    except backbones.BackboneNotFound as err:
+        pytest.skip(str(err))
+    editor = make_editor("ike", lm, tok, options=["demos=2"])
+    editor.prepare()
+    request = EditRequest("The Eiffel Tower is located in the city of", "Rome", "The Eiffel Tower")
+    _check_edit(editor, request, ("The capital of Japan is", "Tokyo"), min_gain=1.0, max_side=1.0)
+    editor.edit(request)
+    text = editor.prompt_text("Where is the Eiffel Tower?")
+    assert text.count("New Fact:") == 3 and text.endswith("New Fact: The Eiffel Tower is located in the city of Rome\n"
+                                                          "Prompt: Where is the Eiffel Tower?")
+    assert "Eiffel" not in text.split("New Fact: The Eiffel")[0]  # demonstrations come from other records
 
 
 def test_rome_hits_its_value_and_caches_statistics(lm_tok, tmp_path, monkeypatch):
