@@ -35,5 +35,21 @@ test-fast: install
 bench: install
 	$(BIN)/python jobs/bench_memory.py --out runs/bench_memory.json
 
+# Every metric of the larimar-smol report (issue: Larimar-smol), for MODEL (a trained directory or a
+# bundled name); about 30 minutes on 2 CPU cores. Reports land in $(EVAL_OUT)/<experiment>.{json,md}.
+MODEL ?= larimar-smol-facts
+EVAL_OUT ?= runs/eval/$(notdir $(MODEL))
+D := ../shared/data
+EVAL := $(BIN)/python jobs/eval.py --model $(MODEL) --no-progress
+eval-smol: install
+	$(EVAL) counterfact --data $(D)/counterfact/dev_canonical_100.json --out $(EVAL_OUT)/counterfact-canonical
+	$(EVAL) counterfact --data $(D)/counterfact/dev_flat.json --limit 1000 --out $(EVAL_OUT)/counterfact-flat
+	$(EVAL) zsre --data $(D)/zsre/dev_eval_300.json --out $(EVAL_OUT)/zsre
+	$(EVAL) sequential --data $(D)/zsre/train_1k.json --slots 1000 --memory-keys relu --out $(EVAL_OUT)/sequential-relu
+	$(EVAL) sequential --data $(D)/zsre/train_1k.json --slots 1000 --out $(EVAL_OUT)/sequential-linear
+	$(EVAL) sequential --data $(D)/zsre/dev_eval_300.json --slots 300 --memory-keys relu --out $(EVAL_OUT)/sequential-dev
+	$(EVAL) forgetting --data $(D)/zsre/train_1k.json --memory-keys relu --out $(EVAL_OUT)/forgetting
+	$(EVAL) perplexity --data $(D)/wikitext-2-raw/wiki.test.raw --limit 256 --out $(EVAL_OUT)/perplexity
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
