@@ -442,11 +442,13 @@ def trial_rows(grid, params: list[Param], base: TrainConfig, metric: str, train_
     """One row per trial: its swept parameters, how it ended, its last metrics and checkpoint."""
     rows = []
     base_dict = to_dict(base)
+    # Tune's own trial status separates ASHA stops (TERMINATED early) from an interrupted sweep.
+    tune_status = {t.trial_id: t.status for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])}
     for result in grid:
         m = dict(result.metrics or {})
         trial_id = m.get("trial_id") or Path(result.path).name
-        values = {p.name: result.config.get(p.name) for p in params}
-        steps = trial_config(base_dict, values).optim.steps
+        values = {p.name: (result.config or {}).get(p.name) for p in params}  # no config: never started
+        steps = trial_config(base_dict, values).optim.steps if result.config else base.optim.steps
         step = m.get("step")
         if result.error is not None:
             status = "error"
@@ -454,6 +456,8 @@ def trial_rows(grid, params: list[Param], base: TrainConfig, metric: str, train_
             status = "not run"  # the sweep was interrupted before its first report; a rerun resumes it
         elif step >= steps:
             status = "finished"
+        elif tune_status.get(trial_id, "TERMINATED") != "TERMINATED":
+            status = "not run"  # interrupted mid-run (its last report is kept); a rerun resumes it
         else:
             status = "stopped early"  # ASHA (the only thing that ends a healthy trial before its last step)
         model = Path(train_root) / f"trial-{trial_id}" / "model"
@@ -499,7 +503,7 @@ def write_report(report_dir: Path, rows: list[dict], params: list[Param], cfg: S
           f"{cfg.scheduler.type.upper()}, {counts['error']} errored, {counts['not run']} not run. Objective: {cfg.metric} ({cfg.mode}), "
           f"last report of each trial; base config {cfg.train} with {' '.join(cfg.overrides) or 'no overrides'}.", "",
           markdown_table(shown, [[_short(r.get(c)) for c in shown] for r in rows])]
-    capacity = sorted({c for c in columns if "@" in c})
+    capacity = sorted({c for c in columns if "@" in c}, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
     if capacity:
         md += ["", "Capacity (one memory of N held-out chunks):", "",
                markdown_table(["trial_id", *swept, *capacity], [[r["trial_id"], *[_short(r.get(c)) for c in swept + capacity]]
