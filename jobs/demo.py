@@ -1,12 +1,17 @@
-"""Demo: train a small Larimar on self-generated facts, edit its memory, recall, forget.
+"""Demo: edit a Larimar's memory, recall, forget; in Python, then over HTTP.
 
-    python jobs/demo.py [--config jobs/configs/demo.yaml] [--out runs/demo] [--serve] [key=value ...]
+    python jobs/demo.py [--model larimar-smol-facts] [--out runs/demo] [--serve]
+    python jobs/demo.py --train [--config jobs/configs/demo.yaml] [key=value ...]
 
-Trains for ~1.5 minutes on 2 CPU cores (plain PyTorch loop, `larimar.training`), saves the model
-with `save_pretrained`, then uses the editing API (`larimar.editor`): writes facts the model
-never saw together, asks about them, forgets one and asks again. With --serve it then starts the
-Serve application (serve/app.py) on an embedded local Ray and does the same over HTTP.
---model DIR skips training and uses a saved model. Writes summary.json to --out.
+By default it loads the shipped Larimar-smol-facts adapter (MiniLM-L6 + SmolLM2-135M, both
+frozen from their PyPI wheels; larimar/pretrained) and writes counterfactual world facts
+("The Eiffel Tower is located in the city of Rome"). --train instead trains a small Larimar on
+self-generated facts for ~1.5 minutes on 2 CPU cores (plain PyTorch loop, `larimar.training`),
+saves it with `save_pretrained` and writes synthetic facts it never saw together. Either way it
+uses the editing API (`larimar.editor`): writes the facts, asks about them, forgets one and asks
+again. With --serve it then starts the Serve application (serve/app.py) on an embedded local Ray
+and does the same over HTTP. --model takes a saved directory or a bundled name. Writes
+summary.json to --out.
 """
 
 from __future__ import annotations
@@ -22,9 +27,28 @@ import torch
 
 from larimar import ConfigError, LarimarEditor, LarimarModel
 from larimar.config import load
-from larimar.model import LarimarConfig
+from larimar.model import LarimarConfig, resolve_model_dir
 from larimar.synthetic import distinct_facts, sample_facts
 from larimar.training import episode_batch, train_plain
+
+
+@dataclass(frozen=True)
+class WorldFact:
+    prompt: str
+    obj: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.prompt} {self.obj}"
+
+
+# Counterfactual edits (none is what SmolLM2 believes), none from the training files' subjects.
+WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome"),
+               WorldFact("The mother tongue of Angela Merkel is", "Finnish"),
+               WorldFact("The Nile flows into the", "Baltic Sea"),
+               WorldFact("The inventor of the telephone was", "Nikola Tesla"),
+               WorldFact("The currency of Japan is the", "peso"),
+               WorldFact("Mount Kilimanjaro is located in", "Chile")]
 
 
 @dataclass
@@ -96,7 +120,7 @@ def serve_demo(model_dir: Path, facts, out: Path) -> dict:
             answers = []
             for f in facts:
                 g = requests.post(f"{url}/v1/memories/{mid}/generate", headers=headers,
-                                  json={"prompt": f.prompt, "max_tokens": 4}).json()
+                                  json={"prompt": f.prompt, "max_tokens": 6}).json()
                 answers.append(g["text"])
                 print(f"  {f.prompt} -> {g['text']!r}  (memory used: {g['used_memory']}, version {g['version']})")
             return answers
@@ -118,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(Path(__file__).parent / "configs" / "demo.yaml"))
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--model", help="use this saved model instead of training one")
+    parser.add_argument("--model", default="larimar-smol-facts",
+                        help="saved model directory or bundled name (default: the shipped larimar-smol-facts)")
+    parser.add_argument("--train", action="store_true", help="train the small synthetic-facts model first and use it")
     parser.add_argument("--serve", action="store_true", help="also run the edits over HTTP against Ray Serve")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.memory.slots=64")
     args = parser.parse_args(argv)
@@ -129,14 +155,18 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(args.out)
 
-    if args.model:
-        model_dir, train_seconds, final_terms = Path(args.model), 0.0, {}
-    else:
+    if args.train:
         model_dir, train_seconds, final_terms = train(cfg, out)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        model_dir, train_seconds, final_terms = Path(resolve_model_dir(args.model)), 0.0, {}
 
-    editor = LarimarEditor(LarimarModel.from_pretrained(model_dir))
+    model = LarimarModel.from_pretrained(model_dir)
+    editor = LarimarEditor(model)
     memory = editor.create_memory()
-    facts = distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345)
+    synthetic = model.cfg.decoder.startswith("tiny-")  # the --train model only knows the synthetic domain
+    facts = distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345) if synthetic else WORLD_FACTS[:cfg.facts_to_write]
+    print(f"model {model_dir} ({model.cfg.encoder} + {model.cfg.decoder})")
     t0 = time.perf_counter()
     ids = memory.edit([f.prompt for f in facts], [f.obj for f in facts])
     write_ms = (time.perf_counter() - t0) * 1000
@@ -145,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  + {f.text}")
 
     def ask(fact_list):
-        gens = memory.generate([f.prompt for f in fact_list], max_new_tokens=4)
+        gens = memory.generate([f.prompt for f in fact_list], max_new_tokens=6)
         return [{"prompt": f.prompt, "expected": f.obj, "answer": g.text, "recalled": g.text.startswith(f.obj),
                  "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
 
@@ -163,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
 
     summary = {
-        "train_seconds": train_seconds, "steps": cfg.steps if not args.model else 0, "final_terms": final_terms,
+        "model": str(model_dir), "train_seconds": train_seconds, "steps": cfg.steps if args.train else 0,
+        "final_terms": final_terms,
         "write_ms": write_ms, "recall_before": sum(r["recalled"] for r in recalled) / len(recalled),
         "forgotten_recalled_after": after[0]["recalled"],
         "retained_recall_after": sum(r["recalled"] for r in after[1:]) / max(1, len(after) - 1),

@@ -26,7 +26,7 @@ import torch
 from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, key_texts, make_fact, scope_texts
 from larimar.memory import SequentialMemory
 from larimar.model import LarimarModel
-from larimar.scope import ScopeDetector, load_embedder
+from larimar.scope import ScopeDetector, load_embedder, query_sentences
 
 __all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
            "reference_memory"]
@@ -110,11 +110,23 @@ class EditableMemory:
         self.core.check_room(len(facts))
         if not facts:
             return []
+        n = len(facts)
         with torch.no_grad():
-            values = self.model.encode_texts([f.text for f in facts])
-            keys = self.model.encode_texts(key_texts(facts))
-        vectors = self.scope.embed(scope_texts(facts)[1]) if self.scope is not None else None
+            if self.scope is not None and self.editor.shared_scope:  # one MiniLM pass for all three
+                z, vectors = self._encode_with_scope([f.text for f in facts] + key_texts(facts), scope_texts(facts)[1])
+                values, keys = z[:n], z[n:]
+            else:
+                z = self.model.encode_texts([f.text for f in facts] + key_texts(facts))
+                values, keys = z[:n], z[n:]
+                vectors = self.scope.embed(scope_texts(facts)[1]) if self.scope is not None else None
         return self.core.write(facts, keys, values, vectors)
+
+    def _encode_with_scope(self, texts: list[str], scope_text: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents of `texts` and scope vectors of `scope_text` from one encoder pass."""
+        extra = [t for t in dict.fromkeys(scope_text) if t not in set(texts)]
+        z, emb = self.model.encode_with_embeddings(texts + extra)
+        row = {t: i for i, t in enumerate(texts + extra)}
+        return z[:len(texts)], emb[[row[t] for t in scope_text]].cpu()
 
     def forget(self, fact_id: int) -> None:
         """Remove a fact (alpha = -1 with its original key and value)."""
@@ -124,9 +136,15 @@ class EditableMemory:
 
     def read(self, queries: list[str], use_scope: bool = True) -> tuple[torch.Tensor, list]:
         """Latents for decoding each query: the memory read-out, or 0 when out of scope."""
+        matches = None
         with torch.no_grad():
-            zq = self.model.encode_texts(queries)
-        matches = self.scope.match(queries) if use_scope and self.scope is not None else None
+            if use_scope and self.scope is not None and self.editor.shared_scope:
+                sentences, owners = query_sentences(queries)
+                zq, vectors = self._encode_with_scope(queries, sentences)
+                matches = self.scope.match_vectors(vectors, owners, len(queries))
+            else:
+                zq = self.model.encode_texts(queries)
+                matches = self.scope.match(queries) if use_scope and self.scope is not None else None
         z = self.core.read(zq, matches).to(self.model.device, self.model.memory.prior_mean.dtype)  # (n, C)
         return z, matches if matches is not None else [None] * len(queries)
 
@@ -158,6 +176,9 @@ class LarimarEditor:
         self.model = model.eval()
         self.scope_embedder = load_embedder(scope_model) if scope_model else None
         self.scope_threshold = scope_threshold
+        # The scope embedding is the frozen MiniLM encoder's normalised mean-pooled output: edits
+        # and queries then take one encoder pass instead of two (the embedder stays for add/match).
+        self.shared_scope = model.shares_scope_embedder(scope_model)
 
     @classmethod
     def from_pretrained(cls, directory: str, **kwargs) -> "LarimarEditor":

@@ -138,6 +138,19 @@ class LarimarModel(nn.Module):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.encode(**self.tokenize_for_encoder(texts))
 
+    def shares_scope_embedder(self, scope_model: str | None) -> bool:
+        """True when the scope detector's sentence embedding is the frozen encoder backbone's own
+        mean-pooled output (MiniLM-L6 for both), so one pass yields latents and scope vectors."""
+        return (scope_model is not None and scope_model == self.cfg.encoder == "minilm-l6"
+                and self.cfg.pooling == "mean" and self.cfg.encoder_trainable_layers == 0)
+
+    def encode_with_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One encoder pass -> (latents (n, C), unit-norm sentence embeddings (n, E)); valid as scope
+        vectors only where `shares_scope_embedder` holds. Saves a second MiniLM pass per edit."""
+        batch = self.tokenize_for_encoder(texts)
+        pooled = self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
+        return self.encoder.head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
+
     def forward(self, enc_input_ids: torch.Tensor, enc_attention_mask: torch.Tensor, dec_input_ids: torch.Tensor,
                 dec_attention_mask: torch.Tensor, beta: float = 0.0) -> LarimarOutput:
         """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1."""

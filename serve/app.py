@@ -46,7 +46,19 @@ class Encoder:
         if threads:
             torch.set_num_threads(threads)
         self.model = LarimarModel.from_pretrained(model_dir)
-        self.embedder = load_embedder(scope_model) if scope_model else None
+        # With the MiniLM encoder frozen, its pooled output is the scope embedding: one pass, no embedder.
+        self.shared = self.model.shares_scope_embedder(scope_model)
+        self.embedder = load_embedder(scope_model) if scope_model and not self.shared else None
+        self.scope_on = scope_model is not None
+
+    def _encode(self, texts: list[str], scope_texts_: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents of `texts` and scope vectors of `scope_texts_` (None when scope is off), in as few passes as possible."""
+        if not self.shared:
+            return self.model.encode_texts(texts), (self._embed(scope_texts_) if self.scope_on else None)
+        extra = [t for t in dict.fromkeys(scope_texts_) if t not in set(texts)]
+        z, vectors = self.model.encode_with_embeddings(texts + extra)
+        row = {t: i for i, t in enumerate(texts + extra)}
+        return z[:len(texts)], vectors[[row[t] for t in scope_texts_]] if scope_texts_ else vectors[:0]
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if self.embedder is None or not texts:
@@ -64,9 +76,9 @@ class Encoder:
         per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts] for facts in requests]
         flat = [f for facts in per_request for f in facts]
         n = len(flat)
-        z = self.model.encode_texts(key_texts(flat) + [f.text for f in flat])  # (2n, C): keys then values
         scope_owner, scope_text = scope_texts(flat)
-        vectors = self._embed(scope_text)
+        z, vectors = self._encode(key_texts(flat) + [f.text for f in flat], scope_text)  # (2n, C): keys then values
+        vectors = vectors if vectors is not None else torch.empty(len(scope_text), 0)
         out, start = [], 0
         for facts in per_request:
             rows = [i for i, o in enumerate(scope_owner) if start <= o < start + len(facts)]
@@ -78,8 +90,8 @@ class Encoder:
     @torch.no_grad()
     def encode_queries(self, queries: list[str]) -> dict:
         sentences, owners = query_sentences(queries)
-        vectors = self._embed(sentences) if self.embedder is not None else None
-        return {"z": self.model.encode_texts(queries), "sentences": vectors, "owners": owners}
+        z, vectors = self._encode(queries, sentences)
+        return {"z": z, "sentences": vectors, "owners": owners}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)

@@ -40,4 +40,4 @@ def demo_run(tmp_path_factory):
     sys.modules[spec.name] = demo  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(demo)
     out = tmp_path_factory.mktemp("demo")
-    return out, demo.main(["--out", str(out)])
+    return out, demo.main(["--train", "--out", str(out)])

@@ -39,5 +39,5 @@ def test_demo_over_http(demo_run, tmp_path):
 def test_demo_bad_override_names_the_key(capsys):
     demo = load_demo()
     with pytest.raises(SystemExit):
-        demo.main(["model.memory.slotz=4"])
+        demo.main(["--train", "model.memory.slotz=4"])
     assert "model.memory.slotz" in capsys.readouterr().err

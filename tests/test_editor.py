@@ -80,3 +80,25 @@ def test_bad_edits_raise(editor):
     with pytest.raises(MemoryFullError, match="2 of 2"):
         mem.write("three facts .")
     assert len(mem) == 2  # the refused write changed nothing
+
+
+def test_one_encoder_pass_gives_the_scope_embedders_vectors():
+    """With the frozen MiniLM encoder, scope vectors come from the encoder's own pass; they must
+    match the sentence-transformers embedder's (measured: max |diff| 1.5e-8)."""
+    torch.manual_seed(0)
+    model = LarimarModel(from_dict(LarimarConfig, {"encoder": "minilm-l6", "decoder": "tiny-llama", "max_length": 24,
+                                                   "memory": {"slots": 8, "latent_dim": 16}})).eval()
+    shared = LarimarEditor(model)
+    assert shared.shared_scope and not LarimarEditor(model, scope_model=None).shared_scope
+    mem = shared.create_memory()
+    mem.edit(["The Eiffel Tower is located in the city of"], ["Rome"])
+    mem.write(["Mira Tal teaches chemistry in Oslo."])
+    queries = ["Where is the Eiffel Tower? The Eiffel Tower is located in the city of", "Who teaches chemistry in Oslo?",
+               "The capital of Japan is"]
+    _, via_encoder = mem.read(queries)
+    via_embedder = mem.scope.match(queries)
+    for a, b in zip(via_encoder, via_embedder):
+        assert a.in_scope == b.in_scope and a.fact_id == b.fact_id and a.similarity == pytest.approx(b.similarity, abs=1e-5)
+    assert [m.in_scope for m in via_encoder] == [True, True, False]
+    stored = mem.scope.embed(["The Eiffel Tower is located in the city of", "The Eiffel Tower is located in the city of Rome"])
+    assert torch.allclose(mem.scope._vectors[:2], stored, atol=1e-5)
