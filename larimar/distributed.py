@@ -356,8 +356,10 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
 
     if "://" not in cfg.run.storage_path:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
-    source = resolve_source(cfg.data.source)
-    cfg.data.source = str(source)
+    if cfg.data.source is not None:  # null: fact sentences only (data.facts)
+        cfg.data.source = str(resolve_source(cfg.data.source))
+    cfg.data.facts = [str(resolve_source(p)) for p in cfg.data.facts]
+    cfg.data.facts_exclude = [str(resolve_source(p)) for p in cfg.data.facts_exclude]
     if cfg.validation.enabled:
         cfg.validation.source = str(resolve_source(cfg.validation.source))
         if cfg.validation.counterfact:

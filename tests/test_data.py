@@ -1,6 +1,7 @@
 """Training data (larimar/data.py): paragraphs, 64-token chunks, episodes, shard iteration."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,15 @@ def test_prepare_chunks_with_facts_only(tmp_path):
     assert len(ds) == 40 and all("?" in t for t in ds["text"])
     with pytest.raises(ConfigError, match="data.source"):
         load_train_config(None, TINY + ["data.source=null"])
+
+
+def test_resolve_paths_makes_fact_files_absolute_for_workers(monkeypatch, tmp_path):
+    require_shared("data", "zsre", "train_1k.json")
+    from larimar.distributed import resolve_paths
+
+    cfg = load_train_config(None, TINY + ["data.source=null", "data.facts=[../shared/data/zsre/train_1k.json]",
+                                          "data.facts_exclude=[../shared/data/zsre/dev_eval_300.json]"])
+    monkeypatch.chdir(tmp_path)  # a worker's working directory has no ../shared beside it
+    cfg = resolve_paths(cfg)
+    assert cfg.data.source is None
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in cfg.data.facts + cfg.data.facts_exclude)
