@@ -36,6 +36,7 @@ from larimar.training import episode_batch, train_plain
 class WorldFact:
     prompt: str
     obj: str
+    old: str  # what SmolLM2 believes; an edit succeeds when the new object is likelier (CounterFact's ES)
 
     @property
     def text(self) -> str:
@@ -43,12 +44,12 @@ class WorldFact:
 
 
 # Counterfactual edits (none is what SmolLM2 believes), none from the training files' subjects.
-WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome"),
-               WorldFact("The mother tongue of Angela Merkel is", "Finnish"),
-               WorldFact("The Nile flows into the", "Baltic Sea"),
-               WorldFact("The inventor of the telephone was", "Nikola Tesla"),
-               WorldFact("The currency of Japan is the", "peso"),
-               WorldFact("Mount Kilimanjaro is located in", "Chile")]
+WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome", "Paris"),
+               WorldFact("The mother tongue of Angela Merkel is", "Finnish", "German"),
+               WorldFact("The Nile flows into the", "Baltic Sea", "Mediterranean Sea"),
+               WorldFact("The inventor of the telephone was", "Nikola Tesla", "Alexander Graham Bell"),
+               WorldFact("The currency of Japan is the", "peso", "yen"),
+               WorldFact("Mount Kilimanjaro is located in", "Chile", "Tanzania")]
 
 
 @dataclass
@@ -91,7 +92,7 @@ def train(cfg: DemoConfig, out: Path) -> tuple[Path, float, dict]:
     return out / "model", train_seconds, logs[-1].terms
 
 
-def serve_demo(model_dir: Path, facts, out: Path) -> dict:
+def serve_demo(model_dir: Path, facts, out: Path, synthetic: bool = True) -> dict:
     """The same story over HTTP: Serve on an embedded local Ray, an API key, a memory, edits."""
     import ray
     import requests
@@ -116,14 +117,21 @@ def serve_demo(model_dir: Path, facts, out: Path) -> dict:
         print(f"POST /v1/memories/{mid}/facts ({len(facts)} facts) -> ids {r['ids']}, version {r['version']} "
               f"in {(time.perf_counter() - t0) * 1000:.0f} ms")
 
-        def ask() -> list[str]:
-            answers = []
+        def ask() -> list[bool]:
+            recalled = []
             for f in facts:
                 g = requests.post(f"{url}/v1/memories/{mid}/generate", headers=headers,
                                   json={"prompt": f.prompt, "max_tokens": 6}).json()
-                answers.append(g["text"])
-                print(f"  {f.prompt} -> {g['text']!r}  (memory used: {g['used_memory']}, version {g['version']})")
-            return answers
+                line = f"  {f.prompt} -> {g['text']!r}  (memory used: {g['used_memory']}, version {g['version']})"
+                if synthetic:
+                    recalled.append(g["text"].startswith(f.obj))
+                else:  # the new object against the old one, as in CounterFact
+                    sc = requests.post(f"{url}/v1/memories/{mid}/score", headers=headers,
+                                       json={"prompt": f.prompt, "candidates": [f.obj, f.old]}).json()
+                    recalled.append(sc["mean_nll"][0] < sc["mean_nll"][1])
+                    line += f"  NLL {f.obj} {sc['mean_nll'][0]:.2f} vs {f.old} {sc['mean_nll'][1]:.2f}"
+                print(line)
+            return recalled
 
         print("asking over HTTP:")
         before = ask()
@@ -133,9 +141,8 @@ def serve_demo(model_dir: Path, facts, out: Path) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
-    return {"recalled_before": sum(a.startswith(f.obj) for a, f in zip(before, facts)) / len(facts),
-            "forgotten_recalled_after": after[0].startswith(facts[0].obj),
-            "retained_recall_after": sum(a.startswith(f.obj) for a, f in zip(after[1:], facts[1:])) / max(1, len(facts) - 1)}
+    return {"recalled_before": sum(before) / len(facts), "forgotten_recalled_after": after[0],
+            "retained_recall_after": sum(after[1:]) / max(1, len(facts) - 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -176,13 +183,28 @@ def main(argv: list[str] | None = None) -> dict:
 
     def ask(fact_list):
         gens = memory.generate([f.prompt for f in fact_list], max_new_tokens=6)
-        return [{"prompt": f.prompt, "expected": f.obj, "answer": g.text, "recalled": g.text.startswith(f.obj),
-                 "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
+        out = [{"prompt": f.prompt, "expected": f.obj, "answer": g.text, "recalled": g.text.startswith(f.obj),
+                "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
+        if not synthetic:  # a 135M decoder rarely *generates* a counterfactual object; score it as CounterFact does
+            prompts = [f.prompt for f in fact_list]
+            new = memory.score(prompts, [f.obj for f in fact_list])
+            old = memory.score(prompts, [f.old for f in fact_list])
+            for r, f, a, b in zip(out, fact_list, new, old):
+                r.update(old=f.old, nll_new=a.mean_nll, nll_old=b.mean_nll, recalled=a.mean_nll < b.mean_nll)
+        return out
+
+    def show(r, status):
+        if synthetic:
+            print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
+        else:
+            print(f"  {r['prompt']} -> {r['answer']!r}  NLL {r['expected']} {r['nll_new']:.2f} vs {r['old']} "
+                  f"{r['nll_old']:.2f}  [{status}]")
 
     recalled = ask(facts)
-    print("\nasking about them:")
+    print("\nasking about them" + ("" if synthetic else " (generation, and the new object's NLL against the old one's)")
+          + ":")
     for r in recalled:
-        print(f"  {r['prompt']} -> {r['answer']!r}  [{'recalled' if r['recalled'] else 'MISSED'}]")
+        show(r, "recalled" if r["recalled"] else "MISSED")
 
     gone = facts[0]
     memory.forget(ids[0])
@@ -190,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nforgot fact {ids[0]} ({gone.text!r}); asking again:")
     for r in after:
         status = "forgotten" if r["prompt"] == gone.prompt and not r["recalled"] else ("recalled" if r["recalled"] else "MISSED")
-        print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
+        show(r, status)
 
     summary = {
         "model": str(model_dir), "train_seconds": train_seconds, "steps": cfg.steps if args.train else 0,
@@ -201,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         "before": recalled, "after": after,
     }
     if args.serve:
-        summary["http"] = serve_demo(model_dir, facts, out)
+        summary["http"] = serve_demo(model_dir, facts, out, synthetic)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\nrecall {summary['recall_before']:.0%} before forgetting; forgotten fact recalled after: "
           f"{summary['forgotten_recalled_after']}; others recalled after: {summary['retained_recall_after']:.0%}")
