@@ -58,7 +58,7 @@ class Encoder:
         extra = [t for t in dict.fromkeys(scope_texts_) if t not in set(texts)]
         z, vectors = self.model.encode_with_embeddings(texts + extra)
         row = {t: i for i, t in enumerate(texts + extra)}
-        return z[:len(texts)], vectors[[row[t] for t in scope_texts_]] if scope_texts_ else vectors[:0]
+        return z[:len(texts)], (vectors[[row[t] for t in scope_texts_]] if scope_texts_ else vectors[:0]).cpu()
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if self.embedder is None or not texts:
