@@ -83,8 +83,10 @@ def fact_sentences(paths: list[Path], exclude: list[Path] = ()) -> list[str]:
     for path in exclude:
         for r in _load(path):
             i, s = identities(r)
-            ids.add(i) if i is not None else None
-            subjects.add(s) if s else None
+            if i is not None:
+                ids.add(i)
+            if s:
+                subjects.add(s)
     mentions = re.compile("|".join(rf"\b{re.escape(s)}\b" for s in sorted(subjects))) if subjects else None
     seen, out = set(), []
     for path in paths:
