@@ -35,14 +35,14 @@ def _load(path: Path) -> list[dict]:
 
 
 def kind(record: dict) -> str:
-    if "requested_rewrite" in record:
-        return "counterfact"
-    if "target_new" in record and "prompt" in record:
-        return "counterfact_flat"
-    if "src" in record and "answers" in record:
-        return "zsre"
-    raise ConfigError(f"data.facts: unknown record format with keys {sorted(record)} "
-                      "(expected CounterFact, flattened CounterFact or zsRE/MEND)")
+    """The record's benchmark format, by the evaluation loader's own detection."""
+    from larimar.evaluation.data import detect_format  # larimar.evaluation imports larimar.data, which imports us
+
+    try:
+        return {"counterfact-canonical": "counterfact", "counterfact-flat": "counterfact_flat"}.get(
+            fmt := detect_format(record), fmt)
+    except ConfigError as err:
+        raise ConfigError(f"data.facts: {err}") from None
 
 
 def _target(value) -> str:

@@ -78,10 +78,7 @@ def test_edit_makes_target_likelier_and_leaves_unrelated_prompt(method, lm_tok, 
 def test_ike_puts_the_fact_in_context_on_smollm2():
     """In-context editing needs a model that reads its context: SmolLM2-135M, not a random one."""
     require_shared("data", "counterfact")
-    try:
-        lm, tok = backbones.load_decoder("smollm2-135m")
-    except backbones.BackboneNotFound as err:
-        pytest.skip(str(err))
+    lm, tok = backbones.load_decoder("smollm2-135m")  # installed by `make install`: a missing wheel must fail
     editor = make_editor("ike", lm, tok, options=["demos=2"])
     editor.prepare()
     request = EditRequest("The Eiffel Tower is located in the city of", "Rome", "The Eiffel Tower")
@@ -100,10 +97,7 @@ def test_rome_edits_smollm2(tmp_path, monkeypatch):
     1.19 -> 12.3, the Colosseum's (unrelated subject) Rome 1.51 -> 1.33."""
     require_shared("data", "wikitext-2-raw")
     monkeypatch.setenv("LARIMAR_CACHE_DIR", str(tmp_path))
-    try:
-        lm, tok = backbones.load_decoder("smollm2-135m")
-    except backbones.BackboneNotFound as err:
-        pytest.skip(str(err))
+    lm, tok = backbones.load_decoder("smollm2-135m")  # installed by `make install`: a missing wheel must fail
     editor = make_editor("rome", lm, tok, options=["stats_tokens=20000"])
     editor.prepare()
     request = EditRequest("The Eiffel Tower is located in the city of", "Rome", "The Eiffel Tower")
