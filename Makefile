@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install system-deps demo test test-fast bench clean
+.PHONY: install system-deps demo test test-fast bench eval-smol curve-smol ship clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,18 @@ eval-smol: install
 	$(EVAL) sequential --data $(D)/zsre/dev_eval_300.json --slots 300 --memory-keys relu --out $(EVAL_OUT)/sequential-dev
 	$(EVAL) forgetting --data $(D)/zsre/train_1k.json --memory-keys relu --out $(EVAL_OUT)/forgetting
 	$(EVAL) perplexity --data $(D)/wikitext-2-raw/wiki.test.raw --limit 256 --out $(EVAL_OUT)/perplexity
+
+# Learning curve of a larimar-smol run: loss from its logs, CounterFact + zsRE at each kept checkpoint.
+RUN ?= larimar-smol-facts
+curve-smol: install
+	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 --logs $(wildcard runs/$(RUN).part*.log) \
+		--experiments counterfact,zsre --limit 100 --out runs/curves/$(RUN)
+
+# Ship a trained run as a bundled bf16 adapter (larimar/pretrained/<RUN>; frozen backbones are not written).
+ship: install
+	$(BIN)/python -c "import sys, torch; from larimar.model import LarimarModel; \
+		LarimarModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.bfloat16)" \
+		runs/$(RUN)/model larimar/pretrained/$(RUN)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

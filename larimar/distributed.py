@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from larimar.checkpoints import DS_TAG, STATE_FILE
 from larimar.config import from_dict, to_dict
 from larimar.data import episode_batches
 from larimar.losses import beta
@@ -40,8 +41,6 @@ from larimar.model import LarimarModel
 from larimar.train_config import TrainConfig
 from larimar.training import episode_batch
 
-DS_TAG = "deepspeed"  # DeepSpeed checkpoint tag (sub-directory) inside a Ray checkpoint
-STATE_FILE = "train_state.json"
 FAILURE_MARKER = ".larimar_injected_failure"
 MODEL_DIR = "model"
 PHASES = ("data", "forward", "backward", "optimizer")  # per-step timing, reported as time/<phase>

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from larimar.checkpoints import list_checkpoints, load_checkpoint_model
 from larimar.config import ConfigError
 from larimar.distributed import FAILURE_MARKER, STATE_FILE
 from larimar.model import LarimarModel
@@ -40,6 +41,7 @@ def _job(name: str):
 
 
 train_job = _job("train")
+curve_job = _job("learning_curve")
 
 
 # -- config (fast) ---------------------------------------------------------------------------
@@ -132,6 +134,27 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     again = _train(tmp_path, "optim.steps=3", "run.checkpoint_every=2")
     assert (again["metrics"]["start_step"], again["metrics"]["step"]) == (2, 3)  # resumed, not from zero
     assert json.loads((Path(again["checkpoint"]) / STATE_FILE).read_text())["step"] == 3
+
+    # Learning curves evaluate each kept checkpoint as a model: step 3's weights are the exported ones.
+    run = tmp_path / "larimar-tiny"
+    assert [step for step, _ in list_checkpoints(run)] == [2, 3]
+    cfg = load_train_config(TINY)
+    at3 = dict(list_checkpoints(run))[3]
+    exported = LarimarModel.from_pretrained(again["model"]).state_dict()
+    loaded = load_checkpoint_model(cfg.model, at3).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in exported.items())
+    assert not torch.equal(load_checkpoint_model(cfg.model, dict(list_checkpoints(run))[2]).memory.prior_mean,
+                           loaded["memory.prior_mean"])  # step 2 is another model
+    with pytest.raises(ConfigError, match="does not fit"):
+        load_checkpoint_model(load_train_config(TINY, ["model.memory.latent_dim=8"]).model, at3)
+
+    require_shared("data", "counterfact", "dev_canonical_100.json")
+    out = tmp_path / "curve"
+    assert curve_job.main(["--config", str(TINY), f"run.storage_path={tmp_path}", "--experiments", "counterfact",
+                           "--limit", "2", "--out", str(out)]) == 0
+    rows = (out / "checkpoints.csv").read_text().splitlines()
+    assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
+    assert (out / "curve.png").stat().st_size > 0
 
 
 @pytest.mark.slow

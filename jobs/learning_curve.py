@@ -1,0 +1,75 @@
+"""Learning curve of a training run: loss from its logs, evaluation metrics at its kept checkpoints.
+
+    python jobs/learning_curve.py --config larimar-smol-facts --logs runs/larimar-smol-facts*.log \
+        --experiments counterfact,zsre --out runs/curves/larimar-smol-facts
+
+--config is the run's training config (recipe name or YAML, with the run's key=value overrides
+after it); the checkpoints are those in <run.storage_path>/<run.name> (keep more with
+run.keep_checkpoints). Each experiment runs on its standard development file (--limit N for its
+first N cases). Writes curve.md, curve.png, loss.csv and checkpoints.csv. Logic:
+larimar/evaluation/curves.py and larimar/checkpoints.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from larimar.checkpoints import list_checkpoints, load_checkpoint_model
+from larimar.config import ConfigError
+from larimar.data import resolve_source
+from larimar.distributed import resolve_paths, run_dir
+from larimar.evaluation import EvalConfig, run
+from larimar.evaluation.context import EvalContext
+from larimar.evaluation.curves import METRICS, LearningCurve, merge_logs, pick
+from larimar.train_config import load_train_config
+
+DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="the run's training config (recipe name or YAML)")
+    p.add_argument("overrides", nargs="*", help="the run's key=value overrides")
+    p.add_argument("--logs", nargs="*", default=[], help="the run's training logs, oldest first")
+    p.add_argument("--experiments", default="counterfact,zsre", help=f"comma-separated, of {sorted(DATA)}; '' for none")
+    p.add_argument("--limit", type=int, help="first N cases of each experiment's file")
+    p.add_argument("--window", type=int, default=100, help="steps per loss mean")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    try:
+        cfg = resolve_paths(load_train_config(a.config, a.overrides))
+        experiments = [e for e in a.experiments.split(",") if e]
+        unknown = [e for e in experiments if e not in DATA]
+        if unknown:
+            raise ConfigError(f"--experiments: unknown {unknown}; choose from {sorted(DATA)}")
+        missing = [log for log in a.logs if not Path(log).is_file()]
+        if missing:
+            raise ConfigError(f"--logs: no such file {missing[0]}")
+        curve = LearningCurve(Path(run_dir(cfg)).name, merge_logs([Path(log).read_text() for log in a.logs]),
+                              window=a.window)
+        checkpoints = list_checkpoints(run_dir(cfg)) if experiments else []
+        if experiments and not checkpoints:
+            raise ConfigError(f"no checkpoints in {run_dir(cfg)} (the config's run.storage_path / run.name)")
+        for step, path in checkpoints:
+            model = load_checkpoint_model(cfg.model, path)
+            row: dict = {"step": step}
+            for name in experiments:
+                ecfg = EvalConfig(experiment=name, model=str(path), data=str(resolve_source(DATA[name])), limit=a.limit,
+                                  out=f"{a.out}/step_{step}", progress=False)
+                rep, _ = run(ecfg, EvalContext(ecfg, model=model))
+                row.update({label: pick(rep.summary, key) for key, label in METRICS[name]})
+            print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "step"), flush=True)
+            curve.checkpoints.append(row)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    paths = curve.write(a.out)
+    print(curve.markdown())
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
