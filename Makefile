@@ -53,9 +53,10 @@ eval-smol: install
 
 # Learning curve of a larimar-smol run: loss from its logs, CounterFact + zsRE at each kept checkpoint.
 RUN ?= larimar-smol-facts
+STEPS ?=
 curve-smol: install
 	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 --logs $(wildcard runs/$(RUN).part*.log) \
-		--experiments counterfact,zsre --limit 100 --out runs/curves/$(RUN)
+		--experiments counterfact,zsre --limit 100 --steps "$(STEPS)" --out runs/curves/$(RUN)
 
 # Ship a trained run as a bundled bf16 adapter (larimar/pretrained/<RUN>; frozen backbones are not written).
 ship: install

@@ -6,13 +6,14 @@
 --config is the run's training config (recipe name or YAML, with the run's key=value overrides
 after it); the checkpoints are those in <run.storage_path>/<run.name> (keep more with
 run.keep_checkpoints). Each experiment runs on its standard development file (--limit N for its
-first N cases). Writes curve.md, curve.png, loss.csv and checkpoints.csv. Logic:
+first N cases); a rerun reuses the evaluations it finds in --out. Writes curve.md, curve.png, loss.csv and checkpoints.csv. Logic:
 larimar/evaluation/curves.py and larimar/checkpoints.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,16 @@ from larimar.train_config import load_train_config
 DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
 
 
+def earlier_summary(path: Path, cfg: EvalConfig) -> dict | None:
+    """A rerun reuses a finished evaluation of the same checkpoint, data and limit."""
+    if not path.exists():
+        return None
+    done = json.loads(path.read_text())
+    before = done.get("config", {})
+    same = (before.get("model"), before.get("data"), before.get("limit")) == (cfg.model, cfg.data, cfg.limit)
+    return done["summary"] if same else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the run's training config (recipe name or YAML)")
@@ -35,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--logs", nargs="*", default=[], help="the run's training logs, oldest first")
     p.add_argument("--experiments", default="counterfact,zsre", help=f"comma-separated, of {sorted(DATA)}; '' for none")
     p.add_argument("--limit", type=int, help="first N cases of each experiment's file")
+    p.add_argument("--steps", default="", help="comma-separated checkpoint steps to evaluate (default: every kept one)")
     p.add_argument("--window", type=int, default=100, help="steps per loss mean")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
@@ -52,14 +64,23 @@ def main(argv: list[str] | None = None) -> int:
         checkpoints = list_checkpoints(run_dir(cfg)) if experiments else []
         if experiments and not checkpoints:
             raise ConfigError(f"no checkpoints in {run_dir(cfg)} (the config's run.storage_path / run.name)")
+        if a.steps:
+            wanted = {int(x) for x in a.steps.split(",") if x.strip()}
+            absent = sorted(wanted - {step for step, _ in checkpoints})
+            if absent:
+                raise ConfigError(f"--steps: no checkpoint at step {absent} (kept: {[s for s, _ in checkpoints]})")
+            checkpoints = [(step, path) for step, path in checkpoints if step in wanted]
         for step, path in checkpoints:
-            model = load_checkpoint_model(cfg.model, path)
+            model = None
             row: dict = {"step": step}
             for name in experiments:
                 ecfg = EvalConfig(experiment=name, model=str(path), data=str(resolve_source(DATA[name])), limit=a.limit,
                                   out=f"{a.out}/step_{step}", progress=False)
-                rep, _ = run(ecfg, EvalContext(ecfg, model=model))
-                row.update({label: pick(rep.summary, key) for key, label in METRICS[name]})
+                summary = earlier_summary(Path(ecfg.out) / f"{name}.json", ecfg)
+                if summary is None:
+                    model = model or load_checkpoint_model(cfg.model, path)
+                    summary = run(ecfg, EvalContext(ecfg, model=model))[0].summary
+                row.update({label: pick(summary, key) for key, label in METRICS[name]})
             print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "step"), flush=True)
             curve.checkpoints.append(row)
     except ConfigError as e:
