@@ -155,6 +155,13 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     rows = (out / "checkpoints.csv").read_text().splitlines()
     assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
     assert (out / "curve.png").stat().st_size > 0
+    done = (out / "step_3" / "counterfact.json").stat().st_mtime_ns
+    args = ["--config", str(TINY), f"run.storage_path={tmp_path}", "--experiments", "counterfact", "--limit", "2",
+            "--out", str(out)]
+    assert curve_job.main([*args, "--steps", "3"]) == 0  # a rerun reuses the finished evaluation
+    assert (out / "step_3" / "counterfact.json").stat().st_mtime_ns == done
+    assert [r.split(",")[0] for r in (out / "checkpoints.csv").read_text().splitlines()[1:]] == ["3"]
+    assert curve_job.main([*args, "--steps", "7"]) == 2  # no such checkpoint: a named error
 
 
 @pytest.mark.slow
