@@ -58,11 +58,13 @@ curve-smol: install
 	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 --logs $(wildcard runs/$(RUN).part*.log) \
 		--experiments counterfact,zsre --limit 100 --steps "$(STEPS)" --out runs/curves/$(RUN)
 
-# Ship a trained run as a bundled bf16 adapter (larimar/pretrained/<RUN>; frozen backbones are not written).
+# Ship a trained run as a bundled adapter (larimar/pretrained/<RUN>; frozen backbones are not written).
+# fp32 by default, so the shipped weights are exactly the evaluated checkpoint's (DTYPE=bfloat16 halves it).
+DTYPE ?= float32
 ship: install
 	$(BIN)/python -c "import sys, torch; from larimar.model import LarimarModel; \
-		LarimarModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=torch.bfloat16)" \
-		runs/$(RUN)/model larimar/pretrained/$(RUN)
+		LarimarModel.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[2], dtype=getattr(torch, sys.argv[3]))" \
+		runs/$(RUN)/model larimar/pretrained/$(RUN) $(DTYPE)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
