@@ -5,7 +5,10 @@ of the Grafana dashboards must return data. Plus the dashboards' structure and t
 payloads (no Grafana server can be installed here: neither Debian nor PyPI/npm ship one).
 
 Prometheus is Debian's `prometheus` package (installed by `make install` / .ci/run). ~3 minutes
-on 2 cores: one Ray head, a 4-step tiny training run, one Serve application, ~30 s of traffic.
+on 2 cores: one Ray head, a 20-step tiny training run, one Serve application, ~30 s of traffic.
+The run is 20 steps, not 4, so that its step-time histogram rises across one of Ray's 10 s
+exports: a histogram first seen with all its counts has no rate, and the quantile panels no data
+(a CI run under heavy load failed so with 4 steps).
 """
 
 from __future__ import annotations
@@ -192,8 +195,8 @@ def stack(tmp_path_factory):
         submit = [str(ray_bin), "job", "submit", "--address", address,
                   "--runtime-env-json", json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}), "--",
                   "python", f"{ROOT}/jobs/train.py", "--config", f"{ROOT}/jobs/configs/tiny.yaml", f"run.name={RUN}",
-                  f"run.storage_path={tmp / 'runs'}", "optim.steps=4", "optim.warmup_steps=1",
-                  "run.checkpoint_every=2", "run.log_every=1", "data.limit=256", "scaling.num_workers=1"]
+                  f"run.storage_path={tmp / 'runs'}", "optim.steps=20", "optim.warmup_steps=1",
+                  "run.checkpoint_every=10", "run.log_every=1", "data.limit=256", "scaling.num_workers=1"]
         for _ in range(60):  # the dashboard answers a few seconds before the job agent registers
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
             if "No available agent" not in job.stdout + job.stderr:
