@@ -24,6 +24,7 @@ from larimar.distributed import resolve_paths, run_dir
 from larimar.evaluation import EvalConfig, run
 from larimar.evaluation.context import EvalContext
 from larimar.evaluation.curves import METRICS, LearningCurve, merge_logs, pick
+from larimar.evaluation.report import fmt
 from larimar.train_config import load_train_config
 
 DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         if experiments and not checkpoints:
             raise ConfigError(f"no checkpoints in {run_dir(cfg)} (the config's run.storage_path / run.name)")
         if a.steps:
-            wanted = {int(x) for x in a.steps.split(",") if x.strip()}
+            try:
+                wanted = {int(x) for x in a.steps.split(",") if x.strip()}
+            except ValueError:
+                raise ConfigError(f"--steps: expected comma-separated integers, got {a.steps!r}") from None
             absent = sorted(wanted - {step for step, _ in checkpoints})
             if absent:
                 raise ConfigError(f"--steps: no checkpoint at step {absent} (kept: {[s for s, _ in checkpoints]})")
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     model = model or load_checkpoint_model(cfg.model, path)
                     summary = run(ecfg, EvalContext(ecfg, model=model))[0].summary
                 row.update({label: pick(summary, key) for key, label in METRICS[name]})
-            print(f"step {step}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "step"), flush=True)
+            print(f"step {step}: " + " ".join(f"{k}={fmt(v)}" for k, v in row.items() if k != "step"), flush=True)
             curve.checkpoints.append(row)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
