@@ -114,9 +114,9 @@ class LearningCurve:
             means = window_means(self.losses, self.window)
             ax.plot([(a + b) / 2 for a, b, _ in means], [m for _, _, m in means], "-o",
                     label=f"{self.window}-step mean")
+            ax.legend()
         ax.set(title=f"{self.name}: training loss", xlabel="step", ylabel="reconstruction loss (nats/token)")
         ax.grid(alpha=0.3)
-        ax.legend()
         if self.checkpoints:
             ax = axes[0][1]
             steps = [r["step"] for r in self.checkpoints]
