@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from larimar.evaluation.report import fmt, markdown_table
+from larimar.evaluation.report import Curve, draw, fmt, markdown_table
 
 STEP_LINE = re.compile(r"\[larimar\] step (\d+)/(\d+) loss=([0-9.eE+-]+|nan|inf)")
 
@@ -118,14 +118,9 @@ class LearningCurve:
         ax.set(title=f"{self.name}: training loss", xlabel="step", ylabel="reconstruction loss (nats/token)")
         ax.grid(alpha=0.3)
         if self.checkpoints:
-            ax = axes[0][1]
             steps = [r["step"] for r in self.checkpoints]
-            for label in self.metric_labels():
-                ax.plot(steps, [r.get(label) for r in self.checkpoints], "-o", label=label)
-            ax.set(title="evaluation at checkpoints", xlabel="step", ylabel="score")
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            ax.legend()
+            draw(Curve("evaluation at checkpoints", "step", "score",
+                       {k: (steps, [r.get(k) for r in self.checkpoints]) for k in self.metric_labels()}), axes[0][1])
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -41,13 +41,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def plot(curve: Curve, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+def draw(curve: Curve, ax) -> None:
+    """One curve of scores in [0, 1] on a matplotlib axis (None points are gaps)."""
     for label, (xs, ys) in curve.series.items():
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
     if curve.logx:
@@ -56,6 +51,16 @@ def plot(curve: Curve, path: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
+
+
+def plot(curve: Curve, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    draw(curve, ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
