@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
                    help="memory addressing: linear (the paper; at most C facts kept apart) or relu random features (K)")
     p.add_argument("--scope-model", default="minilm-l6", help="scope embedder; 'none' disables the detector")
     p.add_argument("--scope-threshold", type=float, default=0.7, help="cosine similarity for 'in scope'")
+    p.add_argument("--subject-threshold", type=float, default=0.3,
+                   help="cosine a query that names an edit's subject needs to be in scope")
+    p.add_argument("--no-subjects", action="store_true",
+                   help="edit without the cases' subjects (the scope detector then uses --scope-threshold only)")
+    p.add_argument("--readout", choices=["raw", "value_norm"],
+                   help="override the model's read-out convention (default: the one it was trained with)")
     p.add_argument("--use-scope", action="store_true", help="memory experiments: gate reads with the scope detector")
     p.add_argument("--checkpoints", type=int, default=10, help="sequential: evaluation points")
     p.add_argument("--sizes", type=_int_list, default=[], help="N values (capacity, forgetting) or fact counts (long-context)")
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None) -> EvalConfig:
             experiment=a.experiment, model=a.model, data=a.data, out=a.out, limit=a.limit, seed=a.seed,
             workers=a.workers, batch_size=a.batch_size, slots=a.slots, ridge=a.ridge, memory_keys=a.memory_keys,
             scope_model=None if a.scope_model.lower() == "none" else a.scope_model, scope_threshold=a.scope_threshold,
+            subject_threshold=a.subject_threshold, use_subjects=not a.no_subjects, readout=a.readout,
             use_scope=a.use_scope, checkpoints=a.checkpoints, sizes=a.sizes, slots_list=a.slots_list, trials=a.trials,
             segment_facts=a.segment_facts, eval_cap=a.eval_cap, repeats=a.repeats, progress=not a.no_progress,
             editor=a.editor, editor_options=a.editor_opt)

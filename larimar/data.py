@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from larimar import backbones
 from larimar.config import ConfigError
-from larimar.fact_corpus import fact_sentences
+from larimar.fact_corpus import edit_records, edit_rows, fact_sentences
 from larimar.train_config import TrainConfig
 
 TEXT_SUFFIXES = (".raw", ".txt", ".jsonl")
@@ -145,18 +145,32 @@ def text_chunks(cfg: TrainConfig) -> datasets.Dataset:
                   batched=True, batch_size=1000, remove_columns=["paragraph"], new_fingerprint="larimar-chunks")
 
 
+def _local_files(key: str, names: list[str]) -> list[Path]:
+    paths = [resolve_source(p) for p in names]
+    for name, p in zip(names, paths):
+        if not isinstance(p, Path):
+            raise ConfigError(f"{key}: {name!r} is not a local file")
+    return paths
+
+
 def fact_texts(cfg: TrainConfig) -> list[str]:
     """data.facts as fact sentences, minus the cases of data.facts_exclude (larimar.fact_corpus)."""
     d = cfg.data
-    paths = [resolve_source(p) for p in d.facts]
-    exclude = [resolve_source(p) for p in d.facts_exclude]
-    for name, p in zip(d.facts + d.facts_exclude, paths + exclude):
-        if not isinstance(p, Path):
-            raise ConfigError(f"data.facts: {name!r} is not a local file")
-    return fact_sentences(paths, exclude)
+    return fact_sentences(_local_files("data.facts", d.facts), _local_files("data.facts_exclude", d.facts_exclude),
+                          d.exclude_subjects)
 
 
-def mixed_episodes(kinds: list[list[str]], episode_size: int, seed: int | None) -> list[str]:
+def edit_texts(cfg: TrainConfig) -> list[dict]:
+    """data.edits as keyed training rows {text, key, query, target} (larimar.fact_corpus.edit_rows)."""
+    d = cfg.data
+    edits = edit_records(_local_files("data.edits", d.edits), _local_files("data.facts_exclude", d.facts_exclude),
+                         d.exclude_subjects)
+    if not edits:
+        raise ConfigError(f"data.edits: no edits left in {d.edits} after the exclusions")
+    return edit_rows(edits, d.edit_queries, d.shuffle_seed)
+
+
+def mixed_episodes(kinds: list[list], episode_size: int, seed: int | None) -> list:
     """Rows such that every run of `episode_size` consecutive rows comes from one kind of text.
 
     Long text chunks and short fact sentences in one episode would pad every fact to the chunk
@@ -178,7 +192,7 @@ def mixed_episodes(kinds: list[list[str]], episode_size: int, seed: int | None) 
 def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
     """The run's chunk dataset (column ``text``), shuffled and limited as configured."""
     d = cfg.data
-    if not d.facts:
+    if not d.facts and not d.edits:
         ds = text_chunks(cfg)
         if d.shuffle_seed is not None:
             ds = ds.shuffle(seed=d.shuffle_seed)
@@ -188,11 +202,18 @@ def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
         chunks = list(text_chunks(cfg)["text"]) if d.source is not None else []
         if d.source_limit is not None:
             chunks = random.Random(d.shuffle_seed).sample(chunks, min(d.source_limit, len(chunks)))
-        kinds = ([chunks] if chunks else []) + [fact_texts(cfg)]
-        rows = mixed_episodes(kinds, d.episode_size, d.shuffle_seed)
+        plain = [t for t in ([chunks] if chunks else []) + ([fact_texts(cfg)] if d.facts else [])]
+        kinds = [[{"text": t, "key": "", "query": "", "target": ""} for t in texts] for texts in plain]
+        kinds += [edit_texts(cfg)] if d.edits else []
+        # A micro-batch never mixes plain and keyed episodes (they are different objectives).
+        group = cfg.chunks_per_micro_batch
+        if ROWS_PER_BLOCK % group:
+            raise ConfigError(f"optim.micro_batch_episodes x data.episode_size = {group} must divide {ROWS_PER_BLOCK}")
+        rows = mixed_episodes(kinds, group, d.shuffle_seed)
         if d.limit is not None:
-            rows = rows[:d.limit - d.limit % d.episode_size]
-        ds = datasets.Dataset.from_dict({"text": rows})
+            rows = rows[:d.limit - d.limit % group]
+        columns = ("text", "key", "query", "target") if d.edits else ("text",)
+        ds = datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
     ds = ds.flatten_indices()
     needed = cfg.chunks_per_micro_batch * cfg.scaling.num_workers
     if len(ds) < needed:
@@ -216,8 +237,11 @@ def episodes(texts: list[str], episode_size: int) -> list[list[str]]:
     return [texts[i:i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
 
 
-def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: int = 0) -> Iterator[tuple[int, int, list[str]]]:
-    """Endless (epoch, batch index in epoch, texts) from a Ray Data shard, one pass per epoch.
+def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: int = 0) -> Iterator[tuple[int, int, list]]:
+    """Endless (epoch, batch index in epoch, rows) from a Ray Data shard, one pass per epoch.
+
+    Rows are texts, or {text, key, query, target} dicts when the dataset has keyed edits
+    (`larimar.training.episode_batch` takes either).
 
     `skip` batches of `start_epoch` are read and dropped, so a resumed run continues at the same
     place in the epoch. Ray Data's streaming split assigns blocks to workers dynamically, so the
@@ -228,7 +252,11 @@ def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: in
         n = 0
         for batch in shard.iter_batches(batch_size=chunks_per_batch, batch_format="numpy", drop_last=True):
             if n >= skip:
-                yield epoch, n, [str(t) for t in batch["text"]]
+                if "key" in batch:
+                    cols = ("text", "key", "query", "target")
+                    yield epoch, n, [dict(zip(cols, (str(v) for v in vals))) for vals in zip(*(batch[c] for c in cols))]
+                else:
+                    yield epoch, n, [str(t) for t in batch["text"]]
             n += 1
         if n == 0:
             raise RuntimeError(f"this worker's data shard has fewer than {chunks_per_batch} chunks; "

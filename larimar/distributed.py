@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from larimar.checkpoints import DS_TAG, STATE_FILE
-from larimar.config import from_dict, to_dict
+from larimar.config import ConfigError, from_dict, to_dict
 from larimar.data import episode_batches
 from larimar.losses import beta
 from larimar.model import LarimarModel
@@ -227,6 +227,10 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(cfg.run.seed)  # same init everywhere (DeepSpeed also broadcasts rank 0's weights)
     model = LarimarModel(cfg.model).to(device)
+    if cfg.run.init_from and ray.train.get_checkpoint() is None:
+        new = model.init_from(cfg.run.init_from)
+        if rank == 0:
+            log.info(f"[larimar] started from {cfg.run.init_from}; new (at init): {new or 'none'}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
@@ -359,6 +363,14 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         cfg.data.source = str(resolve_source(cfg.data.source))
     cfg.data.facts = [str(resolve_source(p)) for p in cfg.data.facts]
     cfg.data.facts_exclude = [str(resolve_source(p)) for p in cfg.data.facts_exclude]
+    cfg.data.edits = [str(resolve_source(p)) for p in cfg.data.edits]
+    if cfg.run.init_from:
+        from larimar.model import resolve_model_dir
+
+        try:
+            cfg.run.init_from = str(resolve_model_dir(cfg.run.init_from).resolve())
+        except FileNotFoundError as err:
+            raise ConfigError(f"run.init_from: {err}") from None
     if cfg.validation.enabled:
         cfg.validation.source = str(resolve_source(cfg.validation.source))
         if cfg.validation.counterfact:

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, key_texts, make_fact, scope_texts
+from larimar.fact_encoder import encode_facts, encode_queries
+from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, make_fact
 from larimar.memory import SequentialMemory
 from larimar.model import LarimarModel
-from larimar.scope import ScopeDetector, load_embedder, query_sentences
+from larimar.scope import ScopeDetector, load_embedder
 
 __all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
            "reference_memory"]
@@ -98,35 +99,27 @@ class EditableMemory:
         texts = [facts] if isinstance(facts, str) else list(facts)
         return self._write([make_fact(text=t) for t in texts])
 
-    def edit(self, prompts: str | list[str], target_new: str | list[str]) -> list[int]:
-        """EasyEdit-style: make each prompt continue with its target. Returns the facts' ids."""
+    def edit(self, prompts: str | list[str], target_new: str | list[str],
+             subject: str | list[str] | None = None) -> list[int]:
+        """EasyEdit-style: make each prompt continue with its target. Returns the facts' ids.
+
+        subject (optional, one per prompt): what each edit is about; the scope detector then only
+        consults the memory for queries that name it (`larimar.scope`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         targets = [target_new] if isinstance(target_new, str) else list(target_new)
-        if len(prompts) != len(targets):
-            raise ValueError(f"got {len(prompts)} prompts but {len(targets)} targets")
-        return self._write([make_fact(prompt=p, target=t) for p, t in zip(prompts, targets)])
+        subjects = [subject] if isinstance(subject, str) else list(subject) if subject is not None else [None] * len(prompts)
+        if not len(prompts) == len(targets) == len(subjects):
+            raise ValueError(f"got {len(prompts)} prompts, {len(targets)} targets and {len(subjects)} subjects")
+        return self._write([make_fact(prompt=p, target=t, subject=s) for p, t, s in zip(prompts, targets, subjects)])
 
     def _write(self, facts: list[Fact]) -> list[int]:
         self.core.check_room(len(facts))
         if not facts:
             return []
-        n = len(facts)
-        with torch.no_grad():
-            if self.scope is not None and self.editor.shared_scope:  # one MiniLM pass for all three
-                z, vectors = self._encode_with_scope([f.text for f in facts] + key_texts(facts), scope_texts(facts)[1])
-                values, keys = z[:n], z[n:]
-            else:
-                z = self.model.encode_texts([f.text for f in facts] + key_texts(facts))
-                values, keys = z[:n], z[n:]
-                vectors = self.scope.embed(scope_texts(facts)[1]) if self.scope is not None else None
-        return self.core.write(facts, keys, values, vectors)
-
-    def _encode_with_scope(self, texts: list[str], scope_text: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents of `texts` and scope vectors of `scope_text` from one encoder pass."""
-        extra = [t for t in dict.fromkeys(scope_text) if t not in set(texts)]
-        z, emb = self.model.encode_with_embeddings(texts + extra)
-        row = {t: i for i, t in enumerate(texts + extra)}
-        return z[:len(texts)], emb[[row[t] for t in scope_text]].cpu()
+        scope = self.scope is not None
+        enc = encode_facts(self.model, facts, scope, embed=self.scope.embed if scope else None,
+                           shared=self.editor.shared_scope)
+        return self.core.write(facts, enc.keys, enc.values, enc.scope)
 
     def forget(self, fact_id: int) -> None:
         """Remove a fact (alpha = -1 with its original key and value)."""
@@ -136,16 +129,11 @@ class EditableMemory:
 
     def read(self, queries: list[str], use_scope: bool = True) -> tuple[torch.Tensor, list]:
         """Latents for decoding each query: the memory read-out, or 0 when out of scope."""
-        matches = None
-        with torch.no_grad():
-            if use_scope and self.scope is not None and self.editor.shared_scope:
-                sentences, owners = query_sentences(queries)
-                zq, vectors = self._encode_with_scope(queries, sentences)
-                matches = self.scope.match_vectors(vectors, owners, len(queries))
-            else:
-                zq = self.model.encode_texts(queries)
-                matches = self.scope.match(queries) if use_scope and self.scope is not None else None
-        z = self.core.read(zq, matches).to(self.model.device, self.model.memory.prior_mean.dtype)  # (n, C)
+        scope = use_scope and self.scope is not None
+        enc = encode_queries(self.model, queries, scope, embed=self.scope.embed if scope else None,
+                             shared=self.editor.shared_scope)
+        matches = self.scope.match_vectors(enc.sentences, enc.owners, queries) if scope else None
+        z = self.core.read(enc.latents, matches).to(self.model.device, self.model.memory.prior_mean.dtype)  # (n, C)
         return z, matches if matches is not None else [None] * len(queries)
 
     def generate(self, prompts: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0,
@@ -171,11 +159,16 @@ class EditableMemory:
 class LarimarEditor:
     """A trained Larimar model plus the scope detector, from which memories are created."""
 
-    def __init__(self, model: LarimarModel, scope_model: str | None = "minilm-l6", scope_threshold: float = 0.7):
-        """scope_model: sentence embedder for the scope detector (None: always consult the memory)."""
+    def __init__(self, model: LarimarModel, scope_model: str | None = "minilm-l6", scope_threshold: float = 0.7,
+                 subject_threshold: float = 0.3, readout: str | None = None):
+        """scope_model: sentence embedder for the scope detector (None: always consult the memory);
+        scope_threshold / subject_threshold: see `ScopeDetector`; readout: override the model's
+        trained read-out convention ("raw" or "value_norm", see `FactMemory`), for ablations."""
         self.model = model.eval()
         self.scope_embedder = load_embedder(scope_model) if scope_model else None
         self.scope_threshold = scope_threshold
+        self.subject_threshold = subject_threshold
+        self.readout = readout or model.cfg.readout
         # The scope embedding is the frozen MiniLM encoder's normalised mean-pooled output: edits
         # and queries then take one encoder pass instead of two (the embedder stays for add/match).
         self.shared_scope = model.shares_scope_embedder(scope_model)
@@ -194,5 +187,7 @@ class LarimarEditor:
         if K < 1:
             raise ValueError(f"slots must be >= 1, got {K}")
         ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed).to(self.model.device)
-        scope = ScopeDetector(self.scope_embedder, self.scope_threshold) if self.scope_embedder else None
-        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, scope))
+        scope = (ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)
+                 if self.scope_embedder else None)
+        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, scope,
+                                               readout=self.readout))

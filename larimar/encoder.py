@@ -19,8 +19,10 @@ from transformers import PreTrainedModel
 
 class LatentEncoder(nn.Module):
     def __init__(self, backbone: PreTrainedModel, latent_dim: int, pooling: Literal["mean", "cls"] = "mean",
-                 trainable_layers: int = -1):
-        """trainable_layers: -1 trains the whole backbone, 0 freezes it, n > 0 trains the top n layers."""
+                 trainable_layers: int = -1, target_head: bool = False):
+        """trainable_layers: -1 trains the whole backbone, 0 freezes it, n > 0 trains the top n layers.
+        target_head: a second, zero-initialised head for the target term of a value latent
+        (`LarimarModel.values_from_pooled`); zero init leaves a model's values as they were."""
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise ValueError(f"encoder pooling must be 'mean' or 'cls', got {pooling!r}")
@@ -28,6 +30,9 @@ class LatentEncoder(nn.Module):
         self.pooling = pooling
         self.head = nn.Linear(backbone.config.hidden_size, latent_dim, bias=False)
         nn.init.normal_(self.head.weight, std=backbone.config.hidden_size**-0.5)
+        self.target_head = nn.Linear(backbone.config.hidden_size, latent_dim, bias=False) if target_head else None
+        if self.target_head is not None:
+            nn.init.zeros_(self.target_head.weight)
         self.set_trainable_layers(trainable_layers)
 
     def set_trainable_layers(self, n: int) -> None:

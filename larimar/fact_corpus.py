@@ -9,6 +9,14 @@ Evaluation cases must stay unseen: every case of the files named in ``exclude`` 
 case id (CounterFact) and by subject (both benchmarks), and so is any sentence that names one of
 their subjects, so a dev-set metric is a held-out one.
 
+Edits per record (`edit_records`, the "write one text, answer another" objective): the prompt,
+the target, the subject, and every other prompt of the same fact that must give the target:
+- CounterFact canonical: the rewrite prompt and target_new; paraphrase and generation prompts.
+- CounterFact flattened: prompt and target_new; its rephrase_prompt (a generation prompt or a paraphrase).
+- KnowEdit (ZsRE, WikiData_counterfact): prompt and target_new; rephrase_prompt and the
+  ``generate_prompt`` paraphrases (their "1. " numbering stripped).
+- zsRE (MEND): src and answers[0]; rephrase.
+
 Sentences per record:
 - CounterFact (ROME format or EasyEdit's flattened format): the rewrite prompt with the new
   target and with the true target, and the neighbourhood / locality prompt with its true target.
@@ -32,6 +40,9 @@ def _load(path: Path) -> list[dict]:
     if not isinstance(records, list) or not records or not isinstance(records[0], dict):
         raise ConfigError(f"data.facts: {path} is not a JSON list of records")
     return records
+
+
+_NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
 
 
 def kind(record: dict) -> str:
@@ -59,6 +70,81 @@ def identities(record: dict) -> tuple[str | None, str | None]:
     return None, str(record.get("subject", "")).strip() or None
 
 
+def edit(record: dict) -> dict | None:
+    """{prompt, target, subject, queries} of a record (queries: the other prompts of the same fact)."""
+    k = kind(record)
+    if k == "counterfact":
+        rw = record["requested_rewrite"]
+        prompt, target, subject = rw["prompt"].format(rw["subject"]), _target(rw["target_new"]), rw["subject"]
+        queries = list(record.get("paraphrase_prompts", [])) + list(record.get("generation_prompts", []))
+    elif k == "counterfact_flat":
+        prompt, target, subject = record["prompt"], _target(record["target_new"]), record.get("subject")
+        queries = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
+    elif k == "knowedit":
+        prompt, target, subject = record["prompt"], _target(record["target_new"]), record.get("subject")
+        queries = ([record["rephrase_prompt"]] if record.get("rephrase_prompt") else []) + \
+            [_NUMBERING.sub("", q) for q in record.get("generate_prompt", [])]
+    else:
+        prompt, target, subject = record["src"], str(record["answers"][0]).strip(), record.get("subject")
+        queries = [record["rephrase"]] if record.get("rephrase") else []
+    prompt = prompt.strip()
+    if not prompt or not target:
+        return None
+    queries = [q.strip() for q in dict.fromkeys(queries) if q.strip() and q.strip() != prompt]
+    return {"prompt": prompt, "target": target, "subject": (subject or "").strip(), "queries": queries}
+
+
+def _exclusions(exclude: list[Path], subjects: list[str]) -> tuple[set[str], set[str], re.Pattern | None]:
+    """Case ids and subjects of the `exclude` files plus `subjects`, and a pattern naming any of them."""
+    ids, names = set(), {s.strip() for s in subjects if s.strip()}
+    for path in exclude:
+        for r in _load(path):
+            i, s = identities(r)
+            if i is not None:
+                ids.add(i)
+            if s:
+                names.add(s)
+    mentions = re.compile("|".join(rf"\b{re.escape(s)}\b" for s in sorted(names))) if names else None
+    return ids, names, mentions
+
+
+def edit_records(paths: list[Path], exclude: list[Path] = (), exclude_subjects: list[str] = ()) -> list[dict]:
+    """Every edit of `paths` (see `edit`), minus the cases, subjects and mentions of the exclusions;
+    a query naming an excluded subject is dropped, and so is an edit whose own text names one."""
+    ids, names, mentions = _exclusions(list(exclude), list(exclude_subjects))
+    seen, out = set(), []
+    for path in paths:
+        for r in _load(path):
+            i, s = identities(r)
+            if (i is not None and i in ids and kind(r) not in ("zsre", "knowedit")) or (s and s in names):
+                continue
+            e = edit(r)
+            if e is None or (mentions is not None and mentions.search(f"{e['prompt']} {e['target']}")):
+                continue
+            if mentions is not None:
+                e["queries"] = [q for q in e["queries"] if not mentions.search(q)]
+            if (e["prompt"], e["target"]) not in seen:
+                seen.add((e["prompt"], e["target"]))
+                out.append(e)
+    return out
+
+
+def edit_rows(edits: list[dict], queries_per_edit: int, seed: int | None) -> list[dict]:
+    """Training rows {text, key, query, target}: per edit, its own prompt once and up to
+    `queries_per_edit` of its other prompts (a seeded sample), each a row of its own."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for e in edits:
+        queries = list(e["queries"])
+        if seed is not None:
+            rng.shuffle(queries)
+        for q in [e["prompt"], *queries[:queries_per_edit]]:
+            rows.append({"text": f"{e['prompt']} {e['target']}", "key": e["prompt"], "query": q, "target": e["target"]})
+    return rows
+
+
 def sentences(record: dict) -> list[str]:
     k = kind(record)
     out: list[tuple[str, str]] = []
@@ -71,28 +157,22 @@ def sentences(record: dict) -> list[str]:
         out += [(record["prompt"], _target(record["target_new"])), (record["prompt"], _target(record["ground_truth"]))]
         if record.get("locality_prompt") and record.get("locality_ground_truth"):
             out.append((record["locality_prompt"], _target(record["locality_ground_truth"])))
+    elif k == "knowedit":
+        out += [(record["prompt"], _target(record["target_new"]))]
     else:
         answer = str(record["answers"][0]).strip()
         out += [(record["src"], answer)] + ([(record["rephrase"], answer)] if record.get("rephrase") else [])
     return [f"{p.strip()} {t}" for p, t in out if p.strip() and t]
 
 
-def fact_sentences(paths: list[Path], exclude: list[Path] = ()) -> list[str]:
+def fact_sentences(paths: list[Path], exclude: list[Path] = (), exclude_subjects: list[str] = ()) -> list[str]:
     """Every fact sentence of `paths`, minus the cases (ids and subjects) of the `exclude` files."""
-    ids, subjects = set(), set()
-    for path in exclude:
-        for r in _load(path):
-            i, s = identities(r)
-            if i is not None:
-                ids.add(i)
-            if s:
-                subjects.add(s)
-    mentions = re.compile("|".join(rf"\b{re.escape(s)}\b" for s in sorted(subjects))) if subjects else None
+    ids, subjects, mentions = _exclusions(list(exclude), list(exclude_subjects))
     seen, out = set(), []
     for path in paths:
         for r in _load(path):
             i, s = identities(r)
-            if (i is not None and i in ids and kind(r) != "zsre") or (s and s in subjects):
+            if (i is not None and i in ids and kind(r) not in ("zsre", "knowedit")) or (s and s in subjects):
                 continue
             for text in sentences(r):
                 if mentions is not None and mentions.search(text):

@@ -33,22 +33,33 @@ class Fact:
     text: str  # the full fact, as written and as embedded by the scope detector
     prompt: str | None = None  # for (prompt, target) edits
     target: str | None = None
+    subject: str | None = None  # what the edit is about (EasyEdit's `subject`): when given, the scope
+    # detector only lets through queries that name it (larimar.scope)
 
 
-def make_fact(text: str | None = None, prompt: str | None = None, target: str | None = None) -> Fact:
+def make_fact(text: str | None = None, prompt: str | None = None, target: str | None = None,
+              subject: str | None = None) -> Fact:
     """Validate one fact: free text, or a (prompt, target) edit whose text is "prompt target"."""
+    if subject is not None and not subject.strip():
+        raise ValueError("subject, when given, must be non-empty")
+    subject = subject.strip() if subject else None
     if prompt is not None or target is not None:
         if not (prompt and prompt.strip() and target and target.strip()):
             raise ValueError("an edit needs a non-empty prompt and a non-empty target")
-        return Fact(0, f"{prompt.strip()} {target.strip()}", prompt.strip(), target.strip())
+        return Fact(0, f"{prompt.strip()} {target.strip()}", prompt.strip(), target.strip(), subject)
     if not text or not text.strip():
         raise ValueError("facts must be non-empty text")
-    return Fact(0, text.strip())
+    return Fact(0, text.strip(), subject=subject)
 
 
 def key_texts(facts: list[Fact]) -> list[str]:
     """What each fact's key encodes: its prompt for edits (queries look like prompts), else its text."""
     return [f.prompt or f.text for f in facts]
+
+
+def target_texts(facts: list[Fact]) -> list[str]:
+    """What a value's target term encodes (models with ``value_target``): the edit's target, else the text."""
+    return [f.target or f.text for f in facts]
 
 
 def scope_texts(facts: list[Fact]) -> tuple[list[int], list[str]]:
@@ -61,14 +72,29 @@ def scope_texts(facts: list[Fact]) -> tuple[list[int], list[str]]:
     return owners, texts
 
 
+READOUTS = ("raw", "value_norm")
+
+
 @dataclass
 class FactMemory:
+    """`readout`: "raw" decodes the least-squares read-out as it is (the paper); "value_norm" rescales
+    each read-out to the norm of the value latent of the fact the scope detector matched (the mean
+    stored value norm without a match). With one fact stored a read-out is s * value, where s is
+    the query's projection on the fact's key: a paraphrase only shrinks s, and the decoder then
+    sees a weaker version of the same fact. The model's config says which convention it was
+    trained with (`LarimarConfig.readout`)."""
+
     state: SequentialMemory
     capacity: int
     scope: ScopeDetector | None = None
     facts: dict[int, Fact] = field(default_factory=dict)
     latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # id -> (key, value)
     next_id: int = 1
+    readout: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
 
     def check_room(self, n: int) -> None:
         if len(self.facts) + n > self.capacity:
@@ -92,7 +118,7 @@ class FactMemory:
             self.latents[i] = (k.detach().cpu(), v.detach().cpu())
         if self.scope is not None and scope_vectors is not None:
             owners, _ = scope_texts(facts)
-            self.scope.add_vectors([ids[o] for o in owners], scope_vectors)
+            self.scope.add_vectors([ids[o] for o in owners], scope_vectors, [facts[o].subject for o in owners])
         return ids
 
     def forget(self, fact_id: int) -> None:
@@ -108,6 +134,11 @@ class FactMemory:
     def read(self, queries: torch.Tensor, matches: list[ScopeMatch] | None = None) -> torch.Tensor:
         """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
         z = self.state.read(queries)[0].float()
+        if self.readout == "value_norm" and self.latents:
+            mean_norm = torch.stack([v for _, v in self.latents.values()]).float().norm(dim=-1).mean()
+            target = torch.stack([self.latents[m.fact_id][1].float().norm() if m is not None and m.fact_id in self.latents
+                                  else mean_norm for m in (matches or [None] * len(z))]).to(z.device)
+            z = z * (target / z.norm(dim=-1).clamp_min(1e-12)).unsqueeze(1)
         if matches is not None:
             z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype, device=z.device).unsqueeze(1)
         return z
@@ -119,13 +150,15 @@ class FactMemory:
 
     def state_dict(self) -> dict:
         return {"state": self.state.state_dict(), "capacity": self.capacity, "next_id": self.next_id,
+                "readout": self.readout,
                 "facts": [asdict(f) for f in self.facts.values()],
                 "latents": {i: torch.stack(kv) for i, kv in self.latents.items()},
                 "scope": self.scope.state_dict() if self.scope is not None else None}
 
     @classmethod
     def from_state_dict(cls, data: dict, scope: ScopeDetector | None = None) -> "FactMemory":
-        mem = cls(SequentialMemory.from_state_dict(data["state"]), data["capacity"], scope, next_id=data["next_id"])
+        mem = cls(SequentialMemory.from_state_dict(data["state"]), data["capacity"], scope, next_id=data["next_id"],
+                  readout=data.get("readout", "raw"))
         mem.facts = {f["id"]: Fact(**f) for f in data["facts"]}
         mem.latents = {int(i): (kv[0], kv[1]) for i, kv in data["latents"].items()}
         if scope is not None and data["scope"] is not None:

@@ -109,6 +109,20 @@ class EpisodicMemory(nn.Module):
         return W @ M
 
 
+def keyed_read(Z_key: torch.Tensor, Z_value: torch.Tensor, Z_query: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """What an inference memory reads for each query after its episode's facts were written: (B, N, C)
+    keys, values and queries -> (B, N, C) read-outs, differentiably (the training objective).
+
+    `SequentialMemory` with "linear" keys, an orthonormal reference memory (K >= C) and zero
+    initial state holds M = W^T (W W^T + ridge I)^{-1} Z_value with W = Z_key M_ref^T, and reads
+    w_q M. Because M_ref^T preserves inner products, that is
+        read(q) = (q Z_key^T) (Z_key Z_key^T + ridge I)^{-1} Z_value,
+    an N x N solve instead of K x K, and it no longer depends on M_ref."""
+    N = Z_key.shape[-2]
+    gram = Z_key @ Z_key.transpose(-1, -2) + ridge * torch.eye(N, dtype=Z_key.dtype, device=Z_key.device)  # (B, N, N)
+    return (Z_query @ Z_key.transpose(-1, -2)) @ torch.linalg.solve(gram, Z_value)
+
+
 class SequentialMemory:
     """Recursive least-squares memory for write / forget at inference time (paper Eqs. 2-4).
 

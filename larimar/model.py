@@ -29,7 +29,7 @@ from larimar.config import from_dict, to_dict
 from larimar.decoder import LatentDecoder
 from larimar.encoder import LatentEncoder
 from larimar.losses import LossConfig
-from larimar.memory import EpisodicMemory, MemoryConfig
+from larimar.memory import EpisodicMemory, MemoryConfig, keyed_read
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -66,6 +66,13 @@ class LarimarConfig:
     tie_key_value: bool = True  # the slot's key is its value (the paper); false: separate projections
     latent_scale_min: float = 1.0  # training only: each read-out is scaled by U(latent_scale_min, 1), so the
     # decoder also decodes the weaker read-outs a paraphrased query gets from a memory (1.0: off)
+    value_target: bool = False  # values = head(enc(fact)) + target_head(enc(target)): the object, which mean
+    # pooling dilutes in the sentence, gets its own term (larimar.fact_encoder)
+    readout: Literal["raw", "value_norm"] = "raw"  # how read-outs are decoded (larimar.facts.FactMemory):
+    # as read (the paper) or rescaled to the matched fact's value norm; training uses the same convention
+    context_weight: float = 1.0  # keyed (edit) episodes: loss weight of the decoder tokens that are not the
+    # target (the query prompt and EOS); the target tokens weigh 1
+    ridge: float = 1e-3  # keyed episodes: the inference memory's ridge (SequentialMemory), see keyed_read
     tiny_hidden: int = 64  # width of tiny-* random backbones
     tiny_layers: int = 2
     memory: MemoryConfig = field(default_factory=MemoryConfig)
@@ -76,6 +83,10 @@ class LarimarConfig:
             raise ValueError(f"latent_scale_min must be in (0, 1], got {self.latent_scale_min}")
         if self.max_length < 4:
             raise ValueError(f"max_length must be >= 4 tokens, got {self.max_length}")
+        if self.readout not in ("raw", "value_norm"):
+            raise ValueError(f"readout must be 'raw' or 'value_norm', got {self.readout!r}")
+        if self.context_weight < 0 or self.ridge <= 0:
+            raise ValueError("context_weight must be >= 0 and ridge > 0")
 
 
 @dataclass
@@ -101,7 +112,7 @@ class LarimarModel(nn.Module):
         C = cfg.memory.latent_dim
         enc, self.encoder_tokenizer = backbones.load_encoder(cfg.encoder, cfg.tiny_hidden, cfg.tiny_layers)
         lm, self.decoder_tokenizer = backbones.load_decoder(cfg.decoder, cfg.tiny_hidden, cfg.tiny_layers)
-        self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers)
+        self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers, target_head=cfg.value_target)
         self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id,
                                      inject_layers=cfg.inject_layers, embedding_shift=cfg.embedding_shift,
                                      init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value)
@@ -138,29 +149,69 @@ class LarimarModel(nn.Module):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.encode(**self.tokenize_for_encoder(texts))
 
+    def encode_pooled(self, texts: list[str]) -> torch.Tensor:
+        """(n,) texts -> (n, E) pooled encoder outputs, before any head (larimar.fact_encoder)."""
+        batch = self.tokenize_for_encoder(texts)
+        return self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
+
+    def latents_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Key and query latents: the latent head on pooled outputs."""
+        return self.encoder.head(pooled)
+
+    def values_from_pooled(self, pooled_text: torch.Tensor, pooled_target: torch.Tensor | None) -> torch.Tensor:
+        """Value latents: the fact's latent, plus the target term for ``value_target`` models."""
+        z = self.encoder.head(pooled_text)
+        if self.encoder.target_head is not None:
+            if pooled_target is None:
+                raise ValueError("this model's values need the pooled target texts (value_target)")
+            z = z + self.encoder.target_head(pooled_target)
+        return z
+
     def shares_scope_embedder(self, scope_model: str | None) -> bool:
         """True when the scope detector's sentence embedding is the frozen encoder backbone's own
         mean-pooled output (MiniLM-L6 for both), so one pass yields latents and scope vectors."""
         return (scope_model is not None and scope_model == self.cfg.encoder == "minilm-l6"
                 and self.cfg.pooling == "mean" and self.cfg.encoder_trainable_layers == 0)
 
-    def encode_with_embeddings(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One encoder pass -> (latents (n, C), unit-norm sentence embeddings (n, E)); valid as scope
-        vectors only where `shares_scope_embedder` holds. Saves a second MiniLM pass per edit."""
-        batch = self.tokenize_for_encoder(texts)
-        pooled = self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
-        return self.encoder.head(pooled), torch.nn.functional.normalize(pooled.float(), dim=-1)
+    def _pooled_episodes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, T) -> (B, N, E) pooled encoder outputs."""
+        lead = input_ids.shape[:-1]
+        p = self.encoder.pooled(input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1]))
+        return p.reshape(*lead, -1)
 
     def forward(self, enc_input_ids: torch.Tensor, enc_attention_mask: torch.Tensor, dec_input_ids: torch.Tensor,
-                dec_attention_mask: torch.Tensor, beta: float = 0.0) -> LarimarOutput:
-        """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1."""
+                dec_attention_mask: torch.Tensor, beta: float = 0.0, key_input_ids: torch.Tensor | None = None,
+                key_attention_mask: torch.Tensor | None = None, query_input_ids: torch.Tensor | None = None,
+                query_attention_mask: torch.Tensor | None = None, target_input_ids: torch.Tensor | None = None,
+                target_attention_mask: torch.Tensor | None = None,
+                dec_loss_weight: torch.Tensor | None = None) -> LarimarOutput:
+        """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1.
+
+        Plain episodes (the paper): each text is written, read back with its own latent and decoded.
+        Keyed episodes (`key_*` and `query_*` given, `larimar.training.edit_batch`): each fact is
+        written as the inference memory writes it, key = latent of its prompt and value = latent of
+        "prompt target" (+ target term), then read with the latent of a *query* (the prompt or
+        another wording of it) and the decoder must continue that query with the target: the
+        "write one text, answer another" objective. `dec_loss_weight` (B, N, Td) weighs each
+        decoder token (the target tokens 1, the rest `context_weight`)."""
         w = self.cfg.loss
         B, N, Td = dec_input_ids.shape
-        z = self.encode(enc_input_ids, enc_attention_mask)  # (B, N, C)
-        M = self.memory.write(z)  # (B, K, C)
-        read = self.memory.read(z, M)  # z: (B, N, C)
-        # All decoder passes in one batch: rows of [read-out | own latent | zero latent].
-        read_z = read.z.reshape(B * N, -1)
+        if key_input_ids is None:
+            z = self.encode(enc_input_ids, enc_attention_mask)  # (B, N, C)
+            M = self.memory.write(z)  # (B, K, C)
+            read = self.memory.read(z, M)  # z: (B, N, C)
+            read_z, kl = read.z.reshape(B * N, -1), read.kl
+        else:
+            pooled_t = (self._pooled_episodes(target_input_ids, target_attention_mask)
+                        if target_input_ids is not None else None)
+            z = self.values_from_pooled(self._pooled_episodes(enc_input_ids, enc_attention_mask), pooled_t)
+            keys = self.latents_from_pooled(self._pooled_episodes(key_input_ids, key_attention_mask))
+            queries = self.latents_from_pooled(self._pooled_episodes(query_input_ids, query_attention_mask))
+            read_z = keyed_read(keys, z, queries, self.cfg.ridge)
+            if self.cfg.readout == "value_norm":  # each read-out at its own fact's value norm (perfect scope match)
+                read_z = read_z * (z.norm(dim=-1, keepdim=True) / read_z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+            read_z, kl = read_z.reshape(B * N, -1), torch.zeros((), device=z.device)
+            read = None
         if self.training and self.cfg.latent_scale_min < 1.0:
             lo = self.cfg.latent_scale_min
             read_z = read_z * (lo + (1 - lo) * torch.rand(B * N, 1, device=read_z.device, dtype=read_z.dtype))
@@ -172,12 +223,15 @@ class LarimarModel(nn.Module):
         latents = torch.cat(list(groups.values()))  # (G*B*N, C)
         ids = dec_input_ids.reshape(B * N, Td).repeat(len(groups), 1)
         mask = dec_attention_mask.reshape(B * N, Td).repeat(len(groups), 1)
+        weight = mask[:, 1:].to(latents.dtype)
+        if dec_loss_weight is not None:
+            weight = weight * dec_loss_weight.reshape(B * N, Td).repeat(len(groups), 1)[:, 1:].to(latents.dtype)
         nll = -self.decoder.token_logprobs(ids, mask, latents).view(len(groups), B * N, Td - 1)
-        counts = mask[:, 1:].reshape(len(groups), B * N, Td - 1).sum((1, 2)).clamp_min(1)
-        ce = nll.sum((1, 2)) / counts  # (G,)
+        weight = weight.view(len(groups), B * N, Td - 1)
+        ce = (nll * weight).sum((1, 2)) / weight.sum((1, 2)).clamp_min(1e-6)  # (G,)
         terms = {name: ce[i] for i, name in enumerate(groups)}
-        terms["kl"] = read.kl
-        if w.latent_l2 > 0:
+        terms["kl"] = kl
+        if w.latent_l2 > 0 and read is not None:
             terms["latent_l2"] = ((read.z - z) ** 2).sum(-1).mean()
         weights = {"reconstruction": w.reconstruction, "autoencoder": w.autoencoder, "lm": w.lm,
                    "kl": beta, "latent_l2": w.latent_l2}
@@ -198,6 +252,25 @@ class LarimarModel(nn.Module):
         texts = self.decoder_tokenizer.batch_decode(new, skip_special_tokens=True)
         lengths = (new != self.decoder_tokenizer.pad_token_id).sum(1).tolist()
         return [(t.strip(), int(n)) for t, n in zip(texts, lengths)]
+
+    def tokenize_edits(self, prompts: list[str], targets: list[str], context_weight: float
+                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """"<bos> prompt" + " target" + "<eos>" as `tokenize_continuations` cuts them (ROME's convention,
+        the one evaluation scores), right-padded, and per-token loss weights: 1 on the target's tokens,
+        `context_weight` elsewhere. A long prompt keeps its end (the part the target continues)."""
+        tok = self.decoder_tokenizer
+        seqs, weights = [], []
+        for p, t in zip(prompts, targets):
+            t_ids = tok(" " + t.strip(), add_special_tokens=False)["input_ids"][: self.cfg.max_length - 3]
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            p_ids = p_ids[max(0, len(p_ids) - (self.cfg.max_length - 2 - len(t_ids))):]
+            seqs.append([self.bos_id, *p_ids, *t_ids, self.eos_id])
+            weights.append([context_weight] * (1 + len(p_ids)) + [1.0] * len(t_ids) + [context_weight])
+        batch = pad(seqs, tok.pad_token_id, "right", self.device)
+        w = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for i, row in enumerate(weights):
+            w[i, : len(row)] = torch.tensor(row)
+        return batch, w.to(self.device)
 
     def tokenize_continuations(self, prompts: list[str], continuations: list[str]
                                ) -> tuple[dict[str, torch.Tensor], list[tuple[int, list[int]]]]:
@@ -265,6 +338,18 @@ class LarimarModel(nn.Module):
         """The config of a saved model, without loading any weights."""
         directory = resolve_model_dir(directory)
         return from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
+
+    def init_from(self, directory: str | Path) -> list[str]:
+        """Start from a saved model's trained weights (fine-tuning): every tensor in its weights file
+        is loaded; returns the names this model has beyond them (new modules keep their init)."""
+        directory = resolve_model_dir(directory)
+        state = load_file(directory / WEIGHTS_NAME, device=str(self.device))
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected:
+            raise ValueError(f"{directory / WEIGHTS_NAME} has tensors this model lacks: {unexpected[:5]}")
+        skip = self._reloadable_prefixes()
+        tied = {n for n, _ in self.named_parameters(remove_duplicate=False)} - {n for n, _ in self.named_parameters()}
+        return [m for m in missing if m not in tied and not any(m.startswith(p) for p in skip)]
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LarimarModel":

@@ -31,6 +31,12 @@ class DataConfig:
     facts: list[str] = field(default_factory=list)  # CounterFact / zsRE JSON files whose fact sentences are
     # added as training text (larimar.fact_corpus); name such a model "...-facts"
     facts_exclude: list[str] = field(default_factory=list)  # evaluation files whose cases are kept out of training
+    # (of data.facts and data.edits)
+    edits: list[str] = field(default_factory=list)  # files of edits with other wordings (CounterFact, KnowEdit,
+    # zsRE): keyed episodes, "write the fact, answer another prompt of it" (larimar.fact_corpus.edit_rows)
+    edit_queries: int = 4  # per edit: its own prompt plus up to this many other prompts, one row each
+    exclude_subjects: list[str] = field(default_factory=list)  # more subjects kept out of all training text
+    # (e.g. the demo's facts)
     source_limit: int | None = None  # with data.facts: at most this many data.source chunks join the facts
     hub_config: str | None = None  # hub dataset config, e.g. wikitext-103-raw-v1
     split: str = "train"  # hub split
@@ -43,7 +49,9 @@ class DataConfig:
     shuffle_seed: int | None = 0  # chunks are shuffled once when prepared, so episodes mix articles
 
     def __post_init__(self) -> None:
-        if self.source is None and not self.facts:
+        if self.edit_queries < 0:
+            raise ValueError(f"data.edit_queries must be >= 0, got {self.edit_queries}")
+        if self.source is None and not self.facts and not self.edits:
             raise ValueError("data.source is null and data.facts is empty: there is no training text")
         if self.episode_size < 1:
             raise ValueError(f"data.episode_size must be >= 1, got {self.episode_size}")
@@ -97,6 +105,8 @@ class RunSection:
     max_failures: int = 1  # worker-group restarts (from the latest checkpoint) before giving up
     log_every: int = 10  # steps between progress lines and ray.train.report calls
     seed: int = 0
+    init_from: str | None = None  # a saved model (directory or bundled name) whose weights start a new run
+    # (fine-tuning); modules it lacks keep their init. Ignored when resuming from a checkpoint.
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

@@ -16,15 +16,41 @@ from larimar.losses import beta
 from larimar.model import LarimarModel
 
 
-def episode_batch(model: LarimarModel, texts: list[str], episodes: int, episode_size: int) -> dict[str, torch.Tensor]:
-    """B*N texts -> encoder and decoder tensors shaped (B, N, T)."""
+def episode_batch(model: LarimarModel, texts: list, episodes: int, episode_size: int) -> dict[str, torch.Tensor]:
+    """B*N rows -> encoder and decoder tensors shaped (B, N, T). Rows are texts (plain episodes) or
+    {text, key, query, target} dicts (`larimar.data.episode_batches`); dicts with a key make a
+    keyed batch (`edit_batch`)."""
     if len(texts) != episodes * episode_size:
         raise ValueError(f"need {episodes * episode_size} texts for {episodes} episodes of {episode_size}, got {len(texts)}")
+    if texts and isinstance(texts[0], dict):
+        keyed = [bool(r["key"]) for r in texts]
+        if all(keyed):
+            return edit_batch(model, texts, episodes, episode_size)
+        if any(keyed):
+            raise ValueError("a micro-batch mixes plain and keyed rows (larimar.data.prepare_chunks keeps them apart)")
+        texts = [r["text"] for r in texts]
     enc = model.tokenize_for_encoder(texts)
     dec = model.tokenize_for_decoder(texts)
     shape = (episodes, episode_size, -1)
     return {"enc_input_ids": enc["input_ids"].view(shape), "enc_attention_mask": enc["attention_mask"].view(shape),
             "dec_input_ids": dec["input_ids"].view(shape), "dec_attention_mask": dec["attention_mask"].view(shape)}
+
+
+def edit_batch(model: LarimarModel, rows: list[dict], episodes: int, episode_size: int) -> dict[str, torch.Tensor]:
+    """Keyed episodes (`LarimarModel.forward`): each row's fact "prompt target" is written with its
+    prompt as the key, read with its query, and the decoder continues the query with the target."""
+    shape = (episodes, episode_size, -1)
+    out = {}
+    for name, texts in (("enc", [r["text"] for r in rows]), ("key", [r["key"] for r in rows]),
+                        ("query", [r["query"] for r in rows]), ("target", [r["target"] for r in rows])):
+        if name == "target" and not model.cfg.value_target:
+            continue
+        enc = model.tokenize_for_encoder(texts)
+        out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = enc["input_ids"].view(shape), enc["attention_mask"].view(shape)
+    dec, weight = model.tokenize_edits([r["query"] for r in rows], [r["target"] for r in rows], model.cfg.context_weight)
+    out.update(dec_input_ids=dec["input_ids"].view(shape), dec_attention_mask=dec["attention_mask"].view(shape),
+               dec_loss_weight=weight.view(shape))
+    return out
 
 
 @dataclass

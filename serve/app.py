@@ -25,9 +25,10 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from larimar.facts import key_texts, make_fact, scope_texts
+from larimar.fact_encoder import encode_facts, encode_queries
+from larimar.facts import make_fact, scope_texts
 from larimar.model import LarimarModel
-from larimar.scope import load_embedder, query_sentences
+from larimar.scope import load_embedder
 from larimar.serving.auth import ApiKeys
 from larimar.serving.schemas import (
     ChatCompletionIn, CompletionIn, CreateMemory, FactOut, ForgetResult, GenerateIn, GenerateOut, Limits, Match,
@@ -51,15 +52,6 @@ class Encoder:
         self.embedder = load_embedder(scope_model) if scope_model and not self.shared else None
         self.scope_on = scope_model is not None
 
-    def _encode(self, texts: list[str], scope_texts_: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Latents of `texts` and scope vectors of `scope_texts_` (None when scope is off), in as few passes as possible."""
-        if not self.shared:
-            return self.model.encode_texts(texts), (self._embed(scope_texts_) if self.scope_on else None)
-        extra = [t for t in dict.fromkeys(scope_texts_) if t not in set(texts)]
-        z, vectors = self.model.encode_with_embeddings(texts + extra)
-        row = {t: i for i, t in enumerate(texts + extra)}
-        return z[:len(texts)], (vectors[[row[t] for t in scope_texts_]] if scope_texts_ else vectors[:0]).cpu()
-
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if self.embedder is None or not texts:
             return torch.empty(len(texts), 0)
@@ -71,27 +63,25 @@ class Encoder:
         """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
         return await asyncio.to_thread(self._encode_facts, requests)
 
-    @torch.no_grad()
     def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
-        per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts] for facts in requests]
+        per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts]
+                       for facts in requests]
         flat = [f for facts in per_request for f in facts]
-        n = len(flat)
-        scope_owner, scope_text = scope_texts(flat)
-        z, vectors = self._encode(key_texts(flat) + [f.text for f in flat], scope_text)  # (2n, C): keys then values
-        vectors = vectors if vectors is not None else torch.empty(len(scope_text), 0)
+        enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
+        scope_owner, _ = scope_texts(flat)
+        vectors = enc.scope if enc.scope is not None else torch.empty(len(scope_owner), 0)
         out, start = [], 0
         for facts in per_request:
             rows = [i for i, o in enumerate(scope_owner) if start <= o < start + len(facts)]
-            out.append({"keys": z[start : start + len(facts)], "values": z[n + start : n + start + len(facts)],
+            out.append({"keys": enc.keys[start : start + len(facts)], "values": enc.values[start : start + len(facts)],
                         "scope": vectors[rows]})
             start += len(facts)
         return out
 
-    @torch.no_grad()
     def encode_queries(self, queries: list[str]) -> dict:
-        sentences, owners = query_sentences(queries)
-        z, vectors = self._encode(queries, sentences)
-        return {"z": z, "sentences": vectors, "owners": owners}
+        enc = encode_queries(self.model, queries, self.scope_on, embed=self._embed, shared=self.shared)
+        sentences = enc.sentences if enc.sentences is not None else torch.empty(len(enc.owners), 0)
+        return {"z": enc.latents, "sentences": sentences, "owners": enc.owners, "texts": enc.texts}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
@@ -198,7 +188,8 @@ class MemoryActor:
             r = self.store.get(tenant, memory_id)
         except StoreError as err:
             return _error(err)
-        facts = [{"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target} for f in r.memory.facts.values()]
+        facts = [{"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target, "subject": f.subject}
+                 for f in r.memory.facts.values()]
         return {"ok": {**self._summary(memory_id), "stored": facts, "log": list(r.events),
                        "fill": len(r.memory) / r.info.slots}}
 
@@ -242,7 +233,8 @@ class MemoryActor:
         """No lock needed: `apply` runs without awaiting, so a read sees a whole version or the previous one."""
         try:
             z, matches, version = self.store.read(tenant, memory_id, queries["z"],
-                                                  queries["sentences"] if use_scope else None, queries["owners"])
+                                                  queries["sentences"] if use_scope else None, queries["owners"],
+                                                  queries["texts"])
         except StoreError as err:
             return _error(err)
         if matches is not None:
@@ -368,7 +360,7 @@ class Ingress:
                                      f"{self.limits.max_facts_per_request}")
         facts = [f.model_dump() for f in body.facts]
         for i, f in enumerate(facts):
-            for key in ("text", "prompt", "target"):
+            for key in ("text", "prompt", "target", "subject"):
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
         enc = await self.encoder.encode_facts.remote(facts)
@@ -481,7 +473,8 @@ def build(args: dict):
     store = StoreConfig(storage=settings.storage, latent_dim=cfg.memory.latent_dim,
                         snapshot_every=settings.snapshot_every,
                         default_slots=settings.default_slots or cfg.memory.slots,
-                        scope_threshold=settings.scope_threshold)
+                        scope_threshold=settings.scope_threshold,
+                        subject_threshold=settings.subject_threshold, readout=cfg.readout)
     decoder = Decoder.options(
         autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
                             "target_ongoing_requests": 2},

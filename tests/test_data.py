@@ -181,3 +181,35 @@ def test_resolve_paths_makes_fact_files_absolute_for_workers(monkeypatch, tmp_pa
     cfg = resolve_paths(cfg)
     assert cfg.data.source is None
     assert all(Path(p).is_absolute() and Path(p).exists() for p in cfg.data.facts + cfg.data.facts_exclude)
+
+
+def test_edit_rows_keep_evaluation_and_demo_subjects_out_and_batches_stay_keyed():
+    """Keyed training rows (the v2 objective): every held-out case and subject, and the demo's
+    subjects, stay out of prompts, targets and queries; each row asks its fact with its own prompt
+    or another wording; a dataset with edits keeps plain and keyed rows in separate micro-batches."""
+    require_shared("data", "paraphrase", "counterfact_canonical_train.json")
+    from larimar.fact_corpus import edit_records, edit_rows
+
+    d = SHARED / "data"
+    files = [d / "paraphrase" / "counterfact_canonical_train.json", d / "paraphrase" / "zsre_knowedit_train.json",
+             d / "zsre" / "train_1k.json", d / "counterfact" / "dev_flat.json"]
+    held = [d / "counterfact" / "dev_canonical_100.json", d / "zsre" / "dev_eval_300.json"]
+    edits = edit_records(files, held, ["Eiffel Tower", "Japan"])
+    subjects = {c["requested_rewrite"]["subject"] for c in json.loads(held[0].read_text())}
+    subjects |= {r["subject"] for r in json.loads(held[1].read_text())} | {"Eiffel Tower", "Japan"}
+    texts = [t for e in edits for t in (e["prompt"], e["target"], *e["queries"])]
+    assert not any(f" {s} " in f" {t} " for t in texts for s in subjects)
+    knowedit = next(e for e in edits if e["prompt"] == "What species is ZIC3 specific to?")
+    assert knowedit["target"] == "male" and len(knowedit["queries"]) >= 10
+    assert not any(q[0].isdigit() for q in knowedit["queries"])  # "1. " numbering stripped
+    rows = edit_rows(edits[:50], 2, seed=0)
+    assert all(r["text"] == f"{r['key']} {r['target']}" for r in rows)
+    assert sum(r["query"] == r["key"] for r in rows) == 50 and len(rows) <= 150
+    cfg = load_train_config(None, TINY + ["data.source=../shared/data/wikitext-2-raw/wiki.valid.raw",
+                                          "data.source_limit=64", f"data.edits=[{files[1]}]", "data.episode_size=4",
+                                          "optim.micro_batch_episodes=2"])
+    ds = prepare_chunks(cfg)
+    assert ds.column_names == ["text", "key", "query", "target"]
+    keyed = [bool(k) for k in ds["key"]]
+    assert any(keyed) and not all(keyed)
+    assert all(len(set(keyed[i:i + 8])) == 1 for i in range(0, len(keyed), 8))

@@ -238,3 +238,19 @@ def test_relu_keys_keep_more_facts_than_latent_dims_apart():
     assert restored.key_kind == "relu" and torch.allclose(restored.read(Z_key[1:2]), mem.read(Z_key[1:2]))
     with pytest.raises(ValueError, match="linear' or 'relu"):
         SequentialMemory(ref, keys="gauss")
+
+
+def test_keyed_read_is_what_the_inference_memory_reads():
+    """The training objective's differentiable read (an N x N solve) equals SequentialMemory's
+    K x K recursive least squares with linear keys through an orthonormal reference (K >= C)."""
+    from larimar.memory import keyed_read
+
+    K, C, N = 24, 8, 5
+    keys, values, queries = (torch.randn(N, C, generator=gen(s)) for s in (1, 2, 3))
+    mem = SequentialMemory(reference_memory(K, C, seed=4), ridge=1e-3)
+    mem.write(keys, values)
+    expected = mem.read(queries)[0]
+    got = keyed_read(keys.unsqueeze(0), values.unsqueeze(0), queries.unsqueeze(0), ridge=1e-3)[0]
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-6)
+    # a query equal to a key reads (almost exactly) its value
+    torch.testing.assert_close(keyed_read(keys[None], values[None], keys[None])[0], values, atol=1e-3, rtol=1e-3)

@@ -129,3 +129,34 @@ def test_top_layer_untied_slot_in_bf16_and_bundled_names(tmp_path, monkeypatch):
     torch.testing.assert_close(loaded.decoder.kv_proj.weight, model.decoder.kv_proj.weight.bfloat16().float())
     with pytest.raises(FileNotFoundError, match="tiny-adapter"):
         LarimarModel.from_pretrained("no-such-model")
+
+
+def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
+    """The v2 objective: facts written with prompt keys, read with other wordings, loss on the
+    target tokens; the zero-initialised target head gets gradient and one step lowers the loss.
+    A saved model starts a new one through init_from (the new head keeps its init)."""
+    from larimar.training import episode_batch
+
+    rows = [{"text": f"{p} {t}", "key": p, "query": q, "target": t} for p, q, t in [
+        ("the capital of vorland is", "vorland's capital city is", "zell"),
+        ("mira teaches", "the subject mira teaches is", "chemistry"),
+        ("the river arn flows into the", "the arn ends in the", "grey sea"),
+        ("tomas plays the", "the instrument tomas plays is the", "violin")]]
+    cfg = dict(decoder_trainable=False, value_target=True, readout="value_norm", context_weight=0.0,
+               memory={"slots": 8, "latent_dim": 16})
+    model = LarimarModel(tiny_config(**cfg))
+    base = tmp_path / "base"
+    LarimarModel(tiny_config(**{**cfg, "value_target": False})).save_pretrained(base)
+    assert model.init_from(base) == ["encoder.target_head.weight"]
+    batch = episode_batch(model, rows, 2, 2)
+    assert batch["dec_loss_weight"].sum() == sum(len(model.decoder_tokenizer(" " + r["target"], add_special_tokens=False)
+                                                     ["input_ids"]) for r in rows)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = model(**batch)
+    first.loss.backward()
+    assert model.encoder.target_head.weight.grad.abs().sum() > 0
+    opt.step()
+    assert model(**batch).loss < first.loss
+    with pytest.raises(ValueError, match="mixes plain and keyed"):
+        episode_batch(model, rows[:3] + [{"text": "x", "key": "", "query": "", "target": ""}], 2, 2)

@@ -37,6 +37,9 @@ class EvalConfig:
     memory_keys: str = "linear"  # SequentialMemory addressing: "linear" (the paper) or "relu" (random features)
     scope_model: str | None = "minilm-l6"  # sentence embedder of the scope detector; None disables it
     scope_threshold: float = 0.7  # cosine similarity at or above which a query is in scope
+    subject_threshold: float = 0.3  # cosine a query naming an edit's subject needs (larimar.scope)
+    use_subjects: bool = True  # pass each case's subject with its edit (the scope detector's subject rule)
+    readout: str | None = None  # override the model's read-out convention: "raw" or "value_norm"
     use_scope: bool = False  # memory experiments: gate reads with the scope detector
     checkpoints: int = 10  # sequential: evaluate after every N/checkpoints edits
     sizes: list[int] = field(default_factory=list)  # capacity: N values; forgetting: N values; long-context: fact counts
@@ -57,6 +60,10 @@ class EvalConfig:
             if self.experiment not in BASELINE_EXPERIMENTS:
                 raise ConfigError(f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, "
                                   f"not {self.experiment!r}")
+        if self.readout not in (None, "raw", "value_norm"):
+            raise ConfigError(f"--readout must be 'raw' or 'value_norm', got {self.readout!r}")
+        if not -1.0 <= self.subject_threshold <= 1.0:
+            raise ConfigError(f"--subject-threshold is a cosine similarity in [-1, 1], got {self.subject_threshold}")
         if self.memory_keys not in ("linear", "relu"):
             raise ConfigError(f"--memory-keys must be 'linear' or 'relu', got {self.memory_keys!r}")
         for name in ("batch_size", "checkpoints", "trials", "segment_facts", "eval_cap", "repeats"):
@@ -90,7 +97,12 @@ class EvalContext:
         self.cfg = cfg
         self.model = model if model is not None else load_model(cfg.model)
         scope_model = cfg.scope_model if needs_scope else None
-        self.editor = LarimarEditor(self.model, scope_model=scope_model, scope_threshold=cfg.scope_threshold)
+        self.editor = LarimarEditor(self.model, scope_model=scope_model, scope_threshold=cfg.scope_threshold,
+                                    subject_threshold=cfg.subject_threshold, readout=cfg.readout)
+
+    def subjects(self, subjects: list[str]) -> list[str | None] | None:
+        """What to pass as `edit(subject=...)`: the cases' subjects, unless --no-subjects."""
+        return [s or None for s in subjects] if self.cfg.use_subjects else None
 
     @property
     def slots(self) -> int:

@@ -16,7 +16,8 @@ from larimar.evaluation.context import EvalConfig, EvalContext
 from larimar.evaluation.data import CounterFactCase, load_counterfact
 from larimar.evaluation.report import Report, markdown_table
 
-GROUPS = ("rewrite", "paraphrase", "neighborhood")
+GROUPS = ("rewrite", "paraphrase", "neighborhood", "paraphrase_ref")
+KEYS = ("ES", "PS", "NS", "PS_ref")
 
 
 def conditions(cfg: EvalConfig) -> list[str]:
@@ -33,15 +34,22 @@ def items(cfg: EvalConfig, slots: int) -> list[CounterFactCase]:
     return load_counterfact(cfg.data, cfg.limit)
 
 
+def reference_paraphrase(prompt: str) -> str:
+    """A paraphrase prompt as IBM's ``counterfact_eval.py`` scores it: ``p.split('. ')[-1]``, which
+    drops ROME's random distractor sentence (the paper's PS; ours, the headline, keeps it)."""
+    return prompt.split(". ")[-1]
+
+
 def _prompts(case: CounterFactCase) -> dict[str, tuple[list[str], str]]:
     """group -> (prompts, the target that counts as true there)."""
     return {"rewrite": ([case.prompt], case.target_true), "paraphrase": (list(case.paraphrases), case.target_true),
-            "neighborhood": (list(case.neighborhood), case.neighborhood_true)}
+            "neighborhood": (list(case.neighborhood), case.neighborhood_true),
+            "paraphrase_ref": ([reference_paraphrase(p) for p in case.paraphrases], case.target_true)}
 
 
 def evaluate_case(ctx: EvalContext, case: CounterFactCase, empty) -> dict:
     mem = ctx.memory(capacity=1, scope=ctx.editor.scope_embedder is not None)
-    mem.edit([case.prompt], [case.target_new])
+    mem.edit([case.prompt], [case.target_new], subject=ctx.subjects([case.subject]))
     groups = {g: v for g, v in _prompts(case).items() if v[0]}
     prompts = [p for ps, _ in groups.values() for p in ps]
     trues = [t for ps, t in groups.values() for _ in ps]
@@ -80,7 +88,7 @@ def evaluate(ctx: EvalContext, cases: list[CounterFactCase], tick) -> list[dict]
 
 def condition_summary(records: list[dict], cond: str) -> dict:
     s = {}
-    for g, key in zip(GROUPS, ("ES", "PS", "NS")):
+    for g, key in zip(GROUPS, KEYS):
         per = [r[cond][g] for r in records if g in r[cond]]
         nb = g == "neighborhood"
         s[key] = metrics.case_mean([metrics.rome_success(p["nll_new"], p["nll_true"], nb) for p in per])
@@ -92,14 +100,19 @@ def condition_summary(records: list[dict], cond: str) -> dict:
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     summary = {"cases": len(records), **{c: condition_summary(records, c) for c in conditions(cfg)}}
-    rows = [[c, summary[c]["ES"], summary[c]["PS"], summary[c]["NS"], summary[c]["Score"], summary[c]["EM"],
-             summary[c]["PM"], summary[c]["NM"], summary[c]["PS_in_scope"], summary[c]["NS_in_scope"]]
+    rows = [[c, summary[c]["ES"], summary[c]["PS"], summary[c]["NS"], summary[c]["Score"], summary[c]["PS_ref"],
+             summary[c]["EM"], summary[c]["PM"], summary[c]["NM"], summary[c]["PS_in_scope"], summary[c]["NS_in_scope"]]
             for c in conditions(cfg)]
-    table = markdown_table(["condition", "ES", "PS", "NS", "Score", "EM", "PM", "NM", "PS in scope", "NS in scope"], rows)
+    table = markdown_table(["condition", "ES", "PS", "NS", "Score", "PS (paper)", "EM", "PM", "NM", "PS in scope",
+                            "NS in scope"], rows)
     notes = ["S = success rate (new target's mean NLL below the true target's; on neighbourhood prompts the true "
              "target must win); M = mean probability gap exp(-NLL_new) - exp(-NLL_true), negated on neighbourhood "
              "prompts (ROME's NM); Score = harmonic mean of ES, PS, NS.",
-             f"scope threshold {cfg.scope_threshold} (cosine); scope decided per prompt; 'unedited' = empty memory (z = 0)."]
+             "PS (paper): the same paraphrases with ROME's distractor sentence stripped as IBM's counterfact_eval.py "
+             "does (p.split('. ')[-1]); PS, the headline, scores them as they are.",
+             f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
+             f"subject{'' if cfg.use_subjects else ', subjects not passed'}); scope decided per prompt; "
+             "'unedited' = empty memory (z = 0)."]
     if any(r["format"] == "flat" for r in records):
         notes.append("flattened (EasyEdit) records carry no reliable paraphrase: PS and Score are n/a for them; "
                      "NS uses locality_prompt with locality_ground_truth as the true target.")

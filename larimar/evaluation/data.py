@@ -84,6 +84,8 @@ def detect_format(record: dict) -> str:
         return "counterfact-flat"
     if "src" in record and "answers" in record:
         return "zsre"
+    if {"prompt", "target_new", "subject"} <= set(record):
+        return "knowedit"  # KnowEdit's ZsRE / WikiData_counterfact test files (training text only)
     raise ConfigError(f"--data: unrecognised record with keys {sorted(record)}; expected CounterFact "
                       "(requested_rewrite, or prompt/target_new/locality_prompt) or zsRE (src/answers/loc)")
 

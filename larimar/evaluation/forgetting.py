@@ -41,7 +41,7 @@ def evaluate_size(ctx: EvalContext, n_asked: int) -> dict:
     ids = []
     for s in range(0, n, cfg.batch_size):
         chunk = facts[s:s + cfg.batch_size]
-        ids += mem.edit([f.prompt for f in chunk], [f.target for f in chunk])
+        ids += mem.edit([f.prompt for f in chunk], [f.target for f in chunk], subject=ctx.subjects([f.subject for f in chunk]))
     trials = []
     for j in rng.sample(range(n), min(cfg.trials, n)):
         before = recall(mem, [facts[j]], use_scope)[0]
@@ -50,7 +50,7 @@ def evaluate_size(ctx: EvalContext, n_asked: int) -> dict:
         others = [f for i, f in enumerate(facts) if i != j]
         others = others if len(others) <= cfg.eval_cap else rng.sample(others, cfg.eval_cap)
         kept = recall_rates(recall(mem, others, use_scope, cfg.batch_size))
-        ids[j] = mem.edit([facts[j].prompt], [facts[j].target])[0]
+        ids[j] = mem.edit([facts[j].prompt], [facts[j].target], subject=ctx.subjects([facts[j].subject]))[0]
         trials.append({"fact": j, "before_exact": before.exact, "forgotten_exact": gone.exact,
                        "forgotten_token_acc": gone.token_acc, "retained_exact": kept["exact"],
                        "retained_token_acc": kept["token_acc"]})

@@ -45,7 +45,7 @@ def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
     use_scope = needs_scope(cfg)
     marks, out = set(checkpoints(len(facts), cfg.checkpoints)), []
     for i, f in enumerate(facts, 1):
-        mem.edit([f.prompt], [f.target])
+        mem.edit([f.prompt], [f.target], subject=ctx.subjects([f.subject]))
         tick(1)
         if i in marks:
             seen = facts[:i]

@@ -36,7 +36,7 @@ def items(cfg: EvalConfig, slots: int) -> list[ZsreCase]:
 
 def evaluate_case(ctx: EvalContext, case: ZsreCase) -> dict:
     mem = ctx.memory(capacity=1, scope=ctx.editor.scope_embedder is not None)
-    mem.edit([case.prompt], [case.target])
+    mem.edit([case.prompt], [case.target], subject=ctx.subjects([case.subject]))
     prompts = [case.prompt, case.rephrase, case.loc]
     answers = [case.target, case.target, case.loc_ans]
     forced = {c: force_with_memory(None if c == "unedited" else mem, prompts, answers, use_scope=c == "scope",
@@ -77,5 +77,6 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     notes = ["ES/PS: teacher-forced argmax token accuracy of answers[0] after src / rephrase (exact: every token).",
              "NS: token accuracy of loc_ans on the loc prompt (ROME's zsRE neighbourhood metric, Larimar Table 12); "
              "locality: fraction of loc_ans positions whose argmax equals the unedited decoder's (EasyEdit).",
-             f"scope threshold {cfg.scope_threshold} (cosine); 'unedited' = z = 0."]
+             f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
+             f"subject{'' if cfg.use_subjects else ', subjects not passed'}); 'unedited' = z = 0."]
     return Report(summary, table, records, notes=notes)

@@ -30,6 +30,7 @@ class ServeSettings(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     scope_model: str | None = "minilm-l6"
     scope_threshold: float = Field(0.7, ge=-1, le=1)
+    subject_threshold: float = Field(0.3, ge=-1, le=1, description="cosine a query naming a fact's subject needs")
     default_slots: int | None = Field(None, ge=1, description="K of new memories; default: the model's K")
     snapshot_every: int = Field(200, ge=1)
     decoder_device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: shard layers over the replica's GPUs
@@ -48,6 +49,8 @@ class FactIn(BaseModel):
     text: str | None = Field(None, description="a free-text fact")
     prompt: str | None = Field(None, description="an edit: the prompt ...")
     target: str | None = Field(None, description="... and the continuation it should get")
+    subject: str | None = Field(None, min_length=1, description="what the fact is about (EasyEdit's subject): "
+                                "the scope detector then consults it only for queries that name the subject")
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -77,6 +80,7 @@ class FactOut(BaseModel):
     text: str
     prompt: str | None = None
     target: str | None = None
+    subject: str | None = None
 
 
 class MemoryDetail(MemoryOut):

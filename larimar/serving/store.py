@@ -63,7 +63,9 @@ class StoreConfig:
     max_slots: int = 4096
     max_memories_per_tenant: int = 1000
     ridge: float = 1e-3
-    scope_threshold: float = 0.7  # cosine similarity for "in scope"
+    scope_threshold: float = 0.7  # cosine similarity for "in scope" (facts without a subject)
+    subject_threshold: float = 0.3  # cosine a query naming a fact's subject needs (larimar.scope)
+    readout: str = "raw"  # the served model's read-out convention (LarimarConfig.readout)
 
 
 @dataclass
@@ -129,7 +131,8 @@ class MemoryStore:
                       scope_vectors: torch.Tensor, pending: int = 0) -> dict:
         """facts: [{"text"} or {"prompt", "target"}]; `pending` facts are already queued ahead in this batch."""
         rec = self.get(tenant, memory_id)
-        checked = [make_fact(f.get("text"), f.get("prompt"), f.get("target")) for f in facts]  # ValueError -> 400
+        checked = [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject"))
+                   for f in facts]  # ValueError -> 400
         if not checked:
             raise StoreError("write at least one fact")
         try:
@@ -178,15 +181,16 @@ class MemoryStore:
             info = MemoryInfo(entry["memory_id"], entry["tenant"], entry["name"], entry["slots"], 0, entry["created"])
             ref = reference_memory(info.slots, self.cfg.latent_dim)
             memory = FactMemory(SequentialMemory(ref, ridge=self.cfg.ridge), info.slots,
-                                ScopeDetector(None, self.cfg.scope_threshold))
+                                ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
+                                readout=self.cfg.readout)
             self.records[info.id] = Record(info, memory)
             result = info
         elif op == "write":
             rec = self.records[entry["memory_id"]]
             facts, keys, values, scope = [], [], [], []
             for req in entry["requests"]:
-                facts.extend(make_fact(f["text"] if f["prompt"] is None else None, f["prompt"], f["target"])
-                             for f in req["facts"])
+                facts.extend(make_fact(f["text"] if f["prompt"] is None else None, f["prompt"], f["target"],
+                                       f.get("subject")) for f in req["facts"])
                 keys.append(_unpack(req["keys"]))
                 values.append(_unpack(req["values"]))
                 scope.append(_unpack(req["scope"]))
@@ -223,12 +227,12 @@ class MemoryStore:
     # -- reads ----------------------------------------------------------------------------------
 
     def read(self, tenant: str, memory_id: str, queries: torch.Tensor, sentence_vectors: torch.Tensor | None,
-             owners: list[int] | None) -> tuple[torch.Tensor, list[ScopeMatch] | None, int]:
-        """(n, C) query latents -> read-outs (0 where out of scope), scope matches, the version read."""
+             owners: list[int] | None, texts: list[str]) -> tuple[torch.Tensor, list[ScopeMatch] | None, int]:
+        """(n, C) query latents of `texts` -> read-outs (0 where out of scope), scope matches, the version read."""
         rec = self.get(tenant, memory_id)
         matches = None
         if sentence_vectors is not None and rec.memory.scope is not None:
-            matches = rec.memory.scope.match_vectors(sentence_vectors, owners, len(queries))
+            matches = rec.memory.scope.match_vectors(sentence_vectors, owners, texts)
         return rec.memory.read(queries, matches), matches, rec.info.version
 
     # -- snapshots ------------------------------------------------------------------------------
@@ -257,7 +261,7 @@ class MemoryStore:
         if raw is not None:
             state = torch.load(io.BytesIO(raw), weights_only=False)
             for mid, r in state["records"].items():
-                scope = ScopeDetector(None, self.cfg.scope_threshold)
+                scope = ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold)
                 self.records[mid] = Record(MemoryInfo(**r["info"]), FactMemory.from_state_dict(r["memory"], scope),
                                            r["events"])
             self.seq = self.snapshot_seq = state["seq"]

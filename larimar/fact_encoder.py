@@ -1,0 +1,96 @@
+"""The one place where texts become what a memory stores and what a query reads with.
+
+An edit or a free-text fact becomes (key, value, scope vectors); a query becomes (latent, scope
+vectors of its sentences). The Python editor (`larimar.editor`) and the serving encoder
+deployment (`serve/app.py`) both call these functions, so keys, values and the scope embedding
+can never drift apart between the two paths.
+
+- key: the latent of the fact's prompt (its text for free-text facts): queries look like prompts
+  (paper App. E, "keys from prompts").
+- value: the latent of the whole fact "prompt target", plus, for models trained with
+  ``value_target``, a second head on the latent of the target alone (the object is one word of
+  the sentence, and mean pooling dilutes it; the edit API knows it, so the value can carry it).
+- scope vectors: the frozen MiniLM's normalised mean-pooled output of the texts the scope index
+  keeps (`larimar.facts.scope_texts`); when the model's encoder is that frozen MiniLM
+  (`LarimarModel.shares_scope_embedder`), one encoder pass yields latents and scope vectors.
+  Otherwise `embed` (a sentence embedder) computes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from larimar.facts import Fact, key_texts, scope_texts, target_texts
+from larimar.model import LarimarModel
+from larimar.scope import query_sentences
+
+Embed = Callable[[list[str]], torch.Tensor]  # texts -> (n, D) unit-norm sentence embeddings
+
+
+@dataclass
+class EncodedFacts:
+    keys: torch.Tensor  # (n, C)
+    values: torch.Tensor  # (n, C)
+    scope: torch.Tensor | None  # (len(scope_texts(facts)), D) on CPU, None when scope is off
+
+
+@dataclass
+class EncodedQueries:
+    latents: torch.Tensor  # (q, C)
+    sentences: torch.Tensor | None  # (S, D) on CPU: one row per query sentence, None when scope is off
+    owners: list[int]  # query index of each sentence
+    texts: list[str]  # the queries, for the scope detector's subject rule
+
+
+def _pooled(model: LarimarModel, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Unique texts -> their pooled encoder outputs, one encoder pass."""
+    unique = list(dict.fromkeys(texts))
+    pooled = model.encode_pooled(unique)
+    return {t: pooled[i] for i, t in enumerate(unique)}
+
+
+@torch.no_grad()
+def encode_facts(model: LarimarModel, facts: list[Fact], scope: bool, embed: Embed | None = None,
+                 shared: bool = False) -> EncodedFacts:
+    """Keys, values and (when `scope`) scope vectors of `facts`; `shared`: scope vectors come from
+    the encoder pass itself (see the module docstring), else from `embed`."""
+    if not facts:
+        C = model.cfg.memory.latent_dim
+        return EncodedFacts(torch.empty(0, C), torch.empty(0, C), torch.empty(0, 0) if scope else None)
+    _, scope_text = scope_texts(facts)
+    keys_t, values_t = key_texts(facts), [f.text for f in facts]
+    targets_t = target_texts(facts) if model.cfg.value_target else []
+    pooled = _pooled(model, keys_t + values_t + targets_t + (scope_text if scope and shared else []))
+    stack = lambda texts: torch.stack([pooled[t] for t in texts])  # noqa: E731
+    keys = model.latents_from_pooled(stack(keys_t))
+    values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None)
+    vectors = None
+    if scope:
+        if shared:
+            vectors = torch.nn.functional.normalize(stack(scope_text).float(), dim=-1).cpu()
+        elif embed is not None:
+            vectors = embed(scope_text).cpu()
+        else:
+            raise ValueError("scope vectors need either the shared MiniLM encoder or a sentence embedder")
+    return EncodedFacts(keys, values, vectors)
+
+
+@torch.no_grad()
+def encode_queries(model: LarimarModel, queries: list[str], scope: bool, embed: Embed | None = None,
+                   shared: bool = False) -> EncodedQueries:
+    """Query latents and (when `scope`) the scope vectors of every query sentence."""
+    sentences, owners = query_sentences(queries)
+    pooled = _pooled(model, queries + (sentences if scope and shared else []))
+    latents = model.latents_from_pooled(torch.stack([pooled[q] for q in queries]))
+    vectors = None
+    if scope:
+        if shared:
+            vectors = torch.nn.functional.normalize(torch.stack([pooled[s] for s in sentences]).float(), dim=-1).cpu()
+        elif embed is not None:
+            vectors = embed(sentences).cpu()
+        else:
+            raise ValueError("scope vectors need either the shared MiniLM encoder or a sentence embedder")
+    return EncodedQueries(latents, vectors, owners, list(queries))
