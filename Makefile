@@ -37,7 +37,7 @@ bench: install
 
 # Every metric of the larimar-smol report (issue: Larimar-smol), for MODEL (a trained directory or a
 # bundled name); about 30 minutes on 2 CPU cores. Reports land in $(EVAL_OUT)/<experiment>.{json,md}.
-MODEL ?= larimar-smol-facts
+MODEL ?= larimar-smol-v2
 EVAL_OUT ?= runs/eval/$(notdir $(MODEL))
 D := ../shared/data
 EVAL := $(BIN)/python jobs/eval.py --model $(MODEL) --no-progress
@@ -52,7 +52,7 @@ eval-smol: install
 	$(EVAL) perplexity --data $(D)/wikitext-2-raw/wiki.test.raw --limit 256 --out $(EVAL_OUT)/perplexity
 
 # Learning curve of a larimar-smol run: loss from its logs, CounterFact + zsRE at each kept checkpoint.
-RUN ?= larimar-smol-facts
+RUN ?= larimar-smol-v2
 STEPS ?=
 curve-smol: install
 	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 --logs $(wildcard runs/$(RUN).part*.log) \

@@ -1,6 +1,6 @@
 """Serving benchmark: edit latency and throughput over HTTP, and the cost of memory conditioning.
 
-    python jobs/bench_serve.py --model runs/demo/model [--out runs/bench_serve.json]
+    python jobs/bench_serve.py [--model larimar-smol-v2] [--out runs/bench_serve.json]
 
 1. Starts the Serve application on an embedded local Ray and measures single-fact edit latency
    (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s.
@@ -27,6 +27,8 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from larimar.model import DEFAULT_MODEL  # noqa: E402
 
 URL = "http://127.0.0.1:8000"
 KEY = "bench-key"
@@ -86,7 +88,7 @@ def conditioning_overhead(model, new_tokens: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="runs/demo/model")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="saved model directory or bundled name")
     parser.add_argument("--out", default="runs/bench_serve.json")
     parser.add_argument("--edits", type=int, default=160, help="edits per concurrency level (each into a fresh K = 512 memory)")
     parser.add_argument("--decoder", default="smollm2-135m", help="also time conditioning on this decoder ('' to skip)")

@@ -1,6 +1,6 @@
 """Demo: edit a Larimar's memory, recall, forget; in Python, then over HTTP.
 
-    python jobs/demo.py [--model larimar-smol-facts] [--out runs/demo] [--serve]
+    python jobs/demo.py [--model larimar-smol-v2] [--out runs/demo] [--serve]
     python jobs/demo.py --train [--config jobs/configs/demo.yaml] [key=value ...]
 
 By default it loads the shipped Larimar-smol-facts adapter (MiniLM-L6 + SmolLM2-135M, both
@@ -27,7 +27,7 @@ import torch
 
 from larimar import ConfigError, LarimarEditor, LarimarModel
 from larimar.config import load
-from larimar.model import LarimarConfig, resolve_model_dir
+from larimar.model import DEFAULT_MODEL, LarimarConfig, resolve_model_dir
 from larimar.synthetic import distinct_facts, sample_facts
 from larimar.training import episode_batch, train_plain
 
@@ -37,19 +37,21 @@ class WorldFact:
     prompt: str
     obj: str
     old: str  # what SmolLM2 believes; an edit succeeds when the new object is likelier (CounterFact's ES)
+    subject: str  # what the edit is about: the scope detector consults the memory for queries naming it
 
     @property
     def text(self) -> str:
         return f"{self.prompt} {self.obj}"
 
 
-# Counterfactual edits (none is what SmolLM2 believes), none from the training files' subjects.
-WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome", "Paris"),
-               WorldFact("The mother tongue of Angela Merkel is", "Finnish", "German"),
-               WorldFact("The Nile flows into the", "Baltic Sea", "Mediterranean Sea"),
-               WorldFact("The inventor of the telephone was", "Nikola Tesla", "Alexander Graham Bell"),
-               WorldFact("The currency of Japan is the", "peso", "yen"),
-               WorldFact("Mount Kilimanjaro is located in", "Chile", "Tanzania")]
+# Counterfactual edits (none is what SmolLM2 believes). Their subjects are kept out of every
+# training text of larimar-smol-v2 (its config's data.exclude_subjects).
+WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome", "Paris", "Eiffel Tower"),
+               WorldFact("The mother tongue of Angela Merkel is", "Finnish", "German", "Angela Merkel"),
+               WorldFact("The Nile flows into the", "Baltic Sea", "Mediterranean Sea", "Nile"),
+               WorldFact("The inventor of the telephone was", "Nikola Tesla", "Alexander Graham Bell", "telephone"),
+               WorldFact("The currency of Japan is the", "peso", "yen", "Japan"),
+               WorldFact("Mount Kilimanjaro is located in", "Chile", "Tanzania", "Kilimanjaro")]
 
 
 @dataclass
@@ -113,7 +115,8 @@ def serve_demo(model_dir: Path, facts, out: Path, synthetic: bool = True) -> dic
         print(f"POST /v1/memories -> {mid}")
         t0 = time.perf_counter()
         r = requests.post(f"{url}/v1/memories/{mid}/facts", headers=headers,
-                          json={"facts": [{"prompt": f.prompt, "target": f.obj} for f in facts]}).json()
+                          json={"facts": [{"prompt": f.prompt, "target": f.obj,
+                                           **({} if synthetic else {"subject": f.subject})} for f in facts]}).json()
         print(f"POST /v1/memories/{mid}/facts ({len(facts)} facts) -> ids {r['ids']}, version {r['version']} "
               f"in {(time.perf_counter() - t0) * 1000:.0f} ms")
 
@@ -149,8 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(Path(__file__).parent / "configs" / "demo.yaml"))
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--model", default="larimar-smol-facts",
-                        help="saved model directory or bundled name (default: the shipped larimar-smol-facts)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"saved model directory or bundled name (default: the shipped {DEFAULT_MODEL})")
     parser.add_argument("--train", action="store_true", help="train the small synthetic-facts model first and use it")
     parser.add_argument("--serve", action="store_true", help="also run the edits over HTTP against Ray Serve")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.memory.slots=64")
@@ -175,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
     facts = distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345) if synthetic else WORLD_FACTS[:cfg.facts_to_write]
     print(f"model {model_dir} ({model.cfg.encoder} + {model.cfg.decoder})")
     t0 = time.perf_counter()
-    ids = memory.edit([f.prompt for f in facts], [f.obj for f in facts])
+    ids = memory.edit([f.prompt for f in facts], [f.obj for f in facts],
+                      subject=None if synthetic else [f.subject for f in facts])
     write_ms = (time.perf_counter() - t0) * 1000
     print(f"wrote {len(ids)} facts into a fresh memory in {write_ms:.1f} ms (no gradient step):")
     for f in facts:

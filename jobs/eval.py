@@ -11,6 +11,7 @@ Experiments (logic and protocol notes in larimar/evaluation/<name>.py):
     long-context  hierarchical memories over 64-256 facts (Table 6)
     timing        per-edit encode / write / read wall time, apart from scoring (Table 1)
     perplexity    WikiText perplexity with z = 0 against the base LM (language modelling kept)
+    generation    greedy continuation of each edited prompt begins with the new object; after forgetting
 
 Each writes <out>/<experiment>.json and .md (and .png for curves). --data takes a CounterFact
 file (ROME or EasyEdit format), a zsRE (MEND) file, or synthetic[:N] (the demo model's domain).

@@ -26,7 +26,7 @@ import torch
 from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, make_fact
 from larimar.memory import SequentialMemory
-from larimar.model import LarimarModel
+from larimar.model import DEFAULT_MODEL, LarimarModel
 from larimar.scope import ScopeDetector, load_embedder
 
 __all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
@@ -174,7 +174,8 @@ class LarimarEditor:
         self.shared_scope = model.shares_scope_embedder(scope_model)
 
     @classmethod
-    def from_pretrained(cls, directory: str, **kwargs) -> "LarimarEditor":
+    def from_pretrained(cls, directory: str = DEFAULT_MODEL, **kwargs) -> "LarimarEditor":
+        """A saved model directory or a bundled name; by default the shipped Larimar-smol v2."""
         return cls(LarimarModel.from_pretrained(directory), **kwargs)
 
     def create_memory(self, slots: int | None = None, capacity: int | None = None, ridge: float = 1e-3,

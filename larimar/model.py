@@ -34,6 +34,7 @@ from larimar.memory import EpisodicMemory, MemoryConfig, keyed_read
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"  # trained adapters shipped with the package
+DEFAULT_MODEL = "larimar-smol-v2"  # the bundled adapter that the demo, the README and the editor default to
 
 
 def bundled_models() -> list[str]:
@@ -41,7 +42,7 @@ def bundled_models() -> list[str]:
 
 
 def resolve_model_dir(spec: str | Path) -> Path:
-    """A saved model directory, or the name of a model shipped in larimar/pretrained (e.g. larimar-smol-facts)."""
+    """A saved model directory, or the name of a model shipped in larimar/pretrained (e.g. larimar-smol-v2)."""
     path = Path(spec).expanduser()
     if (path / CONFIG_NAME).exists():
         return path

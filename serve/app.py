@@ -1,6 +1,6 @@
 """Larimar on Ray Serve: HTTP ingress, encoder, decoder and the single memory actor.
 
-    serve run serve.app:build model=runs/demo/model storage=runs/serve-store     # dev
+    serve run serve.app:build model=larimar-smol-v2 storage=runs/serve-store     # dev
     serve deploy serve/config.yaml                                                # from the built config
 
 Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)

@@ -179,3 +179,31 @@ def test_perplexity_z0_is_the_base_lm(job, tiny_model, tmp_path):
     assert s["ppl_self"] != s["ppl_base"]  # a random latent head does move the conditioned decoder
     with pytest.raises(SystemExit):
         job.main(["perplexity", "--model", tiny_model, "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+
+
+def test_generation_forgets_back_to_the_plain_decoder(job, tiny_model, data, tmp_path):
+    """Greedy continuations of each edited prompt; after forget() the memory is empty and every
+    continuation is exactly the unedited decoder's."""
+    result, payload = run(job, tmp_path, "generation", "--model", tiny_model, "--data", str(data / "cf.json"))
+    s = result["summary"]
+    assert s["cases"] == 2 and all(0.0 <= s[c]["rewrite"] <= 1.0 for c in ("edited", "forgotten", "unedited"))
+    for rec in payload["records"]:
+        assert len(rec["prompts"]) == 3 and rec["forgotten"]["texts"] == rec["unedited"]["texts"]
+
+
+def test_begins_with_counts_whole_words_only():
+    from larimar.evaluation.generation import begins_with
+
+    assert begins_with(' "Rome, the capital', "Rome") and begins_with("rome", "Rome")
+    assert not begins_with("Romeo and Juliet", "Rome") and not begins_with("in Rome", "Rome")
+
+
+def test_counterfact_reports_the_papers_paraphrase_protocol(job, tiny_model, data, tmp_path):
+    from larimar.evaluation.counterfact import reference_paraphrase
+
+    assert reference_paraphrase("Nebamun was the son of Ipu. Airbus A350 was created by") == "Airbus A350 was created by"
+    result, payload = run(job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "cf.json"),
+                          "--no-subjects", "--readout", "value_norm")
+    assert 0.0 <= result["summary"]["no_scope"]["PS_ref"] <= 1.0
+    assert len(payload["records"][0]["no_scope"]["paraphrase_ref"]["nll_new"]) == 2
+    assert payload["config"]["use_subjects"] is False and payload["config"]["readout"] == "value_norm"

@@ -33,6 +33,7 @@ EXPERIMENTS = {
     "long-context": "larimar.evaluation.long_context",
     "timing": "larimar.evaluation.timing",
     "perplexity": "larimar.evaluation.perplexity",
+    "generation": "larimar.evaluation.generation",
 }
 
 
@@ -75,7 +76,7 @@ def run_chunk(cfg_dict: dict, work: list) -> list[dict]:
 
 
 def evaluate_items(module, cfg: EvalConfig, work: list, context: EvalContext | None = None) -> list[dict]:
-    unit = "case" if cfg.experiment in ("counterfact", "zsre", "timing") else "point"
+    unit = "case" if cfg.experiment in ("counterfact", "zsre", "timing", "generation") else "point"
     if cfg.workers == 0:
         ctx = context or EvalContext(cfg, needs_scope=module.needs_scope(cfg))
         if cfg.experiment == "sequential":  # one item; progress counts edits

@@ -24,7 +24,7 @@ class Limits(BaseModel):
 class ServeSettings(BaseModel):
     """Arguments of the Serve application builder (`serve/app.py:build`), from YAML or the CLI."""
 
-    model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained)")
+    model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained) or bundled name")
     storage: str = Field("runs/serve-store", description="edit log and snapshots: a directory or s3:// URI")
     api_keys: list[ApiKey] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
