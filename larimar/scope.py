@@ -123,8 +123,12 @@ class ScopeDetector:
         per_query = torch.full((len(queries), sims.shape[1]), float("-inf"))
         for s, qi in enumerate(owners):
             per_query[qi] = torch.maximum(per_query[qi], sims[s])
-        named = torch.tensor([[subj is None or _names(subj, _fold(q)) for subj in self._subjects] for q in queries],
-                             dtype=torch.bool).view(len(queries), -1)
+        named = torch.ones(len(queries), len(self._ids), dtype=torch.bool)  # only facts with a subject can fail
+        with_subject = [j for j, subj in enumerate(self._subjects) if subj is not None]
+        if with_subject:
+            folded = [_fold(q) for q in queries]
+            for j in with_subject:
+                named[:, j] = torch.tensor([_names(self._subjects[j], q) for q in folded])
         needed = torch.tensor([self.threshold if subj is None else self.subject_threshold for subj in self._subjects])
         in_scope = named & (per_query >= needed)  # (Q, F)
         for qi in range(len(queries)):

@@ -79,6 +79,24 @@ def test_write_then_generate_uses_the_fact_and_forget_removes_it(service):
     assert [(e["op"], e["fact_id"]) for e in detail["log"]] == [("write", 1), ("write", 2), ("forget", 1)]
 
 
+def test_a_facts_subject_decides_scope_over_http(service):
+    """The subject travels with the fact (stored and shown), and the served scope detector consults
+    the memory only for queries that name it, like the Python editor (larimar.scope)."""
+    mid = create(name="subjects")
+    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
+        {"prompt": "alice lives in", "target": "tokyo", "subject": "alice"}]})
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme")).json()["stored"][0]["subject"] == "alice"
+    named = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
+                          json={"prompt": "alice lives in", "max_tokens": 4}).json()
+    other = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
+                          json={"prompt": "alicia lives in", "max_tokens": 4}).json()
+    assert named["used_memory"] and not other["used_memory"]
+    bad = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
+        {"prompt": "bob plays the", "target": "drums", "subject": ""}]})
+    assert bad.status_code in (400, 422) and "subject" in bad.text
+
+
 def test_concurrent_clients_match_a_replay_of_the_log(service):
     mid = create(name="load", slots=32)
     acked_writes, acked_forgets, versions = {}, [], []
