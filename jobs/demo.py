@@ -3,7 +3,7 @@
     python jobs/demo.py [--model larimar-smol-v2] [--out runs/demo] [--serve]
     python jobs/demo.py --train [--config jobs/configs/demo.yaml] [key=value ...]
 
-By default it loads the shipped Larimar-smol-facts adapter (MiniLM-L6 + SmolLM2-135M, both
+By default it loads the shipped Larimar-smol v2 adapter (MiniLM-L6 + SmolLM2-135M, both
 frozen from their PyPI wheels; larimar/pretrained) and writes counterfactual world facts
 ("The Eiffel Tower is located in the city of Rome"). --train instead trains a small Larimar on
 self-generated facts for ~1.5 minutes on 2 CPU cores (plain PyTorch loop, `larimar.training`),
@@ -27,6 +27,7 @@ import torch
 
 from larimar import ConfigError, LarimarEditor, LarimarModel
 from larimar.config import load
+from larimar.evaluation.generation import begins_with
 from larimar.model import DEFAULT_MODEL, LarimarConfig, resolve_model_dir
 from larimar.synthetic import distinct_facts, sample_facts
 from larimar.training import episode_batch, train_plain
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     def ask(fact_list):
         gens = memory.generate([f.prompt for f in fact_list], max_new_tokens=6)
         out = [{"prompt": f.prompt, "expected": f.obj, "answer": g.text, "recalled": g.text.startswith(f.obj),
-                "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
+                "generated": begins_with(g.text, f.obj), "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
         if not synthetic:  # a 135M decoder rarely *generates* a counterfactual object; score it as CounterFact does
             prompts = [f.prompt for f in fact_list]
             new = memory.score(prompts, [f.obj for f in fact_list])
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
         else:
             print(f"  {r['prompt']} -> {r['answer']!r}  NLL {r['expected']} {r['nll_new']:.2f} vs {r['old']} "
-                  f"{r['nll_old']:.2f}  [{status}]")
+                  f"{r['nll_old']:.2f}  [{status}{', generated' if r['generated'] else ''}]")
 
     recalled = ask(facts)
     print("\nasking about them" + ("" if synthetic else " (generation, and the new object's NLL against the old one's)")
@@ -222,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(model_dir), "train_seconds": train_seconds, "steps": cfg.steps if args.train else 0,
         "final_terms": final_terms,
         "write_ms": write_ms, "recall_before": sum(r["recalled"] for r in recalled) / len(recalled),
+        "generated_before": sum(r["generated"] for r in recalled) / len(recalled),
         "forgotten_recalled_after": after[0]["recalled"],
         "retained_recall_after": sum(r["recalled"] for r in after[1:]) / max(1, len(after) - 1),
         "before": recalled, "after": after,

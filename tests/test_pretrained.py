@@ -8,13 +8,14 @@ must also make the edited object win.
 import pytest
 
 from larimar.editor import LarimarEditor
-from larimar.model import bundled_models
+from larimar.evaluation.generation import begins_with
+from larimar.model import DEFAULT_MODEL, bundled_models
 
 PROMPT, NEW, OLD = "The Eiffel Tower is located in the city of", "Rome", "Paris"
 
 
 def test_the_demo_model_is_shipped():
-    assert "larimar-smol-facts" in bundled_models()
+    assert DEFAULT_MODEL in bundled_models() and "larimar-smol-facts" in bundled_models()  # v2 starts from -facts
 
 
 @pytest.mark.parametrize("name", bundled_models())
@@ -28,7 +29,7 @@ def test_shipped_adapter_edits_and_forgets(name):
     edited = memory.score([PROMPT, PROMPT], [NEW, OLD])
     assert all(s.in_scope for s in edited)
     assert abs(edited[0].mean_nll - empty[0].mean_nll) > 0.5  # the read-out conditions the decoder
-    if name == "larimar-smol-facts":  # the demo model: the edit wins (SmolLM2 alone: Rome 4.80, Paris 1.19 nats)
+    if name in ("larimar-smol-facts", DEFAULT_MODEL):  # the edit wins (SmolLM2 alone: Rome 4.80, Paris 1.19 nats)
         assert edited[0].mean_nll < empty[0].mean_nll - 1.0
         assert empty[0].mean_nll > empty[1].mean_nll and edited[0].mean_nll < edited[1].mean_nll
     # (larimar-smol, trained on 62-token WikiText chunks only, does not learn short facts: there the
@@ -40,3 +41,19 @@ def test_shipped_adapter_edits_and_forgets(name):
     after = memory.score([PROMPT, PROMPT], [NEW, OLD])
     assert [s.mean_nll for s in after] == pytest.approx([s.mean_nll for s in empty], abs=1e-4)
     assert not any(s.in_scope for s in after)
+
+
+def test_default_model_generates_the_edit_for_a_paraphrase_and_forgets_it():
+    """Larimar-smol v2 (the default): a fact written with its subject is *generated* for its own
+    prompt and for another wording; a neighbour without the subject is untouched; after forget()
+    the generation is SmolLM2's again. None of these subjects is in its training text."""
+    editor = LarimarEditor.from_pretrained()  # DEFAULT_MODEL
+    memory = editor.create_memory()
+    prompts = [PROMPT, "Where is the Eiffel Tower? It stands in the city of"]
+    before = [g.text for g in memory.generate(prompts, max_new_tokens=6)]
+    fact = memory.edit(PROMPT, NEW, subject="Eiffel Tower")[0]
+    edited = memory.generate(prompts + ["The Colosseum is located in the city of"], max_new_tokens=6)
+    assert all(begins_with(g.text, NEW) and g.in_scope for g in edited[:2]), [g.text for g in edited]
+    assert not edited[2].in_scope
+    memory.forget(fact)
+    assert [g.text for g in memory.generate(prompts, max_new_tokens=6)] == before
