@@ -11,7 +11,7 @@ Subjects. An edit that names its subject (EasyEdit's ``subject``) is matched by 
 scope for such a fact only if it names the subject (case-insensitive, whole words) and its
 similarity reaches the lower `subject_threshold`. Neighbourhood prompts share the relation and
 the wording but not the subject, which is exactly what embeddings confuse. Measured with
-MiniLM on CounterFact (`runs/diag`-style stats in the README): at cosine 0.7 alone 91.7% of
+MiniLM on CounterFact (`jobs/diagnostics/scope_stats.py`): at cosine 0.7 alone 91.7% of
 the training file's paraphrases and 5.5% of its neighbourhood prompts are in scope; with the
 subject rule and 0.3, 99.7% and 0.3%. Facts without a subject keep the plain threshold.
 """

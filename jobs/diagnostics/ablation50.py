@@ -1,0 +1,27 @@
+"""The README's ablation table: CounterFact scope-on scores of the first 50 dev cases of each run in
+runs/ablate/<name>/counterfact.json (jobs/eval.py counterfact ... --out runs/ablate/<name>).
+
+    python jobs/diagnostics/ablation50.py
+"""
+import json
+from pathlib import Path
+from larimar.evaluation.counterfact import condition_summary
+rows = [("v1-raw-nosubj", "larimar-smol-facts as shipped: raw read-out, cosine 0.7 (the v1 setting)"),
+        ("v1-norm-nosubj", "v1 + value_norm read-out (inference only)"),
+        ("v1-raw-subj", "v1 + subject rule (inference only)"),
+        ("v1-norm-subj", "v1 + value_norm + subject rule"),
+        ("v2-cf-nosubj", "v2 (trained: keyed objective + value_target + value_norm), cosine 0.7, no subject rule"),
+        ("v2-cf-raw", "v2 with the raw read-out (+ subject rule)"),
+        ("v2-cf", "**v2 as shipped** (value_norm + subject rule)")]
+print("| variant | ES | PS | PS (paper) | NS | Score | PS in scope | NS in scope |\n|---|---|---|---|---|---|---|---|")
+f = lambda v: "n/a" if v is None else f"{100*v:.1f}"
+for name, label in rows:
+    p = Path(f"runs/ablate/{name}/counterfact.json")
+    if not p.exists():
+        print(f"| {label} | not run | | | | | | |"); continue
+    recs = json.loads(p.read_text())["records"][:50]
+    s = condition_summary(recs, "scope")
+    print(f"| {label} | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | {s['PS_in_scope']:.2f} | {s['NS_in_scope']:.3f} |")
+recs = json.loads(Path("runs/ablate/v2-cf/counterfact.json").read_text())["records"][:50]
+s = condition_summary(recs, "unedited")
+print(f"| unedited SmolLM2 (z = 0) | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | | |")
