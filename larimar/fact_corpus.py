@@ -26,6 +26,7 @@ Sentences per record:
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -108,32 +109,36 @@ def _exclusions(exclude: list[Path], subjects: list[str]) -> tuple[set[str], set
     return ids, names, mentions
 
 
+def _kept_records(paths: list[Path], ids: set[str], names: set[str]):
+    """The records of `paths` that are neither an excluded case (by id; zsRE and KnowEdit ids are
+    only positions) nor about an excluded subject."""
+    for path in paths:
+        for r in _load(path):
+            i, s = identities(r)
+            if not ((i is not None and i in ids and kind(r) not in ("zsre", "knowedit")) or (s and s in names)):
+                yield r
+
+
 def edit_records(paths: list[Path], exclude: list[Path] = (), exclude_subjects: list[str] = ()) -> list[dict]:
     """Every edit of `paths` (see `edit`), minus the cases, subjects and mentions of the exclusions;
     a query naming an excluded subject is dropped, and so is an edit whose own text names one."""
     ids, names, mentions = _exclusions(list(exclude), list(exclude_subjects))
     seen, out = set(), []
-    for path in paths:
-        for r in _load(path):
-            i, s = identities(r)
-            if (i is not None and i in ids and kind(r) not in ("zsre", "knowedit")) or (s and s in names):
-                continue
-            e = edit(r)
-            if e is None or (mentions is not None and mentions.search(f"{e['prompt']} {e['target']}")):
-                continue
-            if mentions is not None:
-                e["queries"] = [q for q in e["queries"] if not mentions.search(q)]
-            if (e["prompt"], e["target"]) not in seen:
-                seen.add((e["prompt"], e["target"]))
-                out.append(e)
+    for r in _kept_records(paths, ids, names):
+        e = edit(r)
+        if e is None or (mentions is not None and mentions.search(f"{e['prompt']} {e['target']}")):
+            continue
+        if mentions is not None:
+            e["queries"] = [q for q in e["queries"] if not mentions.search(q)]
+        if (e["prompt"], e["target"]) not in seen:
+            seen.add((e["prompt"], e["target"]))
+            out.append(e)
     return out
 
 
 def edit_rows(edits: list[dict], queries_per_edit: int, seed: int | None) -> list[dict]:
     """Training rows {text, key, query, target}: per edit, its own prompt once and up to
     `queries_per_edit` of its other prompts (a seeded sample), each a row of its own."""
-    import random
-
     rng = random.Random(seed)
     rows = []
     for e in edits:
@@ -169,15 +174,11 @@ def fact_sentences(paths: list[Path], exclude: list[Path] = (), exclude_subjects
     """Every fact sentence of `paths`, minus the cases (ids and subjects) of the `exclude` files."""
     ids, subjects, mentions = _exclusions(list(exclude), list(exclude_subjects))
     seen, out = set(), []
-    for path in paths:
-        for r in _load(path):
-            i, s = identities(r)
-            if (i is not None and i in ids and kind(r) not in ("zsre", "knowedit")) or (s and s in subjects):
-                continue
-            for text in sentences(r):
-                if mentions is not None and mentions.search(text):
-                    continue  # another record's sentence naming a held-out subject, e.g. as its target
-                if text not in seen:
-                    seen.add(text)
-                    out.append(text)
+    for r in _kept_records(paths, ids, subjects):
+        for text in sentences(r):
+            if mentions is not None and mentions.search(text):
+                continue  # another record's sentence naming a held-out subject, e.g. as its target
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
     return out
