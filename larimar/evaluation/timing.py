@@ -20,6 +20,8 @@ from larimar.evaluation.context import EvalConfig, EvalContext
 from larimar.evaluation.data import Fact, load_facts
 from larimar.evaluation.forcing import force_with_memory
 from larimar.evaluation.report import Report, markdown_table
+from larimar.fact_encoder import encode_facts
+from larimar.facts import make_fact
 
 PARTS = ("encode", "write", "scope_index", "read", "edit_api", "score")
 
@@ -48,10 +50,9 @@ def time_edit(ctx: EvalContext, fact: Fact) -> dict[str, float]:
     t = {}
     with torch.no_grad():
         t0 = clock.now()
-        value = m.encode_texts([fact.text])
-        key = m.encode_texts([fact.prompt])
+        enc = encode_facts(m, [make_fact(prompt=fact.prompt, target=fact.target)], scope=False)
         t1 = clock.now()
-        mem.state.write(key, value)
+        mem.state.write(enc.keys, enc.values)
         t2 = clock.now()
         if mem.scope is not None:
             mem.scope.add([1], [fact.prompt])
