@@ -135,9 +135,11 @@ class FactMemory:
         """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
         z = self.state.read(queries)[0].float()
         if self.readout == "value_norm" and self.latents:
-            mean_norm = torch.stack([v for _, v in self.latents.values()]).float().norm(dim=-1).mean()
-            target = torch.stack([self.latents[m.fact_id][1].float().norm() if m is not None and m.fact_id in self.latents
-                                  else mean_norm for m in (matches or [None] * len(z))]).to(z.device)
+            matched = [m.fact_id if m is not None and m.fact_id in self.latents else None for m in (matches or [None] * len(z))]
+            mean_norm = (torch.stack([v for _, v in self.latents.values()]).float().norm(dim=-1).mean()
+                         if None in matched else None)  # only without a match: a pass over every stored value
+            target = torch.stack([self.latents[f][1].float().norm() if f is not None else mean_norm
+                                  for f in matched]).to(z.device)
             z = z * (target / z.norm(dim=-1).clamp_min(1e-12)).unsqueeze(1)
         if matches is not None:
             z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype, device=z.device).unsqueeze(1)
