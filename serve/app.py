@@ -16,12 +16,13 @@ class-based ingress methods to tell request bodies from query parameters.
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import torch
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
@@ -29,10 +30,13 @@ from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import make_fact, scope_texts
 from larimar.model import LarimarModel
 from larimar.scope import load_embedder
+from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
+from larimar.serving.errors import ApiError, error_body, validation_error
+from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
 from larimar.serving.schemas import (
-    ChatCompletionIn, CompletionIn, CreateMemory, FactOut, ForgetResult, GenerateIn, GenerateOut, Limits, Match,
-    MemoryDetail, MemoryOut, ScoreIn, ScoreOut, ServeSettings, WriteFacts, WriteResult,
+    CreateMemory, ForgetResult, GenerateIn, GenerateOut, Limits, Match, MemoryDetail, MemoryOut, ScoreIn, ScoreOut,
+    ServeSettings, WriteFacts, WriteResult,
 )
 from larimar.serving.store import MemoryStore, StoreConfig, StoreError
 
@@ -103,8 +107,40 @@ class Decoder:
             if self.model.decoder.emb_proj is not None:
                 self.model.decoder.emb_proj.to(lm.device)
 
-    def generate(self, prompts: list[str], z: torch.Tensor, max_tokens: int, temperature: float) -> list[tuple[str, int]]:
-        return self.model.generate_text(prompts, z, max_tokens, temperature)
+    def _prompt_ids(self, req: dict) -> list[list[int]]:
+        """Token ids of the request's prompts (or its chat), each checked against the token limit."""
+        if "messages" in req:
+            ids = [completion.chat_ids(self.model, req["messages"])]
+            completion.check_length(ids[0], req["max_prompt_tokens"], "messages")
+            return ids
+        ids = [completion.prompt_ids(self.model, p) for p in req["prompts"]]
+        for i, x in enumerate(ids):
+            completion.check_length(x, req["max_prompt_tokens"], "prompt" if len(ids) == 1 else f"prompt[{i}]")
+        return ids
+
+    def complete(self, req: dict) -> dict:
+        """{"prompts": [...]} or {"messages": [...]}, "z", "max_tokens", "temperature", "top_p", "stop"
+        -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit)."""
+        try:
+            ids = self._prompt_ids(req)
+        except ApiError as err:
+            return _error(err)
+        outs = completion.complete(self.model, ids, req["z"], req["max_tokens"], req["temperature"], req["top_p"],
+                                   req["stop"])
+        return {"ok": [o.to_dict() for o in outs]}
+
+    def stream(self, req: dict):
+        """Streamed `complete` of one prompt: {"ok": {"prompt_tokens"}} (or {"error"}) first, so the
+        ingress can still answer a 4xx before the stream starts, then {"text"} pieces, then {"done"}."""
+        try:
+            ids = self._prompt_ids(req)
+        except ApiError as err:
+            yield _error(err)
+            return
+        yield {"ok": {"prompt_tokens": len(ids[0])}}
+        for item in completion.stream(self.model, ids[0], req["z"], req["max_tokens"], req["temperature"],
+                                      req["top_p"], req["stop"]):
+            yield {"text": item} if isinstance(item, str) else {"done": item.to_dict()}
 
     def score(self, prompts: list[str], continuations: list[str], z: torch.Tensor) -> list[tuple[float, float, int]]:
         return self.model.score_continuations(prompts, continuations, z)
@@ -114,8 +150,11 @@ class Decoder:
 
 
 def _error(err: Exception) -> dict:
-    status = err.status if isinstance(err, StoreError) else 422
-    return {"error": {"status": status, "message": str(err)}}
+    """A refusal as plain data: deployments answer it instead of raising, the ingress turns it into
+    the API's error body (larimar.serving.errors)."""
+    status = err.status if isinstance(err, (StoreError, ApiError)) else 422
+    return {"error": {"status": status, "message": getattr(err, "message", str(err)),
+                      "param": getattr(err, "param", None), "code": getattr(err, "code", None)}}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=2000)
@@ -254,9 +293,30 @@ class MemoryActor:
 api = FastAPI(title="Larimar", description="An LLM whose episodic memory you edit at serving time.", version="0.1.0")
 
 
+def _error_response(status: int, message: str, param: str | None = None, code: str | None = None,
+                    headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content=error_body(status, message, param, code), headers=headers)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, err: ApiError):
+    return _error_response(err.status, err.message, err.param, err.code)
+
+
 @api.exception_handler(StoreError)
 async def _store_error(request: Request, err: StoreError):
-    return JSONResponse(status_code=err.status, content={"detail": err.message})
+    return _error_response(err.status, err.message)
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException):  # routing: 404 unknown path, 405 wrong method
+    return _error_response(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, err: RequestValidationError):
+    e = validation_error(err.errors())
+    return _error_response(e.status, e.message, e.param, e.code)
 
 
 def presented_key(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> str | None:
@@ -266,7 +326,8 @@ def presented_key(authorization: str | None = Header(None), x_api_key: str | Non
 
 def _unwrap(result: dict) -> Any:
     if "error" in result:
-        raise HTTPException(status_code=result["error"]["status"], detail=result["error"]["message"])
+        e = result["error"]
+        raise ApiError(e["status"], e["message"], e.get("param"), e.get("code"))
     return result["ok"]
 
 
@@ -278,6 +339,7 @@ class Ingress:
         self.settings = ServeSettings(**settings)
         self.limits: Limits = self.settings.limits
         self.keys = ApiKeys(self.settings.api_keys)
+        self.started = time.time()
         self.requests = Counter("larimar_http_requests", description="HTTP requests",
                                 tag_keys=("endpoint", "status"))
         self.latency = Histogram("larimar_http_latency_seconds", description="HTTP latency per endpoint",
@@ -300,18 +362,18 @@ class Ingress:
     def tenant(self, presented: str | None) -> str:
         tenant = self.keys.tenant_for(presented)
         if tenant is None:
-            raise HTTPException(status_code=401, detail="missing or invalid API key (Authorization: Bearer <key>)")
+            raise ApiError(401, "missing or invalid API key (Authorization: Bearer <key>)", code="invalid_api_key")
         return tenant
 
     def _check_text(self, field: str, text: str) -> None:
         if len(text) > self.limits.max_text_chars:
-            raise HTTPException(413, f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}")
+            raise ApiError(413, f"{field} has {len(text)} characters; the limit is {self.limits.max_text_chars}", field)
         if not text.strip():
-            raise HTTPException(422, f"{field} must not be empty")
+            raise ApiError(422, f"{field} must not be empty", field)
 
-    def _check_tokens(self, max_tokens: int) -> None:
+    def _check_tokens(self, max_tokens: int, param: str = "max_tokens") -> None:
         if max_tokens > self.limits.max_tokens:
-            raise HTTPException(413, f"max_tokens {max_tokens} exceeds the limit {self.limits.max_tokens}")
+            raise ApiError(413, f"{param} {max_tokens} exceeds the limit {self.limits.max_tokens}", param)
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -325,7 +387,7 @@ class Ingress:
             await asyncio.wait_for(self.memory.list_memories.remote("__readyz__"), timeout=5)
             await asyncio.wait_for(self.encoder.encode_queries.remote(["ready?"]), timeout=30)
         except Exception as err:  # any failure of a dependency means not ready
-            raise HTTPException(503, f"not ready: {type(err).__name__}") from None
+            raise ApiError(503, f"not ready: {type(err).__name__}") from None
         return {"status": "ready"}
 
     # -- memories --------------------------------------------------------------------------------
@@ -356,8 +418,8 @@ class Ingress:
     async def write_facts(self, memory_id: str, body: WriteFacts, key: str | None = Depends(presented_key)):
         tenant = self.tenant(key)
         if len(body.facts) > self.limits.max_facts_per_request:
-            raise HTTPException(413, f"{len(body.facts)} facts in one request; the limit is "
-                                     f"{self.limits.max_facts_per_request}")
+            raise ApiError(413, f"{len(body.facts)} facts in one request; the limit is "
+                                f"{self.limits.max_facts_per_request}", "facts")
         facts = [f.model_dump() for f in body.facts]
         for i, f in enumerate(facts):
             for key in ("text", "prompt", "target", "subject"):
@@ -393,16 +455,19 @@ class Ingress:
         self._check_text("prompt", body.prompt)
         self._check_tokens(body.max_tokens)
         read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
-        [(text, n)] = await self.decoder.generate.remote([body.prompt], read["z"], body.max_tokens, body.temperature)
+        [out] = _unwrap(await self.decoder.complete.remote(self._decode_request(
+            {"prompts": [body.prompt]}, read, body.max_tokens, body.temperature)))
         used, matched = self._matched(read, 0)
-        return GenerateOut(text=text, used_memory=used, matched=matched, version=read["version"], tokens=n)
+        return GenerateOut(text=out["text"].strip(), used_memory=used, matched=matched, version=read["version"],
+                           tokens=out["completion_tokens"])
 
     @api.post("/v1/memories/{memory_id}/score", response_model=ScoreOut)
     async def score(self, memory_id: str, body: ScoreIn, key: str | None = Depends(presented_key)):
         tenant = self.tenant(key)
         self._check_text("prompt", body.prompt)
         if len(body.candidates) > self.limits.max_prompts_per_request:
-            raise HTTPException(413, f"{len(body.candidates)} candidates; the limit is {self.limits.max_prompts_per_request}")
+            raise ApiError(413, f"{len(body.candidates)} candidates; the limit is {self.limits.max_prompts_per_request}",
+                           "candidates")
         for i, c in enumerate(body.candidates):
             self._check_text(f"candidates[{i}]", c)
         read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
@@ -413,48 +478,87 @@ class Ingress:
 
     # -- OpenAI-compatible -----------------------------------------------------------------------
 
-    async def _complete(self, tenant: str, prompts: list[str], memory_id: str | None, max_tokens: int,
-                        temperature: float) -> tuple[list[tuple[str, int]], dict]:
+    def _decode_request(self, what: dict, read: dict, max_tokens: int, temperature: float, top_p: float = 1.0,
+                        stop: list[str] | None = None) -> dict:
+        return {**what, "z": read["z"], "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
+                "stop": stop or [], "max_prompt_tokens": self.limits.max_prompt_tokens}
+
+    @api.get("/v1/models")
+    async def list_models(self, key: str | None = Depends(presented_key)) -> dict:
+        """The decoder, and each memory this key can read as `<model_name>:<memory_id>`."""
+        tenant = self.tenant(key)
+        base = self.settings.model_name
+        mems = _unwrap(await self.memory.list_memories.remote(tenant))
+        return {"object": "list", "data": [oai.model_card(base, self.started)]
+                + [oai.model_card(f"{base}:{m['id']}", m["created"]) for m in mems]}
+
+    @api.get("/v1/models/{model}")
+    async def get_model(self, model: str, key: str | None = Depends(presented_key)) -> dict:
+        tenant = self.tenant(key)
+        memory_id = oai.memory_for(model, None, self.settings.model_name)
+        if memory_id is None:
+            return oai.model_card(model, self.started)
+        m = await self.memory.list_memories.remote(tenant)
+        created = {x["id"]: x["created"] for x in _unwrap(m)}
+        if memory_id not in created:
+            raise ApiError(404, f"model {model!r} does not exist", param="model", code="model_not_found")
+        return oai.model_card(model, created[memory_id])
+
+    async def _openai(self, body, tenant: str, query: str, what: dict, max_tokens: int, chat: bool):
+        """Both OpenAI routes: checks, one memory read, then the whole answer or an SSE stream."""
+        body.unsupported()
+        memory_id = oai.memory_for(body.model, body.memory_id, self.settings.model_name)
+        self._check_tokens(max_tokens, "max_completion_tokens" if chat and body.max_completion_tokens else "max_tokens")
+        prompts = what.get("prompts", [query])
         if len(prompts) > self.limits.max_prompts_per_request:
-            raise HTTPException(413, f"{len(prompts)} prompts; the limit is {self.limits.max_prompts_per_request}")
-        for i, p in enumerate(prompts):
-            self._check_text(f"prompt[{i}]", p)
-        self._check_tokens(max_tokens)
-        read = await self._read(tenant, memory_id, prompts, True)
-        outs = await self.decoder.generate.remote(prompts, read["z"], max_tokens, temperature)
-        return outs, read
+            raise ApiError(413, f"{len(prompts)} prompts; the limit is {self.limits.max_prompts_per_request}", "prompt")
+        if body.stream and len(prompts) > 1:
+            raise ApiError(400, "stream: true takes one prompt", param="prompt", code="unsupported_parameter")
+        read = await self._read(tenant, memory_id, prompts, True)  # once: a concurrent edit cannot change it
+        req = self._decode_request(what, read, max_tokens, body.temperature, body.top_p, body.stops)
+        larimar = {"memory_id": memory_id, "version": read["version"],
+                   "used_memory": [self._matched(read, i)[0] for i in range(len(prompts))]}
+        rid = oai.new_id("chatcmpl" if chat else "cmpl")
+        if not body.stream:
+            outs = _unwrap(await self.decoder.complete.remote(req))
+            if chat:
+                return oai.chat_body(rid, body.model, outs[0], {**larimar, "used_memory": larimar["used_memory"][0]})
+            return oai.completion_body(rid, body.model, outs, larimar)
+        events = self.decoder.options(stream=True).stream.remote(req)
+        prompt_tokens = _unwrap(await events.__anext__())["prompt_tokens"]  # a 4xx can still be answered here
+
+        async def sse():
+            yield oai.sse(oai.chunk(rid, body.model, chat, first=True, extra=larimar))
+            async for event in events:
+                if "text" in event:
+                    yield oai.sse(oai.chunk(rid, body.model, chat, text=event["text"]))
+                else:
+                    done = event["done"]
+                    yield oai.sse(oai.chunk(rid, body.model, chat, finish=done["finish_reason"]))
+                    if body.include_usage:
+                        yield oai.sse(oai.chunk(rid, body.model, chat,
+                                                usage_=oai.usage(prompt_tokens, done["completion_tokens"])))
+            yield oai.sse("[DONE]")
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionIn, key: str | None = Depends(presented_key)) -> dict:
+    async def completions(self, body: CompletionIn, key: str | None = Depends(presented_key)):
         tenant = self.tenant(key)
-        if body.stream:
-            raise HTTPException(400, "stream=true is not supported; request the whole completion")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        outs, read = await self._complete(tenant, prompts, body.memory_id, body.max_tokens, body.temperature)
-        choices = [{"index": i, "text": " " + t if t else t, "logprobs": None,
-                    "finish_reason": "length" if n >= body.max_tokens else "stop"} for i, (t, n) in enumerate(outs)]
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": body.model, "choices": choices,
-                "usage": {"completion_tokens": sum(n for _, n in outs)},
-                "larimar": {"memory_id": body.memory_id, "version": read["version"],
-                            "used_memory": [self._matched(read, i)[0] for i in range(len(prompts))]}}
+        for i, p in enumerate(body.prompts):
+            self._check_text("prompt" if isinstance(body.prompt, str) else f"prompt[{i}]", p)
+        return await self._openai(body, tenant, body.prompts[0], {"prompts": body.prompts}, body.max_tokens, chat=False)
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatCompletionIn, key: str | None = Depends(presented_key)) -> dict:
-        """The last user message is the prompt: Larimar's decoder is a completion model."""
+    async def chat_completions(self, body: ChatCompletionIn, key: str | None = Depends(presented_key)):
+        """The conversation through the chat template; the memory is read with the last user turn."""
         tenant = self.tenant(key)
-        users = [m.content for m in body.messages if m.role == "user"]
-        if not users:
-            raise HTTPException(422, "messages need at least one user message")
-        outs, read = await self._complete(tenant, [users[-1]], body.memory_id, body.max_tokens, body.temperature)
-        (text, n) = outs[0]
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "length" if n >= body.max_tokens else "stop"}],
-                "usage": {"completion_tokens": n},
-                "larimar": {"memory_id": body.memory_id, "version": read["version"],
-                            "used_memory": self._matched(read, 0)[0]}}
+        for i, m in enumerate(body.messages):
+            self._check_text(f"messages[{i}].content", m.text)
+        query = body.query()
+        return await self._openai(body, tenant, query, {"messages": body.template_messages()},
+                                  body.token_budget(16), chat=True)
 
 
 # -- application builder -----------------------------------------------------------------------------

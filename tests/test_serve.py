@@ -228,7 +228,7 @@ def test_bad_inputs_get_clear_4xx(service):
         (post(f"/v1/memories/{mid}/generate", json={"prompt": ""}), 422, None),
         (requests.delete(f"{URL}/v1/memories/{mid}/facts/77", headers=h("acme")), 404, "fact 77"),
         (post("/v1/memories", json={"slots": 10**9}), 400, "slots"),
-        (post("/v1/completions", json={"prompt": "hi", "stream": True}), 400, "stream"),
+        (post("/v1/completions", json={"prompt": "hi", "best_of": 3}), 400, "best_of"),
     ]
     for response, status, text in cases:
         assert response.status_code == status, (response.request.url, response.text)

@@ -19,12 +19,16 @@ class Limits(BaseModel):
     max_facts_per_request: int = Field(64, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_prompts_per_request: int = Field(16, ge=1)
+    max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt (a chat: the rendered conversation) "
+                                   "in decoder tokens; longer ones get 413, never a silent cut")
 
 
 class ServeSettings(BaseModel):
     """Arguments of the Serve application builder (`serve/app.py:build`), from YAML or the CLI."""
 
     model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained) or bundled name")
+    model_name: str = Field("larimar", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                            description="the model id of the OpenAI routes; memories are <model_name>:<memory_id>")
     storage: str = Field("runs/serve-store", description="edit log and snapshots: a directory or s3:// URI")
     api_keys: list[ApiKey] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
@@ -106,7 +110,7 @@ class ForgetResult(BaseModel):
 class GenerateIn(BaseModel):
     prompt: str = Field(min_length=1)
     max_tokens: int = Field(32, ge=1)
-    temperature: float = Field(0.0, ge=0, le=5)
+    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
     use_scope: bool = True
 
 
@@ -134,27 +138,3 @@ class ScoreOut(BaseModel):
     mean_nll: list[float]
     used_memory: bool
     version: int
-
-
-class CompletionIn(BaseModel):
-    """OpenAI /v1/completions, plus `memory_id` (Larimar's memory; omit for the plain decoder)."""
-
-    model: str = "larimar"
-    prompt: str | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(0.0, ge=0, le=5)
-    memory_id: str | None = None
-    stream: bool = False
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatCompletionIn(BaseModel):
-    model: str = "larimar"
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(0.0, ge=0, le=5)
-    memory_id: str | None = None
