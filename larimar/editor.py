@@ -2,7 +2,7 @@
 
     editor = LarimarEditor.from_pretrained("path/to/model")
     memory = editor.create_memory(slots=512)
-    ids = memory.edit(prompts=["The Eiffel Tower is in"], target_new=["Rome"])   # EasyEdit-style
+    ids = memory.edit(prompts=["The Eiffel Tower is in"], target_new=["Rome"])   # ids; EasyEdit metrics: larimar.easyedit
     ids += memory.write(["Mira Tal teaches chemistry in Oslo."])               # free-text facts
     memory.generate(["Where is the Eiffel Tower? The Eiffel Tower is in"])
     memory.score(["The Eiffel Tower is in"], ["Rome"])
@@ -101,7 +101,8 @@ class EditableMemory:
 
     def edit(self, prompts: str | list[str], target_new: str | list[str],
              subject: str | list[str] | None = None) -> list[int]:
-        """EasyEdit-style: make each prompt continue with its target. Returns the facts' ids.
+        """Make each prompt continue with its target. Returns the facts' ids. (EasyEdit's full
+        `edit`, with rephrase/locality/portability inputs and its metrics: `larimar.easyedit`.)
 
         subject (optional, one per prompt): what each edit is about; the scope detector then only
         consults the memory for queries that name it (`larimar.scope`)."""
