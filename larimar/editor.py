@@ -20,9 +20,11 @@ z = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from larimar import memory_file
 from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, make_fact
 from larimar.memory import SequentialMemory
@@ -156,6 +158,12 @@ class EditableMemory:
     def __len__(self) -> int:
         return len(self.core)
 
+    def save(self, path: str | Path) -> Path:
+        """Write the whole memory to one file (`larimar.memory_file`); the server imports it with
+        `POST /v1/memories/import` and `LarimarEditor.load_memory` reads it back."""
+        return memory_file.save_file(self.core, path, encoder=self.model.cfg.encoder,
+                                     scope_model=self.editor.scope_model)
+
 
 class LarimarEditor:
     """A trained Larimar model plus the scope detector, from which memories are created."""
@@ -166,6 +174,7 @@ class LarimarEditor:
         scope_threshold / subject_threshold: see `ScopeDetector`; readout: override the model's
         trained read-out convention ("raw" or "value_norm", see `FactMemory`), for ablations."""
         self.model = model.eval()
+        self.scope_model = scope_model
         self.scope_embedder = load_embedder(scope_model) if scope_model else None
         self.scope_threshold = scope_threshold
         self.subject_threshold = subject_threshold
@@ -189,7 +198,17 @@ class LarimarEditor:
         if K < 1:
             raise ValueError(f"slots must be >= 1, got {K}")
         ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed).to(self.model.device)
-        scope = (ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)
-                 if self.scope_embedder else None)
-        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, scope,
+        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, self._scope(),
                                                readout=self.readout))
+
+    def _scope(self) -> ScopeDetector | None:
+        return (ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)
+                if self.scope_embedder else None)
+
+    def load_memory(self, path: str | Path) -> EditableMemory:
+        """A memory saved by `EditableMemory.save` or exported by the server
+        (`GET /v1/memories/{id}/export`); refused if it was made with another encoder or scope model."""
+        core = memory_file.load_file(path, self._scope(), latent_dim=self.model.cfg.memory.latent_dim,
+                                     encoder=self.model.cfg.encoder, scope_model=self.scope_model)
+        core.readout = self.readout
+        return EditableMemory(self, core)

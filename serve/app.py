@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
@@ -194,15 +194,32 @@ class MemoryActor:
         await asyncio.to_thread(self.store.maybe_snapshot)
         return result
 
-    async def create(self, tenant: str, name: str, slots: int | None) -> dict:
+    async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear") -> dict:
         async with self.lock:
             try:
-                info = await self._commit(self.store.prepare_create(tenant, name, slots))
+                info = await self._commit(self.store.prepare_create(tenant, name, slots, keys))
             except (StoreError, ValueError) as err:
                 return _error(err)
             self.edits.inc(tags={"op": "create"})
             self._update_gauges()
             return {"ok": self._summary(info.id)}
+
+    async def import_memory(self, tenant: str, name: str, raw: bytes) -> dict:
+        async with self.lock:
+            try:
+                info = await self._commit(await asyncio.to_thread(self.store.prepare_import, tenant, name, raw))
+            except (StoreError, ValueError) as err:
+                return _error(err)
+            self.edits.inc(tags={"op": "import"})
+            self._update_gauges()
+            return {"ok": self._summary(info.id)}
+
+    async def export(self, tenant: str, memory_id: str) -> dict:
+        """No lock: like `read`, it runs between two applied entries."""
+        try:
+            return {"ok": self.store.export(tenant, memory_id)}
+        except StoreError as err:
+            return _error(err)
 
     async def delete(self, tenant: str, memory_id: str) -> dict:
         async with self.lock:
@@ -216,7 +233,8 @@ class MemoryActor:
 
     def _summary(self, memory_id: str) -> dict:
         r = self.store.records[memory_id]
-        return {"id": r.info.id, "name": r.info.name, "slots": r.info.slots, "version": r.info.version,
+        return {"id": r.info.id, "name": r.info.name, "slots": r.info.slots, "keys": r.memory.state.key_kind,
+                "version": r.info.version,
                 "facts": len(r.memory), "created": r.info.created}
 
     async def list_memories(self, tenant: str) -> dict:
@@ -396,7 +414,38 @@ class Ingress:
     async def create_memory(self, body: CreateMemory, key: str | None = Depends(presented_key)):
         tenant = self.tenant(key)
         slots = body.slots or self.settings.default_slots
-        return _unwrap(await self.memory.create.remote(tenant, body.name, slots))
+        return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys))
+
+    @api.post("/v1/memories/import", status_code=201, response_model=MemoryOut,
+              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
+                  "schema": {"type": "string", "format": "binary"}}}}})
+    async def import_memory(self, request: Request, name: str = "", key: str | None = Depends(presented_key)):
+        """A memory file (larimar.memory_file: `EditableMemory.save` in Python, or an export) as a
+        new memory. The body is the file's bytes (Content-Type: application/octet-stream)."""
+        tenant = self.tenant(key)
+        if len(name) > 200:
+            raise ApiError(422, "name has more than 200 characters", "name")
+        limit = self.limits.max_import_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the memory file has {declared} bytes; the limit is {limit}", "body")
+        raw = bytearray()
+        async for part in request.stream():
+            raw += part
+            if len(raw) > limit:
+                raise ApiError(413, f"the memory file exceeds the limit of {limit} bytes", "body")
+        if not raw:
+            raise ApiError(422, "the body must be a memory file (larimar.memory_file)", "body")
+        return _unwrap(await self.memory.import_memory.remote(tenant, name, bytes(raw)))
+
+    @api.get("/v1/memories/{memory_id}/export", response_class=Response,
+             responses={200: {"content": {"application/octet-stream": {}}}})
+    async def export_memory(self, memory_id: str, key: str | None = Depends(presented_key)):
+        """The memory as a memory file: `LarimarEditor.load_memory` or `POST /v1/memories/import` read it."""
+        tenant = self.tenant(key)
+        raw = _unwrap(await self.memory.export.remote(tenant, memory_id))
+        return Response(raw, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{memory_id}.larimar.safetensors"'})
 
     @api.get("/v1/memories", response_model=list[MemoryOut])
     async def list_memories(self, key: str | None = Depends(presented_key)):
@@ -578,7 +627,8 @@ def build(args: dict):
                         snapshot_every=settings.snapshot_every,
                         default_slots=settings.default_slots or cfg.memory.slots,
                         scope_threshold=settings.scope_threshold,
-                        subject_threshold=settings.subject_threshold, readout=cfg.readout)
+                        subject_threshold=settings.subject_threshold, readout=cfg.readout, encoder=cfg.encoder,
+                        scope_model=settings.scope_model)
     decoder = Decoder.options(
         autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
                             "target_ongoing_requests": 2},

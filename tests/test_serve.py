@@ -97,6 +97,38 @@ def test_a_facts_subject_decides_scope_over_http(service):
     assert bad.status_code in (400, 422) and "subject" in bad.text
 
 
+def test_a_memory_built_in_python_serves_over_http_and_exports_back(service, demo_run, tmp_path):
+    """The one memory file format (larimar.memory_file): save in Python, import over HTTP, the same
+    answers from both paths, export, load in Python, the same state; relu addressing served too."""
+    from larimar import LarimarEditor
+
+    editor = LarimarEditor.from_pretrained(str(demo_run[0] / "model"))
+    mem = editor.create_memory(keys="relu")
+    mem.edit(["alice lives in", "bob plays the"], ["tokyo", "drums"], subject=["alice", None])
+    mem.forget(mem.edit(["carol teaches"], ["math"])[0])
+    path = mem.save(tmp_path / "kb.larimar.safetensors")
+    r = requests.post(f"{URL}/v1/memories/import?name=offline", data=path.read_bytes(),
+                      headers={**h("acme"), "Content-Type": "application/octet-stream"})
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert (info["name"], info["facts"], info["keys"]) == ("offline", 2, "relu")
+    for prompt in ["alice lives in", "bob plays the", "alicia lives in"]:
+        served = requests.post(f"{URL}/v1/memories/{info['id']}/generate", headers=h("acme"),
+                               json={"prompt": prompt, "max_tokens": 4}).json()
+        [local] = mem.generate([prompt], max_new_tokens=4)
+        assert (served["text"], served["used_memory"]) == (local.text, local.in_scope), prompt
+    exported = requests.get(f"{URL}/v1/memories/{info['id']}/export", headers=h("acme"))
+    assert exported.status_code == 200 and exported.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "back.safetensors").write_bytes(exported.content)
+    back = editor.load_memory(tmp_path / "back.safetensors")
+    assert torch.equal(back.state.M, mem.state.M) and sorted(back.facts) == sorted(mem.facts)
+    assert requests.get(f"{URL}/v1/memories/{info['id']}/export", headers=h("globex")).status_code == 404
+    bad = requests.post(f"{URL}/v1/memories/import", data=b"not a memory file", headers=h("acme"))
+    assert bad.status_code == 400 and "memory file" in bad.json()["error"]["message"]
+    relu = requests.post(f"{URL}/v1/memories", json={"name": "r", "keys": "relu"}, headers=h("acme")).json()
+    assert relu["keys"] == "relu"
+
+
 def test_concurrent_clients_match_a_replay_of_the_log(service):
     mid = create(name="load", slots=32)
     acked_writes, acked_forgets, versions = {}, [], []

@@ -19,6 +19,7 @@ class Limits(BaseModel):
     max_facts_per_request: int = Field(64, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_prompts_per_request: int = Field(16, ge=1)
+    max_import_bytes: int = Field(64 * 2**20, ge=1, description="largest memory file POST /v1/memories/import takes")
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt (a chat: the rendered conversation) "
                                    "in decoder tokens; longer ones get 413, never a silent cut")
 
@@ -68,12 +69,15 @@ class FactIn(BaseModel):
 class CreateMemory(BaseModel):
     name: str = Field("", max_length=200)
     slots: int | None = Field(None, ge=1, description="memory size K")
+    keys: Literal["linear", "relu"] = Field("linear", description="addressing: linear (the paper) or relu "
+                                            "(random features: up to K facts kept apart; larimar.memory)")
 
 
 class MemoryOut(BaseModel):
     id: str
     name: str
     slots: int
+    keys: str
     version: int
     facts: int
     created: float

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from larimar import memory_file
 from larimar.editor import reference_memory
 from larimar.facts import FactMemory, make_fact
 from larimar.memory import SequentialMemory
@@ -66,6 +67,8 @@ class StoreConfig:
     scope_threshold: float = 0.7  # cosine similarity for "in scope" (facts without a subject)
     subject_threshold: float = 0.3  # cosine a query naming a fact's subject needs (larimar.scope)
     readout: str = "raw"  # the served model's read-out convention (LarimarConfig.readout)
+    encoder: str | None = None  # the served model's encoder and scope model: an imported memory file
+    scope_model: str | None = None  # must have been made with the same ones (larimar.memory_file)
 
 
 @dataclass
@@ -118,14 +121,41 @@ class MemoryStore:
 
     # -- step 1: prepare ------------------------------------------------------------------------
 
-    def prepare_create(self, tenant: str, name: str = "", slots: int | None = None) -> dict:
+    def prepare_create(self, tenant: str, name: str = "", slots: int | None = None, keys: str = "linear") -> dict:
         slots = slots or self.cfg.default_slots
         if not 1 <= slots <= self.cfg.max_slots:
             raise StoreError(f"slots must be between 1 and {self.cfg.max_slots}, got {slots}")
+        if keys not in ("linear", "relu"):
+            raise StoreError(f"keys must be 'linear' or 'relu', got {keys!r}")
+        self._check_quota(tenant)
+        return {"op": "create", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
+                "slots": slots, "keys": keys, "created": time.time()}
+
+    def _check_quota(self, tenant: str) -> None:
         if len(self.list(tenant)) >= self.cfg.max_memories_per_tenant:
             raise Conflict(f"tenant already has {self.cfg.max_memories_per_tenant} memories, the maximum")
-        return {"op": "create", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
-                "slots": slots, "created": time.time()}
+
+    def _load_file(self, raw: bytes) -> FactMemory:
+        """An uploaded memory file, checked against the served model (MemoryFileError -> 400)."""
+        try:
+            return memory_file.from_bytes(raw, ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
+                                          latent_dim=self.cfg.latent_dim, encoder=self.cfg.encoder,
+                                          scope_model=self.cfg.scope_model)
+        except memory_file.MemoryFileError as err:
+            raise StoreError(str(err)) from None
+
+    def prepare_import(self, tenant: str, name: str, raw: bytes) -> dict:
+        """A memory file (`larimar.memory_file`) becomes a new memory, logged whole like any edit."""
+        mem = self._load_file(raw)
+        if not 1 <= mem.state.K <= self.cfg.max_slots:
+            raise StoreError(f"the memory has {mem.state.K} slots; this server allows 1 to {self.cfg.max_slots}")
+        self._check_quota(tenant)
+        return {"op": "import", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
+                "created": time.time(), "file": base64.b64encode(raw).decode()}
+
+    def export(self, tenant: str, memory_id: str) -> bytes:
+        """The memory as a memory file: what `prepare_import` and `LarimarEditor.load_memory` read."""
+        return memory_file.to_bytes(self.get(tenant, memory_id).memory, self.cfg.encoder, self.cfg.scope_model)
 
     def prepare_write(self, tenant: str, memory_id: str, facts: list[dict], keys: torch.Tensor, values: torch.Tensor,
                       scope_vectors: torch.Tensor, pending: int = 0) -> dict:
@@ -180,7 +210,7 @@ class MemoryStore:
         if op == "create":
             info = MemoryInfo(entry["memory_id"], entry["tenant"], entry["name"], entry["slots"], 0, entry["created"])
             ref = reference_memory(info.slots, self.cfg.latent_dim)
-            memory = FactMemory(SequentialMemory(ref, ridge=self.cfg.ridge), info.slots,
+            memory = FactMemory(SequentialMemory(ref, ridge=self.cfg.ridge, keys=entry.get("keys", "linear")), info.slots,
                                 ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
                                 readout=self.cfg.readout)
             self.records[info.id] = Record(info, memory)
@@ -211,6 +241,13 @@ class MemoryStore:
             rec.info.version += 1
             rec.events.append({"version": rec.info.version, "op": "forget", "fact_id": entry["fact_id"], "text": text})
             result = rec.info.version
+        elif op == "import":
+            memory = self._load_file(base64.b64decode(entry["file"]))
+            memory.readout = self.cfg.readout  # the served model's convention, as for created memories
+            info = MemoryInfo(entry["memory_id"], entry["tenant"], entry["name"], memory.state.K, 1, entry["created"])
+            events = [{"version": 1, "op": "import", "fact_id": i, "text": f.text} for i, f in memory.facts.items()]
+            self.records[info.id] = Record(info, memory, events)
+            result = info
         elif op == "delete":
             result = self.records.pop(entry["memory_id"]).info
         else:
