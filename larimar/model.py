@@ -6,9 +6,12 @@ A training batch is B episodes of N texts each. Each episode is written into its
 read-out (the reconstruction term), from its own encoding (the autoencoder term) and from
 z = 0 (the language-model term). See `larimar.losses` for the weights and the beta schedule.
 
-A trained model is a directory: ``config.json`` (this module's `LarimarConfig`) and
-``model.safetensors``. Frozen pretrained backbone weights are not written: they are reloaded
-from their registry name (`larimar.backbones`), so a trained adapter stays a few MB.
+A trained model is a directory in Hugging Face's layout: ``config.json`` (``model_type: larimar``
+and this module's `LarimarConfig` under ``larimar``), ``model.safetensors``,
+``generation_config.json`` (transformers' `GenerationConfig`: the special token ids and the
+greedy defaults `generate_text` uses) and, for shipped adapters, a model card ``README.md``.
+Frozen pretrained backbone weights are not written: they are reloaded from their registry name
+(`larimar.backbones`), so a trained adapter stays a few MB.
 
 Dimensions: B episodes, N texts per episode, T tokens, C latent size, K memory slots.
 """
@@ -23,6 +26,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import GenerationConfig
 
 from larimar import backbones
 from larimar.config import from_dict, to_dict
@@ -33,6 +37,8 @@ from larimar.memory import EpisodicMemory, MemoryConfig, keyed_read
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+GENERATION_CONFIG_NAME = "generation_config.json"
+MODEL_TYPE = "larimar"
 BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"  # trained adapters shipped with the package
 DEFAULT_MODEL = "larimar-smol-v2"  # the bundled adapter that the demo, the README and the editor default to
 
@@ -120,6 +126,9 @@ class LarimarModel(nn.Module):
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         self.memory = EpisodicMemory(cfg.memory)
         self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)
+        self.generation_config = GenerationConfig(bos_token_id=self.bos_id, eos_token_id=self.eos_id,
+                                                  pad_token_id=self.decoder_tokenizer.pad_token_id,
+                                                  max_new_tokens=32, do_sample=False)
 
     @property
     def device(self) -> torch.device:
@@ -242,9 +251,11 @@ class LarimarModel(nn.Module):
     # -- decoding with given latents ----------------------------------------------------------
 
     @torch.no_grad()
-    def generate_text(self, prompts: list[str], z: torch.Tensor, max_new_tokens: int = 32,
+    def generate_text(self, prompts: list[str], z: torch.Tensor, max_new_tokens: int | None = None,
                       temperature: float = 0.0, **kwargs) -> list[tuple[str, int]]:
-        """Continue each prompt conditioned on its latent (rows of z; 0 = plain decoder) -> (text, new tokens)."""
+        """Continue each prompt conditioned on its latent (rows of z; 0 = plain decoder) -> (text, new tokens).
+        max_new_tokens: default the saved `generation_config.json`'s."""
+        max_new_tokens = max_new_tokens or self.generation_config.max_new_tokens
         batch = self.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
         out = self.decoder.generate(batch["input_ids"], batch["attention_mask"], z.to(self.device),
@@ -331,14 +342,27 @@ class LarimarModel(nn.Module):
         tmp = directory / (WEIGHTS_NAME + ".tmp")
         save_file(state, tmp, metadata={"format": "pt"})
         tmp.replace(directory / WEIGHTS_NAME)
-        (directory / CONFIG_NAME).write_text(json.dumps({"larimar": to_dict(self.cfg)}, indent=2))
+        return self.save_config(directory)
+
+    def save_config(self, directory: str | Path) -> Path:
+        """config.json and generation_config.json (the weights untouched)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": MODEL_TYPE, "architectures": ["LarimarModel"],
+                  "encoder": self.cfg.encoder, "decoder": self.cfg.decoder, "larimar": to_dict(self.cfg)}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        self.generation_config.save_pretrained(directory)
         return directory
 
     @staticmethod
     def read_config(directory: str | Path) -> LarimarConfig:
         """The config of a saved model, without loading any weights."""
         directory = resolve_model_dir(directory)
-        return from_dict(LarimarConfig, json.loads((directory / CONFIG_NAME).read_text())["larimar"])
+        data = json.loads((directory / CONFIG_NAME).read_text())
+        if data.get("model_type", MODEL_TYPE) != MODEL_TYPE or "larimar" not in data:
+            raise ValueError(f"{directory / CONFIG_NAME} is not a Larimar config (model_type "
+                             f"{data.get('model_type')!r}, expected {MODEL_TYPE!r} with a 'larimar' section)")
+        return from_dict(LarimarConfig, data["larimar"])
 
     def init_from(self, directory: str | Path) -> list[str]:
         """Start from a saved model's trained weights (fine-tuning): every tensor in its weights file
@@ -364,6 +388,8 @@ class LarimarModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
+        if (directory / GENERATION_CONFIG_NAME).exists():
+            model.generation_config = GenerationConfig.from_pretrained(directory)
         return model.to(map_location).eval()
 
 

@@ -1,5 +1,7 @@
 """The Larimar model on tiny random backbones: objective, training step, save/load (larimar/model.py)."""
 
+import json
+
 import pytest
 import torch
 
@@ -70,6 +72,17 @@ def test_save_then_load_reproduces_logits_exactly(tmp_path):
     torch.testing.assert_close(loaded.encode_texts(TEXTS[:3]), z, atol=0, rtol=0)
     torch.testing.assert_close(loaded.decoder(**batch, z=z), model.decoder(**batch, z=z), atol=0, rtol=0)
     torch.testing.assert_close(loaded.memory.prior_mean, model.memory.prior_mean, atol=0, rtol=0)
+    # Hugging Face's layout: model_type, and a generation_config.json whose defaults generate_text uses
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "larimar"
+    gen = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    gen["max_new_tokens"] = 3
+    (tmp_path / "m" / "generation_config.json").write_text(json.dumps(gen))
+    reloaded = LarimarModel.from_pretrained(tmp_path / "m")
+    [(_, n)] = reloaded.generate_text(["alice lives in"], torch.zeros(1, reloaded.cfg.memory.latent_dim))
+    assert n <= 3
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a Larimar config"):
+        LarimarModel.read_config(tmp_path / "m")
 
 
 def test_bad_config_names_the_key():

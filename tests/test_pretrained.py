@@ -14,6 +14,27 @@ from larimar.model import DEFAULT_MODEL, bundled_models
 PROMPT, NEW, OLD = "The Eiffel Tower is located in the city of", "Rome", "Paris"
 
 
+@pytest.mark.parametrize("name", bundled_models())
+def test_shipped_adapters_are_in_hugging_faces_shape(name):
+    """config.json with model_type, generation_config.json that transformers loads, a model card
+    with what it is, its base models and licences, data, recipe, metrics with commands, use, limits."""
+    import json
+
+    from transformers import GenerationConfig
+
+    from larimar.model import BUNDLED_DIR, LarimarModel
+
+    d = BUNDLED_DIR / name
+    config = json.loads((d / "config.json").read_text())
+    assert config["model_type"] == "larimar" and LarimarModel.read_config(d).decoder == config["decoder"]
+    gen = GenerationConfig.from_pretrained(d)
+    assert gen.do_sample is False and gen.eos_token_id is not None
+    card = (d / "README.md").read_text()
+    for heading in ("Base models", "Apache-2.0", "Training data", "Recipe", "## Metrics", "Commands:",
+                    "Intended use", "Limits", f"jobs/configs/{name}.yaml"):
+        assert heading in card, (name, heading)
+
+
 def test_the_demo_model_is_shipped():
     assert DEFAULT_MODEL in bundled_models() and "larimar-smol-facts" in bundled_models()  # v2 starts from -facts
 
