@@ -55,7 +55,7 @@ eval-smol: install
 RUN ?= larimar-smol-v2
 STEPS ?=
 curve-smol: install
-	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 --logs $(wildcard runs/$(RUN).part*.log) \
+	$(BIN)/python jobs/learning_curve.py --config $(RUN) run.keep_checkpoints=6 $(if $(wildcard runs/$(RUN)/metrics.jsonl),,--logs $(wildcard runs/$(RUN).part*.log)) \
 		--experiments counterfact,zsre --limit 100 --steps "$(STEPS)" --out runs/curves/$(RUN)
 
 # Ship a trained run as a bundled adapter (larimar/pretrained/<RUN>; frozen backbones are not written).

@@ -1,7 +1,10 @@
-"""Learning curve of a training run: loss from its logs, evaluation metrics at its kept checkpoints.
+"""Learning curve of a training run: loss from its metrics.jsonl, evaluation metrics at its kept checkpoints.
 
-    python jobs/learning_curve.py --config larimar-smol-facts --logs runs/larimar-smol-facts*.log \
-        --experiments counterfact,zsre --out runs/curves/larimar-smol-facts
+    python jobs/learning_curve.py --config larimar-smol-v2 --experiments counterfact,zsre \
+        --out runs/curves/larimar-smol-v2
+
+The loss comes from <run.storage_path>/<run.name>/metrics.jsonl, which every run writes
+(larimar.run_record); --logs reads training log text instead, for runs made before it existed.
 
 --config is the run's training config (recipe name or YAML, with the run's key=value overrides
 after it); the checkpoints are those in <run.storage_path>/<run.name> (keep more with
@@ -25,6 +28,7 @@ from larimar.evaluation import EvalConfig, run
 from larimar.evaluation.context import EvalContext
 from larimar.evaluation.curves import METRICS, LearningCurve, merge_logs, pick
 from larimar.evaluation.report import fmt
+from larimar.run_record import losses, read_metrics
 from larimar.train_config import load_train_config
 
 DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the run's training config (recipe name or YAML)")
     p.add_argument("overrides", nargs="*", help="the run's key=value overrides")
-    p.add_argument("--logs", nargs="*", default=[], help="the run's training logs, oldest first")
+    p.add_argument("--logs", nargs="*", default=None,
+                   help="runs older than metrics.jsonl: their training logs, oldest first (instead of metrics.jsonl)")
     p.add_argument("--experiments", default="counterfact,zsre", help=f"comma-separated, of {sorted(DATA)}; '' for none")
     p.add_argument("--limit", type=int, help="first N cases of each experiment's file")
     p.add_argument("--steps", default="", help="comma-separated checkpoint steps to evaluate (default: every kept one)")
@@ -57,11 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [e for e in experiments if e not in DATA]
         if unknown:
             raise ConfigError(f"--experiments: unknown {unknown}; choose from {sorted(DATA)}")
-        missing = [log for log in a.logs if not Path(log).is_file()]
-        if missing:
-            raise ConfigError(f"--logs: no such file {missing[0]}")
-        curve = LearningCurve(Path(run_dir(cfg)).name, merge_logs([Path(log).read_text() for log in a.logs]),
-                              window=a.window)
+        if a.logs is not None:
+            missing = [log for log in a.logs if not Path(log).is_file()]
+            if missing:
+                raise ConfigError(f"--logs: no such file {missing[0]}")
+            points = merge_logs([Path(log).read_text() for log in a.logs])
+        else:
+            try:
+                points = losses(read_metrics(run_dir(cfg)))
+            except FileNotFoundError as err:
+                raise ConfigError(str(err)) from None
+        curve = LearningCurve(Path(run_dir(cfg)).name, points, window=a.window)
         checkpoints = list_checkpoints(run_dir(cfg)) if experiments else []
         if experiments and not checkpoints:
             raise ConfigError(f"no checkpoints in {run_dir(cfg)} (the config's run.storage_path / run.name)")

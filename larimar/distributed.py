@@ -16,7 +16,10 @@ is set after a worker-group restart (FailureConfig) or when the driver reruns wi
 stream skips the batches already consumed in the current epoch (see `larimar.data.episode_batches`).
 
 At the end rank 0 exports the model with `LarimarModel.save_pretrained` to
-``<storage_path>/<run name>/model``: a library-format directory the editor and server load.
+``<storage_path>/<run name>/model``: a library-format directory the editor and server load. With
+``run.checkpoint_score`` (a reported metric such as ``val/loss``) each checkpoint also carries its
+model and the driver exports the best one instead (`export_best`). The run directory also holds
+the resolved ``config.yaml`` and ``metrics.jsonl`` (`larimar.run_record`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from larimar.config import ConfigError, from_dict, to_dict
 from larimar.data import episode_batches
 from larimar.losses import beta
 from larimar.model import LarimarModel
+from larimar.run_record import MetricsLog, write_config
 from larimar.train_config import TrainConfig
 from larimar.training import episode_batch
 
@@ -251,6 +255,7 @@ def train_loop_per_worker(config: dict) -> None:
                      f"batch {position.batches})")
 
     metrics = TrainMetrics(cfg.run.name) if rank == 0 else None
+    record = MetricsLog(run_dir(cfg), resume_step=start) if rank == 0 else None  # metrics.jsonl
     validator = None
     if cfg.validation.enabled:  # val/* metrics at every report, the same on every rank (Tune acts on them)
         from larimar.validation import Validator
@@ -313,7 +318,8 @@ def train_loop_per_worker(config: dict) -> None:
                   **{f"time/{k}": v for k, v in phases.items()}}
         if metrics is not None:
             metrics.record(done, terms, tokens, seconds)
-        if rank == 0 and (done % cfg.run.log_every == 0 or done == total or done == start + 1):
+        logged = done % cfg.run.log_every == 0 or done == total or done == start + 1
+        if rank == 0 and logged:
             elapsed = time.perf_counter() - t_run
             eta = elapsed / (done - start) * (total - done)
             parts = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
@@ -327,6 +333,8 @@ def train_loop_per_worker(config: dict) -> None:
             report.update(val, **{"time/validation": time.perf_counter() - t_val})
             if rank == 0:
                 log.info(f"[larimar] step {done} " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))
+        if record is not None and logged:
+            record.append(report)
 
         if done % cfg.run.checkpoint_every == 0 or done == total:
             with tempfile.TemporaryDirectory() as tmp:
@@ -335,6 +343,8 @@ def train_loop_per_worker(config: dict) -> None:
                 if rank == 0:
                     state = {"step": done, "position": vars(position), "time": time.time()}
                     (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+                    if cfg.run.checkpoint_score:  # the best checkpoint is exported from here after the run
+                        _exportable(engine.module, cfg).save_pretrained(Path(tmp) / MODEL_DIR)
                 ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))
             if metrics is not None:
                 metrics.checkpointed(time.time())
@@ -342,15 +352,39 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(report)
 
     if rank == 0:
-        # ZeRO-2 keeps whole weights on every rank; bf16 ones are exported as fp32 for the library.
-        module = engine.module.float() if cfg.deepspeed.precision == "bf16" else engine.module
-        path = export_model(module, f"{run_dir(cfg)}/{MODEL_DIR}")
+        path = export_model(_exportable(engine.module, cfg), f"{run_dir(cfg)}/{MODEL_DIR}")
         log.info(f"[larimar] exported the model to {path}")
     if metrics is not None:
         metrics.close()
 
 
+def _exportable(module: LarimarModel, cfg: TrainConfig) -> LarimarModel:
+    """ZeRO-2 keeps whole weights on every rank; bf16 ones are exported as fp32 for the library."""
+    return module.float() if cfg.deepspeed.precision == "bf16" else module
+
+
 # -- the driver side -------------------------------------------------------------------------
+
+
+def export_best(result, cfg: TrainConfig) -> dict | None:
+    """With ``run.checkpoint_score`` set, copy the best kept checkpoint's model (by that reported
+    metric, Ray's CheckpointConfig ranking) over ``<run>/model``; returns its metrics."""
+    import pyarrow.fs
+
+    if not cfg.run.checkpoint_score or not result.best_checkpoints:
+        return None
+    key = cfg.run.checkpoint_score
+    scored = [(c, m) for c, m in result.best_checkpoints if m.get(key) is not None]
+    if not scored:
+        return None
+    pick = min if cfg.run.checkpoint_score_order == "min" else max
+    checkpoint, metrics = pick(scored, key=lambda cm: cm[1][key])
+    fs, dest = _filesystem(f"{run_dir(cfg)}/{MODEL_DIR}")
+    fs.delete_dir_contents(dest, missing_dir_ok=True)
+    pyarrow.fs.copy_files(f"{checkpoint.path}/{MODEL_DIR}", dest, source_filesystem=checkpoint.filesystem,
+                          destination_filesystem=fs)
+    log.info(f"[larimar] exported the best checkpoint (step {metrics.get('step')}, {key}={metrics[key]:.4f})")
+    return metrics
 
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
@@ -418,7 +452,9 @@ def make_trainer(cfg: TrainConfig, dataset, callbacks: list | None = None, valid
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
         run_config=RunConfig(name=r.name, storage_path=r.storage_path,
                              failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=r.keep_checkpoints),
+                             checkpoint_config=CheckpointConfig(
+                                 num_to_keep=r.keep_checkpoints, checkpoint_score_attribute=r.checkpoint_score,
+                                 checkpoint_score_order=r.checkpoint_score_order),
                              worker_runtime_env={"env_vars": worker_env(cfg)}, callbacks=callbacks),
         datasets={"train": dataset},
     )
@@ -445,10 +481,12 @@ def fit(cfg: TrainConfig, chunks) -> dict:
         need = int(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + 0.999)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need))
     t0 = time.perf_counter()
+    write_config(to_dict(cfg), run_dir(cfg))  # the resolved config, beside metrics.jsonl
     try:
         result = make_trainer(cfg, to_ray_dataset(chunks)).fit()
+        best = export_best(result, cfg)
     finally:
         if started:
             ray.shutdown()
     return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "model": f"{run_dir(cfg)}/{MODEL_DIR}", "seconds": time.perf_counter() - t0}
+            "model": f"{run_dir(cfg)}/{MODEL_DIR}", "best": best, "seconds": time.perf_counter() - t0}

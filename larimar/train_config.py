@@ -107,6 +107,9 @@ class RunSection:
     seed: int = 0
     init_from: str | None = None  # a saved model (directory or bundled name) whose weights start a new run
     # (fine-tuning); modules it lacks keep their init. Ignored when resuming from a checkpoint.
+    checkpoint_score: str | None = None  # a reported metric (e.g. val/loss, val/counterfact_es): the kept
+    # checkpoints are the best by it (Ray's CheckpointConfig) and the exported model is the best one
+    checkpoint_score_order: Literal["min", "max"] = "min"
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
@@ -116,6 +119,8 @@ class RunSection:
                 raise ValueError(f"run.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_failures < -1:
             raise ValueError(f"run.max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+        if self.checkpoint_score is not None and not self.checkpoint_score.strip():
+            raise ValueError("run.checkpoint_score must name a reported metric (e.g. val/loss) or be null")
 
 
 @dataclass

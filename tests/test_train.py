@@ -21,11 +21,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from larimar.checkpoints import list_checkpoints, load_checkpoint_model
 from larimar.config import ConfigError
 from larimar.distributed import FAILURE_MARKER, STATE_FILE
 from larimar.model import LarimarModel
+from larimar.run_record import read_metrics
 from larimar.train_config import load_train_config
 from tests.conftest import ROOT, require_shared
 
@@ -135,8 +137,16 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     assert (again["metrics"]["start_step"], again["metrics"]["step"]) == (2, 3)  # resumed, not from zero
     assert json.loads((Path(again["checkpoint"]) / STATE_FILE).read_text())["step"] == 3
 
-    # Learning curves evaluate each kept checkpoint as a model: step 3's weights are the exported ones.
+    # The run's record: the resolved config, and one metrics line per logged step, resumed in place
     run = tmp_path / "larimar-tiny"
+    records = read_metrics(str(run))
+    assert [r["step"] for r in records] == [1, 2, 3] and records[2]["start_step"] == 2
+    assert {"loss", "loss/reconstruction", "lr", "tokens_per_second", "step_seconds"} <= set(records[0])
+    assert records[2]["loss"] == again["metrics"]["loss"]
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["optim"]["steps"] == 3 and resolved["run"]["storage_path"] == str(tmp_path)
+
+    # Learning curves evaluate each kept checkpoint as a model: step 3's weights are the exported ones.
     assert [step for step, _ in list_checkpoints(run)] == [2, 3]
     cfg = load_train_config(TINY)
     at3 = dict(list_checkpoints(run))[3]
@@ -154,6 +164,8 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
                            "--limit", "2", "--out", str(out)]) == 0
     rows = (out / "checkpoints.csv").read_text().splitlines()
     assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
+    loss_rows = (out / "loss.csv").read_text().splitlines()[1:]  # read from metrics.jsonl, not log text
+    assert [(int(r.split(",")[0]), float(r.split(",")[1])) for r in loss_rows] == [(r["step"], r["loss"]) for r in records]
     assert (out / "curve.png").stat().st_size > 0
     done = (out / "step_3" / "counterfact.json").stat().st_mtime_ns
     args = ["--config", str(TINY), f"run.storage_path={tmp_path}", "--experiments", "counterfact", "--limit", "2",
@@ -162,6 +174,24 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     assert (out / "step_3" / "counterfact.json").stat().st_mtime_ns == done
     assert [r.split(",")[0] for r in (out / "checkpoints.csv").read_text().splitlines()[1:]] == ["3"]
     assert curve_job.main([*args, "--steps", "7"]) == 2  # no such checkpoint: a named error
+
+
+@pytest.mark.slow
+def test_checkpoint_score_exports_the_best_checkpoint_not_the_last(tmp_path, ray_local):
+    """run.checkpoint_score: Ray's CheckpointConfig ranks the checkpoints by the metric and the
+    exported model is the best one. Ranked by the highest loss here, so that it is not the last step."""
+    out = _train(tmp_path, "run.name=best", "optim.steps=3", "run.checkpoint_every=1", "run.keep_checkpoints=3",
+                 "run.checkpoint_score=loss", "run.checkpoint_score_order=max", "optim.lr=0.05")
+    losses = {r["step"]: r["loss"] for r in read_metrics(str(tmp_path / "best"))}
+    best = max(losses, key=losses.get)
+    assert out["best"]["step"] == best
+    kept = dict(list_checkpoints(tmp_path / "best"))
+    exported = LarimarModel.from_pretrained(out["model"]).state_dict()
+    at_best = LarimarModel.from_pretrained(kept[best] / "model").state_dict()
+    assert all(torch.equal(at_best[k], v) for k, v in exported.items())
+    if best != 3:
+        last = LarimarModel.from_pretrained(kept[3] / "model").state_dict()
+        assert not all(torch.equal(last[k], v) for k, v in exported.items())
 
 
 @pytest.mark.slow
