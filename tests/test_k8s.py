@@ -80,6 +80,22 @@ def test_every_custom_resource_validates_strictly(built, validators):
     assert problems == [], "\n".join(problems)
 
 
+def test_every_core_resource_validates_strictly_against_kubernetes_schemas(built):
+    """The non-KubeRay objects (PersistentVolumeClaim, Secret, ConfigMap, ...) against the
+    Kubernetes OpenAPI schemas of kubernetes-validate, strictly: an unknown key is an error."""
+    import kubernetes_validate as kv
+
+    name, docs = built
+    core = [d for d in docs if d["kind"] not in KINDS]
+    assert {d["kind"] for d in core} >= {"PersistentVolumeClaim"}, name
+    for doc in core:
+        kv.validate(doc, kv.utils.latest_version(), strict=True)
+    bad = copy.deepcopy(by_kind(core, "PersistentVolumeClaim")[0])
+    bad["spec"]["acessModes"] = bad["spec"].pop("accessModes")  # a typo the API server would drop
+    with pytest.raises(kv.ValidationError):
+        kv.validate(bad, kv.utils.latest_version(), strict=True)
+
+
 def test_strict_validation_rejects_unknown_keys_and_wrong_types(built, validators):
     _, docs = built
     job = copy.deepcopy(by_kind(docs, "RayJob")[0])
