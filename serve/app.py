@@ -174,6 +174,8 @@ class MemoryActor:
         self.versions = Gauge("larimar_memory_version_max", description="highest memory version")
         self.snapshot_age = Gauge("larimar_memory_snapshot_age_seconds", description="seconds since the last snapshot")
         self.log_seq = Gauge("larimar_memory_log_sequence", description="last applied edit-log sequence number")
+        self.damaged = Gauge("larimar_memories_damaged", description="memories unavailable after a damaged log "
+                             "entry or snapshot file (python -m larimar.serving.repair)")
         self.batch_size = Histogram("larimar_memory_write_batch_size", description="write requests per batch",
                                     boundaries=[1, 2, 4, 8, 16, 32, 64])
         self._update_gauges()
@@ -187,6 +189,7 @@ class MemoryActor:
         self.versions.set(max([r.info.version for r in recs] or [0]))
         self.snapshot_age.set(time.time() - self.store.last_snapshot_time)
         self.log_seq.set(self.store.seq)
+        self.damaged.set(len(self.store.damaged))
 
     async def _commit(self, entry: dict):
         entry = await asyncio.to_thread(self.store.persist, entry)  # durable before acknowledged
@@ -194,10 +197,14 @@ class MemoryActor:
         await asyncio.to_thread(self.store.maybe_snapshot)
         return result
 
-    async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear") -> dict:
+    async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear",
+                     idempotency_key: str | None = None) -> dict:
         async with self.lock:
             try:
-                info = await self._commit(self.store.prepare_create(tenant, name, slots, keys))
+                earlier = self.store.replay(tenant, idempotency_key, self.store.request_hash([name, slots, keys]))
+                if earlier is not None and earlier in self.store.records:
+                    return {"ok": self._summary(earlier)}
+                info = await self._commit(self.store.prepare_create(tenant, name, slots, keys, idempotency_key))
             except (StoreError, ValueError) as err:
                 return _error(err)
             self.edits.inc(tags={"op": "create"})
@@ -237,6 +244,10 @@ class MemoryActor:
                 "version": r.info.version,
                 "facts": len(r.memory), "created": r.info.created}
 
+    async def health(self) -> dict:
+        """What restore found: damaged memories (unavailable until repaired) and store-level problems."""
+        return {"damaged": [d.message() for d in self.store.damaged.values()], "problems": list(self.store.problems)}
+
     async def list_memories(self, tenant: str) -> dict:
         return {"ok": [self._summary(i.id) for i in self.store.list(tenant)]}
 
@@ -251,18 +262,28 @@ class MemoryActor:
                        "fill": len(r.memory) / r.info.slots}}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
-    async def write(self, requests: list[tuple[str, str, list[dict], dict]]) -> list[dict]:
-        """Concurrent writes: validated in arrival order, one log entry and one update per memory."""
+    async def write(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
+        """Concurrent writes: validated in arrival order, one log entry and one update per memory.
+        A request whose Idempotency-Key was already applied gets that first answer back; two in
+        one batch share the first's."""
         results: list[dict | None] = [None] * len(requests)
         async with self.lock:
-            prepared, owners, pending = [], [], {}
-            for i, (tenant, memory_id, facts, enc) in enumerate(requests):
+            prepared, owners, pending, first_with_key = [], [], {}, {}
+            for i, (tenant, memory_id, facts, enc, idem) in enumerate(requests):
                 try:
+                    earlier = self.store.replay(tenant, idem, self.store.request_hash(facts))
+                    if earlier is not None:
+                        results[i] = {"ok": earlier}
+                        continue
+                    if idem is not None and (tenant, idem) in first_with_key:
+                        continue  # a retry racing its original: answered with it below
                     entry = self.store.prepare_write(tenant, memory_id, facts, enc["keys"], enc["values"], enc["scope"],
-                                                     pending=pending.get(memory_id, 0))
+                                                     pending=pending.get(memory_id, 0), idempotency_key=idem)
                 except (StoreError, ValueError) as err:
                     results[i] = _error(err)
                     continue
+                if idem is not None:
+                    first_with_key[(tenant, idem)] = i
                 pending[memory_id] = pending.get(memory_id, 0) + len(facts)
                 prepared.append(entry)
                 owners.append(i)
@@ -273,6 +294,9 @@ class MemoryActor:
                     results[i] = {"ok": res}
                     self.edits.inc(tags={"op": "write"})
                     self.facts_written.inc(len(res["ids"]))
+            for i, (tenant, _, _, _, idem) in enumerate(requests):
+                if results[i] is None:  # the racing retry
+                    results[i] = results[first_with_key[(tenant, idem)]]
             self._update_gauges()
         return results
 
@@ -338,8 +362,21 @@ async def _validation_error(request: Request, err: RequestValidationError):
 
 
 def presented_key(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> str | None:
-    """The API key from `Authorization: Bearer <key>` or `X-API-Key: <key>`."""
-    return x_api_key or (authorization.removeprefix("Bearer ").strip() if authorization else None)
+    """The API key from `Authorization: Bearer <key>` (the scheme case-insensitive, as RFC 7235
+    says) or `X-API-Key: <key>`; an Authorization header without the Bearer scheme presents none."""
+    return x_api_key or bearer(authorization)
+
+
+def bearer(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
+def idempotency(idempotency_key: str | None = Header(None, max_length=255)) -> str | None:
+    """The optional Idempotency-Key header of writes (durable with the edit log)."""
+    return idempotency_key
 
 
 def _unwrap(result: dict) -> Any:
@@ -401,20 +438,25 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
+        """"ready", or "degraded" with the damaged memories (every other memory is served; a
+        degraded store stays in rotation); 503 when a dependency does not answer."""
         try:
-            await asyncio.wait_for(self.memory.list_memories.remote("__readyz__"), timeout=5)
+            health = await asyncio.wait_for(self.memory.health.remote(), timeout=5)
             await asyncio.wait_for(self.encoder.encode_queries.remote(["ready?"]), timeout=30)
         except Exception as err:  # any failure of a dependency means not ready
             raise ApiError(503, f"not ready: {type(err).__name__}") from None
+        if health["damaged"] or health["problems"]:
+            return {"status": "degraded", **health}
         return {"status": "ready"}
 
     # -- memories --------------------------------------------------------------------------------
 
     @api.post("/v1/memories", status_code=201, response_model=MemoryOut)
-    async def create_memory(self, body: CreateMemory, key: str | None = Depends(presented_key)):
+    async def create_memory(self, body: CreateMemory, key: str | None = Depends(presented_key),
+                            idempotency_key: str | None = Depends(idempotency)):
         tenant = self.tenant(key)
         slots = body.slots or self.settings.default_slots
-        return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys))
+        return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys, idempotency_key))
 
     @api.post("/v1/memories/import", status_code=201, response_model=MemoryOut,
               openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
@@ -464,7 +506,10 @@ class Ingress:
         return {"deleted": memory_id}
 
     @api.post("/v1/memories/{memory_id}/facts", response_model=WriteResult)
-    async def write_facts(self, memory_id: str, body: WriteFacts, key: str | None = Depends(presented_key)):
+    async def write_facts(self, memory_id: str, body: WriteFacts, key: str | None = Depends(presented_key),
+                          idempotency_key: str | None = Depends(idempotency)):
+        """Idempotency-Key (optional, up to 255 characters): a retry with the same key and body gets the
+        first answer instead of writing the facts twice; the same key with another body is a 409."""
         tenant = self.tenant(key)
         if len(body.facts) > self.limits.max_facts_per_request:
             raise ApiError(413, f"{len(body.facts)} facts in one request; the limit is "
@@ -475,7 +520,7 @@ class Ingress:
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
         enc = await self.encoder.encode_facts.remote(facts)
-        return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc)))
+        return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc, idempotency_key)))
 
     @api.delete("/v1/memories/{memory_id}/facts/{fact_id}", response_model=ForgetResult)
     async def forget_fact(self, memory_id: str, fact_id: int, key: str | None = Depends(presented_key)):
