@@ -122,12 +122,14 @@ class LatentDecoder(nn.Module):
 
     # -- teacher forcing ----------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, T), attention_mask (B, T), z (B, C) -> logits (B, T, V)."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor,
+                logits_to_keep: int = 0) -> torch.Tensor:
+        """input_ids (B, T), attention_mask (B, T), z (B, C) -> logits (B, T, V); with `logits_to_keep`
+        k > 0 only the last k positions' (B, k, V): the vocabulary projection is most of the memory."""
         full_mask, positions = self._inputs(z, attention_mask)
         with self._shifted(z):
             out = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, 1:],
-                          cache=self.prefix_cache(z), use_cache=True)
+                          cache=self.prefix_cache(z), use_cache=True, logits_to_keep=logits_to_keep)
         return out.logits
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -307,13 +307,25 @@ class LarimarModel(nn.Module):
     @torch.no_grad()
     def score_continuations(self, prompts: list[str], continuations: list[str],
                             z: torch.Tensor) -> list[tuple[float, float, int]]:
-        """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair."""
+        """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair.
+
+        The pairs are left-padded so every continuation ends at the right edge; the vocabulary
+        projection and log-softmax then run only over the last (longest continuation + 1)
+        positions, not the whole sequence: (n, k, V) floats instead of (n, T, V)."""
         batch, spans = self.tokenize_continuations(prompts, continuations)
-        lp = self.decoder.token_logprobs(batch["input_ids"], batch["attention_mask"], z.to(self.device))  # (n, T-1)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lengths = mask.sum(1).tolist()
+        batch = pad([ids[i, :n].tolist() for i, n in enumerate(lengths)], self.decoder_tokenizer.pad_token_id,
+                    "left", self.device)
+        k = max(len(c) for _, c in spans) + 1
+        logits = self.decoder(batch["input_ids"], batch["attention_mask"], z.to(self.device), logits_to_keep=k).float()
+        logp = torch.log_softmax(logits[:, :-1], -1)  # position j predicts the token at T - k + j + 1
         out = []
-        for i, (start, c_ids) in enumerate(spans):
-            token_lp = lp[i, start - 1 : start - 1 + len(c_ids)]  # log p of tokens start .. start+n-1
-            out.append((float(token_lp.sum()), float(-token_lp.mean()), len(c_ids)))
+        for i, (_, c_ids) in enumerate(spans):
+            n = len(c_ids)
+            rows = logp[i, k - 1 - n : k - 1]  # the n positions that predict the continuation
+            token_lp = rows.gather(1, torch.tensor(c_ids, device=rows.device).unsqueeze(1)).squeeze(1)
+            out.append((float(token_lp.sum()), float(-token_lp.mean()), n))
         return out
 
     # -- save / load --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import torch
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -33,6 +33,7 @@ from larimar.scope import load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.errors import ApiError, error_body, validation_error
+from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
 from larimar.serving.schemas import (
     CreateMemory, ForgetResult, GenerateIn, GenerateOut, Limits, Match, MemoryDetail, MemoryOut, ScoreIn, ScoreOut,
@@ -67,7 +68,25 @@ class Encoder:
         """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
         return await asyncio.to_thread(self._encode_facts, requests)
 
+    def _too_long(self, facts: list[dict]) -> dict | None:
+        """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut."""
+        limit = self.model.cfg.max_length - 2  # [CLS] ... [SEP]
+        for i, f in enumerate(facts):
+            for field in ("text", "prompt", "target"):
+                if f.get(field):
+                    n = len(self.model.encoder_tokenizer(f[field], add_special_tokens=False)["input_ids"])
+                    if n > limit:
+                        return _error(ApiError(413, f"facts[{i}].{field} has {n} encoder tokens; the limit is {limit}",
+                                               param=f"facts[{i}].{field}", code="fact_too_long"))
+        return None
+
     def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
+        refused = [self._too_long(facts) for facts in requests]
+        ok = [facts for facts, r in zip(requests, refused) if r is None]
+        done = iter(self._encode_checked(ok) if ok else [])
+        return [r if r is not None else next(done) for r in refused]
+
+    def _encode_checked(self, requests: list[list[dict]]) -> list[dict]:
         per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts]
                        for facts in requests]
         flat = [f for facts in per_request for f in facts]
@@ -123,10 +142,10 @@ class Decoder:
         -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit)."""
         try:
             ids = self._prompt_ids(req)
+            outs = completion.complete(self.model, ids, req["z"], req["max_tokens"], req["temperature"], req["top_p"],
+                                       req["stop"], deadline_s=req.get("deadline_s"))
         except ApiError as err:
             return _error(err)
-        outs = completion.complete(self.model, ids, req["z"], req["max_tokens"], req["temperature"], req["top_p"],
-                                   req["stop"])
         return {"ok": [o.to_dict() for o in outs]}
 
     def stream(self, req: dict):
@@ -139,11 +158,16 @@ class Decoder:
             return
         yield {"ok": {"prompt_tokens": len(ids[0])}}
         for item in completion.stream(self.model, ids[0], req["z"], req["max_tokens"], req["temperature"],
-                                      req["top_p"], req["stop"]):
+                                      req["top_p"], req["stop"], deadline_s=req.get("deadline_s")):
             yield {"text": item} if isinstance(item, str) else {"done": item.to_dict()}
 
-    def score(self, prompts: list[str], continuations: list[str], z: torch.Tensor) -> list[tuple[float, float, int]]:
-        return self.model.score_continuations(prompts, continuations, z)
+    def score(self, req: dict) -> dict:
+        """{"prompt", "candidates", "z", limits} -> {"ok": [(logprob, mean NLL, tokens)]} or {"error"}."""
+        try:
+            return {"ok": completion.score(self.model, req["prompt"], req["candidates"], req["z"],
+                                           req["max_prompt_tokens"], req["max_candidate_tokens"], req["deadline_s"])}
+        except ApiError as err:
+            return _error(err)
 
 
 # -- the memory actor -------------------------------------------------------------------------------
@@ -342,12 +366,12 @@ def _error_response(status: int, message: str, param: str | None = None, code: s
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, err: ApiError):
-    return _error_response(err.status, err.message, err.param, err.code)
+    return _error_response(err.status, err.message, err.param, err.code, headers=err.headers)
 
 
 @api.exception_handler(StoreError)
 async def _store_error(request: Request, err: StoreError):
-    return _error_response(err.status, err.message)
+    return _error_response(err.status, err.message, code=err.code)
 
 
 @api.exception_handler(HTTPException)
@@ -400,7 +424,14 @@ class Ingress:
         self.latency = Histogram("larimar_http_latency_seconds", description="HTTP latency per endpoint",
                                  boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
                                  tag_keys=("endpoint",))
-        api.middleware("http")(self._observe)
+        limits = self.limits
+        api.add_middleware(RequestGuard, tenant_for=self._tenant_from_headers,
+                           body_limit=lambda path: (limits.max_import_bytes if path == "/v1/memories/import"
+                                                    else limits.max_body_bytes),
+                           bucket=TokenBucket(limits.requests_per_second, limits.burst, {
+                               k.tenant: (k.requests_per_second or limits.requests_per_second, k.burst or limits.burst)
+                               for k in self.settings.api_keys if k.requests_per_second or k.burst}))
+        api.middleware("http")(self._observe)  # added last: outermost, so it also counts the guard's refusals
 
     async def _observe(self, request: Request, call_next):
         start = time.perf_counter()
@@ -413,6 +444,9 @@ class Ingress:
             endpoint = getattr(request.scope.get("route"), "path", "unmatched")
             self.requests.inc(tags={"endpoint": endpoint, "status": status})
             self.latency.observe(time.perf_counter() - start, tags={"endpoint": endpoint})
+
+    def _tenant_from_headers(self, headers: dict[str, str]) -> str | None:
+        return self.keys.tenant_for(headers.get("x-api-key") or bearer(headers.get("authorization")))
 
     def tenant(self, presented: str | None) -> str:
         tenant = self.keys.tenant_for(presented)
@@ -467,15 +501,7 @@ class Ingress:
         tenant = self.tenant(key)
         if len(name) > 200:
             raise ApiError(422, "name has more than 200 characters", "name")
-        limit = self.limits.max_import_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"the memory file has {declared} bytes; the limit is {limit}", "body")
-        raw = bytearray()
-        async for part in request.stream():
-            raw += part
-            if len(raw) > limit:
-                raise ApiError(413, f"the memory file exceeds the limit of {limit} bytes", "body")
+        raw = await request.body()  # capped at limits.max_import_bytes by the guard (larimar.serving.guard)
         if not raw:
             raise ApiError(422, "the body must be a memory file (larimar.memory_file)", "body")
         return _unwrap(await self.memory.import_memory.remote(tenant, name, bytes(raw)))
@@ -520,12 +546,16 @@ class Ingress:
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
         enc = await self.encoder.encode_facts.remote(facts)
+        if "error" in enc:
+            _unwrap(enc)
         return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc, idempotency_key)))
 
     @api.delete("/v1/memories/{memory_id}/facts/{fact_id}", response_model=ForgetResult)
-    async def forget_fact(self, memory_id: str, fact_id: int, key: str | None = Depends(presented_key)):
+    async def forget_fact(self, memory_id: str, fact_id: str = Path(pattern=r"^[0-9]{1,18}$", description="a fact id"),
+                          key: str | None = Depends(presented_key)):
+        """Forget one fact. Its text leaves every response at once and storage at the next snapshot."""
         tenant = self.tenant(key)
-        return _unwrap(await self.memory.forget.remote(tenant, memory_id, fact_id))
+        return _unwrap(await self.memory.forget.remote(tenant, memory_id, int(fact_id)))
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -566,7 +596,9 @@ class Ingress:
             self._check_text(f"candidates[{i}]", c)
         read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
         z = read["z"].expand(len(body.candidates), -1)  # scope is decided once per prompt (ROME protocol)
-        scores = await self.decoder.score.remote([body.prompt] * len(body.candidates), body.candidates, z)
+        scores = _unwrap(await self.decoder.score.remote({
+            "prompt": body.prompt, "candidates": body.candidates, "z": z, "deadline_s": self.limits.deadline_s,
+            "max_prompt_tokens": self.limits.max_prompt_tokens, "max_candidate_tokens": self.limits.max_candidate_tokens}))
         return ScoreOut(logprobs=[s[0] for s in scores], mean_nll=[s[1] for s in scores],
                         used_memory=self._matched(read, 0)[0], version=read["version"])
 
@@ -575,7 +607,8 @@ class Ingress:
     def _decode_request(self, what: dict, read: dict, max_tokens: int, temperature: float, top_p: float = 1.0,
                         stop: list[str] | None = None) -> dict:
         return {**what, "z": read["z"], "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                "stop": stop or [], "max_prompt_tokens": self.limits.max_prompt_tokens}
+                "stop": stop or [], "max_prompt_tokens": self.limits.max_prompt_tokens,
+                "deadline_s": self.limits.deadline_s}
 
     @api.get("/v1/models")
     async def list_models(self, key: str | None = Depends(presented_key)) -> dict:
@@ -673,7 +706,8 @@ def build(args: dict):
                         default_slots=settings.default_slots or cfg.memory.slots,
                         scope_threshold=settings.scope_threshold,
                         subject_threshold=settings.subject_threshold, readout=cfg.readout, encoder=cfg.encoder,
-                        scope_model=settings.scope_model)
+                        scope_model=settings.scope_model, max_bytes_per_tenant=settings.max_bytes_per_tenant,
+                        max_events=settings.max_events)
     decoder = Decoder.options(
         autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
                             "target_ongoing_requests": 2},

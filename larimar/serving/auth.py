@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 class ApiKey(BaseModel):
     tenant: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    requests_per_second: float | None = Field(None, gt=0, description="this key's rate limit (default: limits')")
+    burst: int | None = Field(None, ge=1)
 
 
 def hash_key(key: str) -> str:

@@ -14,6 +14,7 @@ decoders) gets a plain "role: content" transcript ending in "assistant:".
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -84,12 +85,14 @@ class StopScanner:
 
 class _Until(StoppingCriteria):
     """Ends generation early: for every row once a stop sequence appears in its new text, for all
-    rows once `cancel` is set (a client that went away)."""
+    rows once `cancel` is set (a client that went away) or the deadline has passed."""
 
-    def __init__(self, tokenizer, start: int, stops: list[str], cancel: threading.Event):
-        self.tokenizer, self.start, self.stops, self.cancel = tokenizer, start, stops, cancel
+    def __init__(self, tokenizer, start: int, stops: list[str], cancel: threading.Event, deadline: float | None):
+        self.tokenizer, self.start, self.stops, self.cancel, self.deadline = tokenizer, start, stops, cancel, deadline
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.cancel.set()
         done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
         if self.stops and not self.cancel.is_set():
             texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
@@ -117,11 +120,12 @@ def _sampling(temperature: float, top_p: float) -> dict:
 
 
 def _generate(model: LarimarModel, ids: list[list[int]], z: torch.Tensor, max_tokens: int, temperature: float,
-              top_p: float, stops: list[str], cancel: threading.Event, streamer=None) -> torch.Tensor:
+              top_p: float, stops: list[str], cancel: threading.Event, streamer=None,
+              deadline: float | None = None) -> torch.Tensor:
     """(B, new) generated ids; rows that ended early are padded with the pad (= eos for SmolLM2) id."""
     batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
     T = batch["input_ids"].shape[1]
-    until = _Until(model.decoder_tokenizer, T + 1, stops, cancel)  # +1: the latent slot leads the sequence
+    until = _Until(model.decoder_tokenizer, T + 1, stops, cancel, deadline)  # +1: the latent slot leads
     out = model.decoder.generate(batch["input_ids"], batch["attention_mask"], z.to(model.device),
                                  max_new_tokens=max_tokens, eos_token_id=model.eos_id,
                                  stopping_criteria=StoppingCriteriaList([until]), streamer=streamer,
@@ -149,27 +153,58 @@ def _finish(model: LarimarModel, new: list[int], prompt_len: int, max_tokens: in
 
 @torch.no_grad()
 def complete(model: LarimarModel, ids: list[list[int]], z: torch.Tensor, max_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None) -> list[Completion]:
-    """Complete each prompt (token ids from `prompt_ids`/`chat_ids`) conditioned on its row of z."""
+             top_p: float = 1.0, stop: list[str] | None = None, deadline_s: float | None = None) -> list[Completion]:
+    """Complete each prompt (token ids from `prompt_ids`/`chat_ids`) conditioned on its row of z.
+    Past `deadline_s` seconds the generation stops and ApiError 504 is raised."""
     stops = [s for s in (stop or []) if s]
-    new = _generate(model, ids, z, max_tokens, temperature, top_p, stops, threading.Event()).tolist()
+    cancel = threading.Event()
+    deadline = time.monotonic() + deadline_s if deadline_s else None
+    new = _generate(model, ids, z, max_tokens, temperature, top_p, stops, cancel, deadline=deadline).tolist()
+    if cancel.is_set():
+        raise ApiError(504, f"the completion took longer than the {deadline_s:g} s deadline; ask for fewer tokens",
+                       param="max_tokens", code="timeout")
     return [_finish(model, row, len(p), max_tokens, stops) for row, p in zip(new, ids)]
 
 
+@torch.no_grad()
+def score(model: LarimarModel, prompt: str, candidates: list[str], z: torch.Tensor, max_prompt_tokens: int,
+          max_candidate_tokens: int, deadline_s: float | None = None, chunk: int = 4) -> list[tuple[float, float, int]]:
+    """log p(" " + candidate | prompt, z) per candidate (`LarimarModel.score_continuations`), with
+    the limits counted in tokens and the work cut into chunks so a deadline really stops it."""
+    tok = model.decoder_tokenizer
+    check_length(tok(prompt, add_special_tokens=False)["input_ids"], max_prompt_tokens, "prompt")
+    for i, c in enumerate(candidates):
+        check_length(tok(" " + c.strip(), add_special_tokens=False)["input_ids"], max_candidate_tokens,
+                     f"candidates[{i}]")
+    deadline = time.monotonic() + deadline_s if deadline_s else None
+    out = []
+    for s in range(0, len(candidates), chunk):
+        if deadline is not None and time.monotonic() > deadline:
+            raise ApiError(504, f"scoring took longer than the {deadline_s:g} s deadline; send fewer or shorter "
+                                "candidates", param="candidates", code="timeout")
+        part = candidates[s:s + chunk]
+        out += model.score_continuations([prompt] * len(part), part, z[s:s + chunk])
+    return out
+
+
 def stream(model: LarimarModel, ids: list[int], z: torch.Tensor, max_tokens: int, temperature: float = 0.0,
-           top_p: float = 1.0, stop: list[str] | None = None, timeout: float | None = 600.0
+           top_p: float = 1.0, stop: list[str] | None = None, deadline_s: float | None = None
            ) -> Iterator[str | Completion]:
     """Text pieces as they are generated, then one `Completion` (the whole text, usage, reason).
 
     Generation runs in a thread feeding transformers' TextIteratorStreamer; closing the iterator
-    early (a client that disconnected) stops the generation at the next token."""
+    early (a client that disconnected) stops the generation at the next token, and so does the
+    deadline (the stream then ends with finish_reason "length")."""
     stops = [s for s in (stop or []) if s]
+    timeout = deadline_s + 60 if deadline_s else 600.0  # the streamer's wait for a token, a backstop
     streamer, cancel, failure = _CountingStreamer(model.decoder_tokenizer, timeout), threading.Event(), []
+    deadline = time.monotonic() + deadline_s if deadline_s else None
 
     def run() -> None:
         try:
             with torch.no_grad():
-                _generate(model, [ids], z.reshape(1, -1), max_tokens, temperature, top_p, stops, cancel, streamer)
+                _generate(model, [ids], z.reshape(1, -1), max_tokens, temperature, top_p, stops, cancel, streamer,
+                          deadline=deadline)
         except BaseException as err:  # surfaced to the consumer below
             failure.append(err)
             streamer.end()

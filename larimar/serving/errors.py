@@ -19,9 +19,11 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
 class ApiError(Exception):
     """An error the API answers with `status`; `param` is the offending field, `code` a stable id."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers if headers is not None else ({"Retry-After": "60"} if status == 429 else None)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:

@@ -16,21 +16,21 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from larimar.serving.errors import ApiError
+from larimar.serving.schemas import RequestBody
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(RequestBody):
     include_usage: bool = False
 
 
-class _OpenAIRequest(BaseModel):
+class _OpenAIRequest(RequestBody):
     """Fields both routes share. Unknown fields are kept (extra="allow") so `unsupported()` can
     name them in a 400, which is what OpenAI does too, instead of FastAPI's generic 422."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow")
 
     model: str = Field("larimar", min_length=1, max_length=256)
     max_tokens: int | None = Field(None, ge=1)
@@ -92,12 +92,12 @@ class CompletionIn(_OpenAIRequest):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
-class TextPart(BaseModel):
+class TextPart(RequestBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = Field(None, max_length=64)

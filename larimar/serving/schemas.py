@@ -9,9 +9,35 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from larimar.serving.auth import ApiKey
+
+
+def valid_unicode(value):
+    """Strings, also inside lists, must encode as UTF-8: a lone surrogate ("\\ud800", which JSON
+    allows) would otherwise reach the tokenizer and fail there with a 500."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("contains invalid Unicode (a lone surrogate)") from None
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            valid_unicode(v)
+    return value
+
+
+class RequestBody(BaseModel):
+    """Base of every request body: strict types (`true` is not 1, "1" is not 1), no unknown
+    fields, valid Unicode in every string."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _unicode(cls, value):
+        return valid_unicode(value)
 
 
 class Limits(BaseModel):
@@ -19,6 +45,11 @@ class Limits(BaseModel):
     max_facts_per_request: int = Field(64, ge=1)
     max_tokens: int = Field(256, ge=1)
     max_prompts_per_request: int = Field(16, ge=1)
+    max_candidate_tokens: int = Field(64, ge=1, description="longest score candidate, in decoder tokens")
+    max_body_bytes: int = Field(2**20, ge=1, description="largest request body (the import route: max_import_bytes)")
+    deadline_s: float = Field(60.0, gt=0, description="decoder work per request stops after this many seconds (504)")
+    requests_per_second: float = Field(50.0, gt=0, description="per API key; bursts up to burst")
+    burst: int = Field(100, ge=1)
     max_import_bytes: int = Field(64 * 2**20, ge=1, description="largest memory file POST /v1/memories/import takes")
     max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt (a chat: the rendered conversation) "
                                    "in decoder tokens; longer ones get 413, never a silent cut")
@@ -38,6 +69,9 @@ class ServeSettings(BaseModel):
     subject_threshold: float = Field(0.3, ge=-1, le=1, description="cosine a query naming a fact's subject needs")
     default_slots: int | None = Field(None, ge=1, description="K of new memories; default: the model's K")
     snapshot_every: int = Field(200, ge=1)
+    max_bytes_per_tenant: int = Field(4 * 2**30, ge=1, description="memory budget per tenant in bytes (RLS state, "
+                                      "latents, texts; a 4,096-slot memory is about 160 MB); over it: 429")
+    max_events: int = Field(1000, ge=1, description="history entries kept per memory")
     decoder_device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: shard layers over the replica's GPUs
     decoder_replicas: int = Field(1, ge=1)
     decoder_max_replicas: int = Field(1, ge=1)
@@ -50,7 +84,7 @@ class ServeSettings(BaseModel):
     model_config = {"extra": "forbid"}
 
 
-class FactIn(BaseModel):
+class FactIn(RequestBody):
     text: str | None = Field(None, description="a free-text fact")
     prompt: str | None = Field(None, description="an edit: the prompt ...")
     target: str | None = Field(None, description="... and the continuation it should get")
@@ -66,7 +100,7 @@ class FactIn(BaseModel):
         return self
 
 
-class CreateMemory(BaseModel):
+class CreateMemory(RequestBody):
     name: str = Field("", max_length=200)
     slots: int | None = Field(None, ge=1, description="memory size K")
     keys: Literal["linear", "relu"] = Field("linear", description="addressing: linear (the paper) or relu "
@@ -97,7 +131,7 @@ class MemoryDetail(MemoryOut):
     fill: float  # facts / slots
 
 
-class WriteFacts(BaseModel):
+class WriteFacts(RequestBody):
     facts: list[FactIn] = Field(min_length=1)
 
 
@@ -111,7 +145,7 @@ class ForgetResult(BaseModel):
     version: int
 
 
-class GenerateIn(BaseModel):
+class GenerateIn(RequestBody):
     prompt: str = Field(min_length=1)
     max_tokens: int = Field(32, ge=1)
     temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
@@ -131,7 +165,7 @@ class GenerateOut(BaseModel):
     tokens: int
 
 
-class ScoreIn(BaseModel):
+class ScoreIn(RequestBody):
     prompt: str = Field(min_length=1)
     candidates: list[str] = Field(min_length=1)
     use_scope: bool = True
