@@ -188,6 +188,7 @@ class MemoryActor:
     def __init__(self, store: dict):
         self.store = MemoryStore(StoreConfig(**store))
         self.lock = asyncio.Lock()
+        self.snapshotting: asyncio.Task | None = None  # a snapshot being written, outside the lock
         self.edits = Counter("larimar_memory_edits", description="acknowledged edits", tag_keys=("op",))
         self.facts_written = Counter("larimar_memory_facts_written", description="facts written")
         self.scope_checks = Counter("larimar_scope_checks", description="memory reads by scope outcome",
@@ -218,8 +219,17 @@ class MemoryActor:
     async def _commit(self, entry: dict):
         entry = await asyncio.to_thread(self.store.persist, entry)  # durable before acknowledged
         result = self.store.apply(entry)  # synchronous: readers never see half of it
-        await asyncio.to_thread(self.store.maybe_snapshot)
+        if self.store.snapshot_due() and self.snapshotting is None:
+            # Serialised here, between two applied entries (consistent); written outside the lock.
+            prepared = self.store.prepare_snapshot()
+            self.snapshotting = asyncio.create_task(self._write_snapshot(prepared))
         return result
+
+    async def _write_snapshot(self, prepared: dict) -> None:
+        try:
+            await asyncio.to_thread(self.store.write_snapshot, prepared)
+        finally:
+            self.snapshotting = None
 
     async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear",
                      idempotency_key: str | None = None) -> dict:

@@ -423,15 +423,23 @@ class MemoryStore:
 
     # -- snapshots ------------------------------------------------------------------------------
 
+    def snapshot_due(self) -> bool:
+        return self.seq - self.snapshot_seq >= self.cfg.snapshot_every
+
     def maybe_snapshot(self) -> bool:
-        if self.seq - self.snapshot_seq >= self.cfg.snapshot_every:
+        if self.snapshot_due():
             self.snapshot()
             return True
         return False
 
     def snapshot(self) -> None:
-        """Write the memories that changed, then the index (atomically), then drop what it covers."""
-        files: dict[str, tuple[int, str, str]] = {}
+        self.write_snapshot(self.prepare_snapshot())
+
+    def prepare_snapshot(self) -> dict:
+        """The consistent part (call it between two applied entries): serialise the memories that
+        changed since the last snapshot and build the index. No I/O: the memory actor runs this under
+        its lock and `write_snapshot` outside it, so writes wait only for the serialisation."""
+        blobs, files = {}, {}
         for mid, r in self.records.items():
             known = self._snapshot_files.get(mid)
             if known is not None and known[0] == r.info.version:
@@ -439,28 +447,39 @@ class MemoryStore:
                 continue
             raw = memory_file.to_bytes(r.memory, self.cfg.encoder, self.cfg.scope_model)
             name = f"snapshot/{mid}-{r.info.version}.safetensors"
-            self.storage.put(name, raw)
+            blobs[name] = raw
             files[mid] = (r.info.version, name, hashlib.sha256(raw).hexdigest())
         index = {"format": 2, "seq": self.seq, "time": time.time(),
-                 "records": {mid: {"info": asdict(r.info), "events": r.events, "file": files[mid][1],
+                 "records": {mid: {"info": asdict(r.info), "events": [dict(e) for e in r.events], "file": files[mid][1],
                                    "sha256": files[mid][2]} for mid, r in self.records.items()},
                  "damaged": [asdict(d) for d in self.damaged.values()],
                  "idempotency": list(self.idempotency.items())}
-        self.storage.put(INDEX, json.dumps(index).encode())
-        covered = self.seq
+        return {"blobs": blobs, "files": files, "index": json.dumps(index).encode(), "seq": self.seq,
+                "damaged": set(self.damaged)}
+
+    def write_snapshot(self, prepared: dict) -> None:
+        """Write the changed memory files, then the index (atomically), then drop what it covers."""
+        for name, raw in prepared["blobs"].items():
+            self.storage.put(name, raw)
+        self.storage.put(INDEX, prepared["index"])
+        covered, files = prepared["seq"], prepared["files"]
         self._snapshot_files = files
         self.snapshot_seq, self.last_snapshot_time = covered, time.time()
         keep = {f for _, f, _ in files.values()}
         for name in self.storage.list("snapshot"):
-            if name != INDEX and name not in keep:
-                self.storage.delete(name)
+            m = re.match(r"^snapshot/(mem_[0-9a-f]+)-(\d+)\.safetensors$", name)
+            if name == INDEX or name in keep:
+                continue
+            if m is not None and m[1] in self.records and int(m[2]) > files.get(m[1], (0,))[0]:
+                continue  # written by a later snapshot than this one
+            self.storage.delete(name)
         if self.storage.get(LEGACY_SNAPSHOT) is not None:
             self.storage.delete(LEGACY_SNAPSHOT)
         for name in self.storage.list("log"):
             m = _LOG_NAME.match(name)
             if m is None or int(m[1]) > covered:
                 continue
-            if m[2] is None or m[2] in self.damaged:
+            if m[2] is None or m[2] in prepared["damaged"]:
                 continue  # a damaged memory's entries stay for inspection and repair
             self.storage.delete(name)
 
