@@ -27,6 +27,7 @@ demo: $(BIN)/.installed  # no Prometheus: only the tests scrape with it
 	$(BIN)/python jobs/demo.py --serve
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: install

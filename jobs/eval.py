@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from larimar.config import ConfigError
 from larimar.evaluation import EXPERIMENTS, EvalConfig, run

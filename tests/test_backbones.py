@@ -1,6 +1,5 @@
 """Real backbones from their PyPI wheels, offline (larimar/backbones.py, larimar/scope.py)."""
 
-import os
 
 import pytest
 import torch

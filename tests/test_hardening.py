@@ -3,14 +3,12 @@
 OpenAPI document, and one reproduction per finding of the hardening issue."""
 
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -7,7 +7,6 @@ import torch
 
 from larimar.config import ConfigError, from_dict
 from larimar.losses import LossConfig, beta
-from larimar.memory import MemoryConfig
 from larimar.model import LarimarConfig, LarimarModel
 
 TEXTS = [

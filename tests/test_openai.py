@@ -125,7 +125,7 @@ def test_stop_sequences_cut_the_answer_in_both_modes(app):
 
 
 def test_errors_have_openais_shape_and_status(app):
-    client, mid = app["client"], app["memory"]
+    client = app["client"]
     cases = [
         (lambda: client.completions.create(model="gpt-4", prompt="hi"), openai.NotFoundError, "model"),
         (lambda: client.completions.create(model="larimar:mem_nope", prompt="hi"), openai.NotFoundError, None),

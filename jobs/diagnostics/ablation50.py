@@ -1,4 +1,4 @@
-"""The README's ablation table: CounterFact scope-on scores of the first 50 dev cases of each run in
+"""The README's ablation tables: CounterFact scope-on scores of the first 50 dev cases of each run in
 runs/ablate/<name>/counterfact.json (jobs/eval.py counterfact ... --out runs/ablate/<name>).
 
     python jobs/diagnostics/ablation50.py
@@ -25,3 +25,16 @@ for name, label in rows:
 recs = json.loads(Path("runs/ablate/v2-cf/counterfact.json").read_text())["records"][:50]
 s = condition_summary(recs, "unedited")
 print(f"| unedited SmolLM2 (z = 0) | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | | |")
+
+# Training-time ablations (runs/abl/queue.sh, queue2.sh): each variant fine-tuned 300 steps from
+# larimar-smol-facts on the v2 data, first 50 CounterFact canonical cases and first 100 zsRE dev cases.
+print("\n| trained variant (300 steps) | ES | PS | PS (paper) | NS | Score | zsRE edit | zsRE rephrase |\n|---|---|---|---|---|---|---|---|")
+for name, label in [("objective", "keyed objective alone (raw read-out, no target head)"),
+                    ("objective-vt", "objective + value_target (raw read-out)"),
+                    ("full", "objective + value_target + value_norm (the v2 recipe)")]:
+    cf, zs = Path(f"runs/abl/{name}-cf/counterfact.json"), Path(f"runs/abl/{name}-zsre/zsre.json")
+    if not (cf.exists() and zs.exists()):
+        print(f"| {label} | not run | | | | | | |"); continue
+    s = condition_summary(json.loads(cf.read_text())["records"][:50], "scope")
+    z = json.loads(zs.read_text())["summary"]["scope"]
+    print(f"| {label} | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | {f(z['ES'])} | {f(z['PS'])} |")

@@ -3,7 +3,7 @@ thresholds and the subject rule (README "Larimar-smol v2").
 
     python jobs/diagnostics/scope_stats.py ../shared/data/paraphrase/counterfact_canonical_train.json
 """
-import json, sys, re, torch, numpy as np
+import json, sys, numpy as np
 from larimar.scope import ScopeDetector, load_embedder, query_sentences
 emb = load_embedder("minilm-l6")
 path = sys.argv[1]
