@@ -69,15 +69,16 @@ class Encoder:
         return await asyncio.to_thread(self._encode_facts, requests)
 
     def _too_long(self, facts: list[dict]) -> dict | None:
-        """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut."""
+        """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut:
+        its whole text ("prompt target" for an edit) is what becomes its value."""
         limit = self.model.cfg.max_length - 2  # [CLS] ... [SEP]
         for i, f in enumerate(facts):
-            for field in ("text", "prompt", "target"):
-                if f.get(field):
-                    n = len(self.model.encoder_tokenizer(f[field], add_special_tokens=False)["input_ids"])
-                    if n > limit:
-                        return _error(ApiError(413, f"facts[{i}].{field} has {n} encoder tokens; the limit is {limit}",
-                                               param=f"facts[{i}].{field}", code="fact_too_long"))
+            text = make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")).text
+            n = len(self.model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n > limit:
+                field = "text" if f.get("text") is not None else "prompt"
+                return _error(ApiError(413, f"facts[{i}] has {n} encoder tokens; the limit is {limit}",
+                                       param=f"facts[{i}].{field}", code="fact_too_long"))
         return None
 
     def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:

@@ -127,6 +127,7 @@ class Record:
     info: MemoryInfo
     memory: FactMemory
     events: list[dict] = field(default_factory=list)  # {"version", "op", "fact_id", "text"}; text None once forgotten
+    nbytes: int = 0  # memory_bytes(memory), kept current by apply: quota checks sum these, not the facts
 
 
 @dataclass
@@ -211,7 +212,7 @@ class MemoryStore:
         return [r.info for r in self.records.values() if r.info.tenant == tenant]
 
     def tenant_bytes(self, tenant: str) -> int:
-        return sum(memory_bytes(r.memory) for r in self.records.values() if r.info.tenant == tenant)
+        return sum(r.nbytes for r in self.records.values() if r.info.tenant == tenant)
 
     # -- idempotency ----------------------------------------------------------------------------
 
@@ -401,6 +402,9 @@ class MemoryStore:
             result = self.records.pop(entry["memory_id"]).info
         else:
             raise RuntimeError(f"unknown log entry op {op!r}")
+        rec = self.records.get(entry["memory_id"])
+        if rec is not None:
+            rec.nbytes = memory_bytes(rec.memory)
         self.seq = entry["seq"]
         return result
 
@@ -518,7 +522,7 @@ class MemoryStore:
                 self.damaged[mid] = Damage(mid, info.tenant, r["file"], index["seq"], str(err), info.version)
                 continue
             memory.readout = self.cfg.readout
-            self.records[mid] = Record(info, memory, r["events"])
+            self.records[mid] = Record(info, memory, r["events"], memory_bytes(memory))
             self._snapshot_files[mid] = (info.version, r["file"], r["sha256"])
         for d in index.get("damaged", []):
             self.damaged.setdefault(d["memory_id"], Damage(**d))
@@ -539,8 +543,8 @@ class MemoryStore:
             return
         for mid, r in state["records"].items():
             scope = ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold)
-            self.records[mid] = Record(MemoryInfo(**r["info"]), FactMemory.from_state_dict(r["memory"], scope),
-                                       r["events"])
+            memory = FactMemory.from_state_dict(r["memory"], scope)
+            self.records[mid] = Record(MemoryInfo(**r["info"]), memory, r["events"], memory_bytes(memory))
         self.seq = self.snapshot_seq = state["seq"]
 
     def restore(self) -> None:
