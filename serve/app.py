@@ -39,7 +39,7 @@ from larimar.serving.schemas import (
     CreateMemory, ForgetResult, GenerateIn, GenerateOut, Limits, Match, MemoryDetail, MemoryOut, ScoreIn, ScoreOut,
     ServeSettings, WriteFacts, WriteResult,
 )
-from larimar.serving.store import MemoryStore, StoreConfig, StoreError
+from larimar.serving.store import Conflict, MemoryStore, StoreConfig, StoreError
 
 # -- model deployments ----------------------------------------------------------------------------
 
@@ -236,6 +236,7 @@ class MemoryActor:
                      idempotency_key: str | None = None) -> dict:
         async with self.lock:
             try:
+                slots = slots or self.store.cfg.default_slots  # hashed as prepare_create hashes it
                 earlier = self.store.replay(tenant, idempotency_key, self.store.request_hash([name, slots, keys]))
                 if earlier is not None and earlier in self.store.records:
                     return {"ok": self._summary(earlier)}
@@ -311,6 +312,8 @@ class MemoryActor:
                         results[i] = {"ok": earlier}
                         continue
                     if idem is not None and (tenant, idem) in first_with_key:
+                        if first_with_key[(tenant, idem)][1] != self.store.request_hash(facts):
+                            raise Conflict(f"Idempotency-Key {idem!r} was already used for a different request")
                         continue  # a retry racing its original: answered with it below
                     entry = self.store.prepare_write(tenant, memory_id, facts, enc["keys"], enc["values"], enc["scope"],
                                                      pending=pending.get(memory_id, 0), idempotency_key=idem)
@@ -318,7 +321,7 @@ class MemoryActor:
                     results[i] = _error(err)
                     continue
                 if idem is not None:
-                    first_with_key[(tenant, idem)] = i
+                    first_with_key[(tenant, idem)] = (i, self.store.request_hash(facts))
                 pending[memory_id] = pending.get(memory_id, 0) + len(facts)
                 prepared.append(entry)
                 owners.append(i)
@@ -331,7 +334,7 @@ class MemoryActor:
                     self.facts_written.inc(len(res["ids"]))
             for i, (tenant, _, _, _, idem) in enumerate(requests):
                 if results[i] is None:  # the racing retry
-                    results[i] = results[first_with_key[(tenant, idem)]]
+                    results[i] = results[first_with_key[(tenant, idem)][0]]
             self._update_gauges()
         return results
 
