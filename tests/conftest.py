@@ -41,3 +41,25 @@ def demo_run(tmp_path_factory):
     spec.loader.exec_module(demo)
     out = tmp_path_factory.mktemp("demo")
     return out, demo.main(["--train", "--out", str(out)])
+
+
+def tiny_editor():
+    """A LarimarEditor on untrained tiny backbones (tiny-bert + tiny-llama, K = 16, C = 32), seeded."""
+    from larimar import LarimarEditor, LarimarModel
+    from larimar.config import from_dict
+    from larimar.model import LarimarConfig
+
+    torch.manual_seed(0)
+    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 16,
+                                    "memory": {"slots": 16, "latent_dim": 32}})
+    return LarimarEditor(LarimarModel(cfg))
+
+
+def memory_actor_replica():
+    """The live Serve application's MemoryActor replica (for tests that kill it)."""
+    import ray
+
+    for info in ray.util.list_named_actors(all_namespaces=True):
+        if "MemoryActor" in info["name"] and "REPLICA" in info["name"].upper():
+            return ray.get_actor(info["name"], namespace=info["namespace"])
+    raise AssertionError("no MemoryActor replica found")

@@ -6,6 +6,8 @@ Whether a *trained* model recalls written facts is tested in tests/test_demo.py.
 import pytest
 import torch
 
+from tests.conftest import tiny_editor
+
 from larimar import LarimarEditor, LarimarModel, MemoryFullError, UnknownFactError
 from larimar.config import from_dict
 from larimar.editor import reference_memory
@@ -14,10 +16,7 @@ from larimar.model import LarimarConfig
 
 @pytest.fixture(scope="module")
 def editor():
-    torch.manual_seed(0)
-    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 16,
-                                    "memory": {"slots": 16, "latent_dim": 32}})
-    return LarimarEditor(LarimarModel(cfg))
+    return tiny_editor()
 
 
 def test_reference_memory_is_orthonormal():

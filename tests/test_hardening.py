@@ -17,6 +17,7 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from larimar.serving.auth import hash_key  # noqa: E402
+from tests.conftest import memory_actor_replica  # noqa: E402
 
 pytestmark = pytest.mark.slow
 URL = "http://127.0.0.1:8000"
@@ -203,13 +204,6 @@ def test_strict_ids_and_the_bearer_scheme(app):
                         timeout=30).status_code == 200
 
 
-def _memory_actor():
-    for info in ray.util.list_named_actors(all_namespaces=True):
-        if "MemoryActor" in info["name"] and "REPLICA" in info["name"].upper():
-            return ray.get_actor(info["name"], namespace=info["namespace"])
-    raise AssertionError("no MemoryActor replica found")
-
-
 def test_one_damaged_log_entry_after_a_crash_takes_down_only_its_memory(app):
     bad, good = create(), create()
     for mid in (bad, good):
@@ -226,7 +220,7 @@ def test_one_damaged_log_entry_after_a_crash_takes_down_only_its_memory(app):
             break
     assert logs, "an entry of the memory is in the log, not yet in a snapshot"
     logs[-1].write_bytes(logs[-1].read_bytes()[:30])  # a truncated newest entry
-    ray.kill(_memory_actor(), no_restart=False)
+    ray.kill(memory_actor_replica(), no_restart=False)
     for _ in range(120):
         try:
             r = requests.get(f"{URL}/v1/memories/{good}", headers=h(), timeout=10)

@@ -6,18 +6,14 @@ import pickle
 import pytest
 import torch
 
-from larimar import LarimarEditor, LarimarModel
-from larimar.config import from_dict
+from tests.conftest import tiny_editor
+
 from larimar.memory_file import MemoryFileError, from_bytes, to_bytes
-from larimar.model import LarimarConfig
 
 
 @pytest.fixture(scope="module")
 def editor():
-    torch.manual_seed(0)
-    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 16,
-                                    "memory": {"slots": 16, "latent_dim": 32}})
-    return LarimarEditor(LarimarModel(cfg))
+    return tiny_editor()
 
 
 @pytest.mark.parametrize("keys", ["linear", "relu"])

@@ -23,6 +23,7 @@ from ray import serve  # noqa: E402
 
 from larimar.memory import SequentialMemory  # noqa: E402
 from larimar.serving.auth import hash_key  # noqa: E402
+from tests.conftest import memory_actor_replica  # noqa: E402
 from larimar.serving.store import MemoryStore, StoreConfig  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -185,13 +186,6 @@ def test_concurrent_clients_match_a_replay_of_the_log(service):
     torch.testing.assert_close(rec.memory.state.M, fresh.M, atol=1e-6, rtol=1e-5)
 
 
-def _memory_actor():
-    for info in ray.util.list_named_actors(all_namespaces=True):
-        if "MemoryActor" in info["name"] and "REPLICA" in info["name"].upper():
-            return ray.get_actor(info["name"], namespace=info["namespace"])
-    raise AssertionError("no MemoryActor replica found")
-
-
 def test_killing_the_memory_actor_loses_no_acknowledged_edit(service):
     mid = create(name="crash", slots=64)
     acked, stop = [], threading.Event()
@@ -215,7 +209,7 @@ def test_killing_the_memory_actor_loses_no_acknowledged_edit(service):
     deadline = time.time() + 60
     while len(acked) < 5 and time.time() < deadline:
         time.sleep(0.05)
-    ray.kill(_memory_actor(), no_restart=False)  # Serve's controller starts a new replica
+    ray.kill(memory_actor_replica(), no_restart=False)  # Serve's controller starts a new replica
     time.sleep(1.0)
     stop.set()
     for t in threads:
