@@ -4,7 +4,10 @@ Reference: IBM/larimar ``pytorch_transformers/modeling_gpt2.py`` (Optimus-style 
 Li et al. 2020). The latent z (B, C) enters the decoder in two ways:
 
 1. KV prefix: ``kv_proj(z)`` is split into one key/value slot per attention layer (key = value,
-   as in the reference). The slot is a pre-filled entry of a transformers ``DynamicCache``, so it
+   as in the reference). ``slots`` > 1 adds more slots per layer (``kv_extra(z)``), a deep prefix
+   as in prefix tuning: with one slot every position reads the same vector, so a multi-token
+   answer can only come out as a bag of tokens; several slots let each position's query pick
+   what it reads (the next token of the object, say). The slot is a pre-filled entry of a transformers ``DynamicCache``, so it
    bypasses the layer's own projections, norms and rotary/position embeddings, exactly like the
    reference's ``past_key_values=z`` trick, and ``generate()`` treats it as an already-computed
    first token.
@@ -15,7 +18,7 @@ Li et al. 2020). The latent z (B, C) enters the decoder in two ways:
 z = 0 means "no conditioning" (out-of-scope queries, the LM term of the loss). Rather than
 attend to an all-zero slot (which would still dilute attention and, in GPT-2, shift the
 positions), the slot is masked out for those rows, so the logits equal the plain decoder's.
-Tokens of conditioned rows start at position 1, the slot taking position 0, as in the reference.
+Tokens of conditioned rows start at position 1, the slot(s) taking position 0, as in the reference.
 
 Dimensions: B batch, T tokens, C latent size, L layers, Hkv key/value heads, D head size, H hidden.
 """
@@ -44,7 +47,8 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
 
 class LatentDecoder(nn.Module):
     def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int, inject_layers: int = -1,
-                 embedding_shift: bool = True, init: str = "normal", tie_key_value: bool = True):
+                 embedding_shift: bool = True, init: str = "normal", tie_key_value: bool = True,
+                 slots: int = 1):
         """inject_layers: -1 puts the slot in every layer (the paper), n > 0 in the top n only; the
         lower layers then see an all-zero slot, take no gradient and, with a frozen decoder, run
         without building an autograd graph (the cheap CPU recipe).
@@ -54,7 +58,10 @@ class LatentDecoder(nn.Module):
         pretrained decoder exactly at its own predictions (plus a zero slot) instead of under a
         random perturbation.
         tie_key_value: the slot's key is its value (the reference); False projects them apart, so
-        where a layer attends and what it reads there are learned separately."""
+        where a layer attends and what it reads there are learned separately.
+        slots: key/value slots per injected layer. The first is ``kv_proj``'s, the others come from
+        their own projection ``kv_extra``, so a one-slot model's weights start a many-slot one
+        (``run.init_from``); its slots start at zero like any new conditioning."""
         super().__init__()
         if init not in ("normal", "zero"):
             raise ValueError(f"conditioning init must be 'normal' or 'zero', got {init!r}")
@@ -65,11 +72,15 @@ class LatentDecoder(nn.Module):
             raise ValueError(f"inject_layers must be -1 (all) or 1..{self.num_layers}, got {inject_layers}")
         self.inject_layers = self.num_layers if inject_layers == -1 else inject_layers
         std = getattr(lm.config.get_text_config(), "initializer_range", 0.02)
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
         self.tie_key_value = tie_key_value
-        self.kv_proj = nn.Linear(latent_dim, self.inject_layers * self.kv_heads * self.head_dim * (1 if tie_key_value else 2),
-                                 bias=False)
+        self.slots = slots
+        per_slot = self.inject_layers * self.kv_heads * self.head_dim * (1 if tie_key_value else 2)
+        self.kv_proj = nn.Linear(latent_dim, per_slot, bias=False)
+        self.kv_extra = nn.Linear(latent_dim, per_slot * (slots - 1), bias=False) if slots > 1 else None
         self.emb_proj = nn.Linear(latent_dim, hidden, bias=False) if embedding_shift else None
-        for proj in (self.kv_proj, self.emb_proj):
+        for proj in (self.kv_proj, self.kv_extra, self.emb_proj):
             if proj is not None:
                 nn.init.normal_(proj.weight, std=std) if init == "normal" else nn.init.zeros_(proj.weight)
         self._shift: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(f"shift{id(self)}", default=None)
@@ -93,14 +104,16 @@ class LatentDecoder(nn.Module):
             self._shift.reset(token)
 
     def prefix_cache(self, z: torch.Tensor) -> DynamicCache:
-        """One slot per layer, key = value unless untied: (B, C) -> cache of length 1 (zeros below the
+        """S slots per layer, key = value unless untied: (B, C) -> cache of length S (zeros below the
         injected layers)."""
-        B = z.shape[0]
-        kv = self.kv_proj(z.to(self.kv_proj.weight.dtype))  # (B, Li*Hkv*D*(1 or 2))
-        kv = kv.view(B, self.inject_layers, 1 if self.tie_key_value else 2, self.kv_heads, 1, self.head_dim)
-        keys, values = kv[:, :, 0], kv[:, :, -1]  # (B, Li, Hkv, 1, D) each
+        B, S = z.shape[0], self.slots
+        z = z.to(self.kv_proj.weight.dtype)
+        kv = self.kv_proj(z) if self.kv_extra is None else torch.cat([self.kv_proj(z), self.kv_extra(z)], -1)
+        kv = kv.view(B, S, self.inject_layers, 1 if self.tie_key_value else 2, self.kv_heads, self.head_dim)
+        kv = kv.permute(0, 2, 3, 4, 1, 5)  # (B, Li, 1|2, Hkv, S, D)
+        keys, values = kv[:, :, 0], kv[:, :, -1]  # (B, Li, Hkv, S, D) each
         first = self.num_layers - self.inject_layers
-        zero = kv.new_zeros(B, self.kv_heads, 1, self.head_dim).detach() if first else None
+        zero = kv.new_zeros(B, self.kv_heads, S, self.head_dim).detach() if first else None
         cache = DynamicCache(config=self.lm.config)
         for layer in range(self.num_layers):
             if layer < first:
@@ -115,9 +128,13 @@ class LatentDecoder(nn.Module):
         return (z.detach().abs().amax(dim=-1) > 0).long()
 
     def _inputs(self, z: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S+T) attention mask and positions: the slots take position 0 (masked out where z = 0),
+        a conditioned row's tokens start at 1, a plain row's at 0; padding gets position 0."""
         slot = self.uses_latent(z).unsqueeze(1)  # (B, 1)
-        full_mask = torch.cat([slot, attention_mask.long()], dim=1)  # (B, 1+T)
-        positions = (full_mask.cumsum(-1) - 1).clamp_min(0)  # (B, 1+T); padding gets position 0
+        mask = attention_mask.long()
+        full_mask = torch.cat([slot.expand(-1, self.slots), mask], dim=1)  # (B, S+T)
+        tokens = (mask.cumsum(-1) - 1 + slot).clamp_min(0) * mask
+        positions = torch.cat([torch.zeros_like(full_mask[:, :self.slots]), tokens], dim=1)
         return full_mask, positions
 
     # -- teacher forcing ----------------------------------------------------------------------
@@ -128,7 +145,7 @@ class LatentDecoder(nn.Module):
         k > 0 only the last k positions' (B, k, V): the vocabulary projection is most of the memory."""
         full_mask, positions = self._inputs(z, attention_mask)
         with self._shifted(z):
-            out = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, 1:],
+            out = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, self.slots:],
                           cache=self.prefix_cache(z), use_cache=True, logits_to_keep=logits_to_keep)
         return out.logits
 
@@ -150,17 +167,17 @@ class LatentDecoder(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, **kwargs) -> torch.Tensor:
         """transformers ``generate()`` with the latent; returns (B, T + new) ids without the slot.
 
-        Batches must be left-padded. The slot is an already-cached first token for generate():
-        the pad id stands for it in ``input_ids`` and is stripped from the output.
+        Batches must be left-padded. The slots are already-cached first tokens for generate():
+        the pad id stands for each in ``input_ids`` and is stripped from the output.
         """
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("LatentDecoder.generate supports num_beams=1 and num_return_sequences=1; "
                              "repeat the inputs and latents for several samples")
         B = input_ids.shape[0]
         full_mask, positions = self._inputs(z, attention_mask)
-        slot_ids = torch.full((B, 1), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        slot_ids = torch.full((B, self.slots), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
         kwargs.setdefault("pad_token_id", self.pad_token_id)
         with self._shifted(z):
             out = self.lm.generate(input_ids=torch.cat([slot_ids, input_ids], 1), attention_mask=full_mask,
                                    position_ids=positions, cache=self.prefix_cache(z), **kwargs)
-        return out[:, 1:]
+        return out[:, self.slots:]

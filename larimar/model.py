@@ -71,6 +71,8 @@ class LarimarConfig:
     embedding_shift: bool = True  # also shift the token embeddings by a projection of z (the paper)
     conditioning_init: Literal["normal", "zero"] = "normal"  # "zero" starts a pretrained decoder at its own predictions
     tie_key_value: bool = True  # the slot's key is its value (the paper); false: separate projections
+    conditioning_slots: int = 1  # key/value slots per injected layer (the paper: 1); more let each position
+    # read a different part of the latent (larimar.decoder)
     latent_scale_min: float = 1.0  # training only: each read-out is scaled by U(latent_scale_min, 1), so the
     # decoder also decodes the weaker read-outs a paraphrased query gets from a memory (1.0: off)
     value_target: bool = False  # values = head(enc(fact)) + target_head(enc(target)): the object, which mean
@@ -122,7 +124,8 @@ class LarimarModel(nn.Module):
         self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers, target_head=cfg.value_target)
         self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id,
                                      inject_layers=cfg.inject_layers, embedding_shift=cfg.embedding_shift,
-                                     init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value)
+                                     init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value,
+                                     slots=cfg.conditioning_slots)
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         self.memory = EpisodicMemory(cfg.memory)
         self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)

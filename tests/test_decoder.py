@@ -18,10 +18,14 @@ def tiny_lm(arch: str):
     return LlamaForCausalLM(cfg).eval()
 
 
-@pytest.fixture(params=["gpt2", "llama"])
+@pytest.fixture(params=[("gpt2", 1), ("llama", 1), ("gpt2", 3), ("llama", 3)], ids=lambda p: f"{p[0]}-{p[1]}slot")
 def decoder(request):
     torch.manual_seed(0)
-    return LatentDecoder(tiny_lm(request.param), C, pad_token_id=0).eval()
+    arch, slots = request.param
+    dec = LatentDecoder(tiny_lm(arch), C, pad_token_id=0, slots=slots).eval()
+    if dec.kv_extra is not None:  # the extra slots start at zero; make them matter
+        torch.nn.init.normal_(dec.kv_extra.weight, std=0.02)
+    return dec
 
 
 def batch(B=3, T=7):
@@ -75,6 +79,24 @@ def test_generate_with_latent_matches_teacher_forcing(decoder):
     # and the latent is actually used: a different z gives a different continuation distribution
     other = decoder(out, full_mask, torch.zeros(2, C))
     assert (other - logits).abs().max() > 1e-3
+
+
+def test_extra_slots_extend_a_one_slot_model():
+    """A one-slot model's weights load into a three-slot one (run.init_from); the extra slots are used."""
+    torch.manual_seed(0)
+    lm = tiny_lm("llama")
+    one = LatentDecoder(lm, C, pad_token_id=0)
+    three = LatentDecoder(lm, C, pad_token_id=0, slots=3)
+    missing, unexpected = three.load_state_dict(one.state_dict(), strict=False)
+    assert missing == ["kv_extra.weight"] and not unexpected
+    ids, mask = batch()
+    z = torch.randn(3, C) * 3
+    assert three.prefix_cache(z).get_seq_length() == 3
+    before = three(ids, mask, z)
+    torch.nn.init.normal_(three.kv_extra.weight, std=0.5)
+    assert (three(ids, mask, z) - before).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="slots"):
+        LatentDecoder(lm, C, pad_token_id=0, slots=0)
 
 
 def test_generate_rejects_beams(decoder):
