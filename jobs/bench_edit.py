@@ -5,7 +5,7 @@
 
 Writes <out>/bench_edit.md (the table), .csv, .json (everything, per-method settings and
 one-time costs) and .png (accuracy against median time per edit). Protocol and timing
-boundaries: larimar/baselines/bench.py. Baselines edit --base (default smollm2-135m, the decoder
+boundaries: larimar/evaluation/bench.py. Baselines edit --base (default smollm2-135m, the decoder
 of larimar-smol); --larimar-model also takes a jobs/configs name (untrained: timings only).
 """
 
@@ -17,7 +17,7 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from larimar.baselines.bench import METHODS, BenchConfig, run  # noqa: E402
+from larimar.evaluation.bench import METHODS, BenchConfig, run  # noqa: E402
 from larimar.config import ConfigError  # noqa: E402
 from larimar.evaluation.report import fmt  # noqa: E402
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from larimar.editor import reference_memory
+from larimar.memory import reference_memory
 from larimar.memory import EpisodicMemory, MemoryConfig, SequentialMemory
 from larimar.pinv import PinvConfig
 

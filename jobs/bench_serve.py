@@ -103,7 +103,7 @@ def main() -> None:
     from larimar.config import from_dict
     from larimar.model import LarimarConfig, LarimarModel
     from larimar.serving.auth import hash_key
-    from serve.app import build
+    from larimar.serving.app import build
 
     report: dict = {"model": args.model, "replica_torch_threads": args.torch_threads}
     with tempfile.TemporaryDirectory() as storage:

@@ -3,11 +3,11 @@
     python jobs/bench_train.py [--bench tiny=plain,1,2 --bench larimar-smol=plain,1] [--steps 8]
                                [--out runs/bench_train.json]
 
-For each config: `larimar.training.train_plain` in a separate Python process (no Ray in it), then
-`jobs/train.py`'s path (`larimar.distributed.fit`: Ray Train + DeepSpeed ZeRO-2) with 1 and/or 2
+For each config: `larimar.train.loop.train_plain` in a separate Python process (no Ray in it), then
+`jobs/train.py`'s path (`larimar.train.distributed.fit`: Ray Train + DeepSpeed ZeRO-2) with 1 and/or 2
 workers sharing the machine's cores (cpus_per_worker = cores / workers). Every process trains with
 the same thread settings: OMP_NUM_THREADS and torch.set_num_threads = its whole cores
-(`larimar.distributed.cpu_threads`; the plain loop gets the 1-worker share, i.e. all cores).
+(`larimar.train.distributed.cpu_threads`; the plain loop gets the 1-worker share, i.e. all cores).
 Tokens/s counts decoder tokens (non-pad targets, both loops count the same) over all steps but the
 first, which warms up (allocations, first gloo collectives); a step's time covers taking and
 tokenizing its texts, forward, backward and the update in both loops. A Ray run's wall time also
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import torch
 
-from larimar.data import prepare_chunks
-from larimar.distributed import cpu_threads, fit, resolve_paths
+from larimar import recipes
+from larimar.train.data import prepare_chunks
+from larimar.train.distributed import cpu_threads, fit, resolve_paths
 from larimar.model import LarimarModel
-from larimar.train_config import TrainConfig, load_train_config
-from larimar.training import episode_batch, train_plain
+from larimar.train.config import TrainConfig, load_train_config
+from larimar.train.loop import episode_batch, train_plain
 
-CONFIG_DIR = Path(__file__).parent / "configs"
 
 
 def plain(cfg: TrainConfig, chunks: list[str]) -> dict:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         for spec in specs:
             name, modes = spec.split("=", 1)
-            path = Path(name) if name.endswith(".yaml") else CONFIG_DIR / f"{name}.yaml"
+            path = recipes.resolve(name, key="--bench")
             for mode in modes.split(","):
                 workers = 1 if mode == "plain" else int(mode)
                 overrides = [f"optim.steps={args.steps}", f"optim.warmup_steps={min(2, args.steps)}",

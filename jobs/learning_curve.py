@@ -4,13 +4,13 @@
         --out runs/curves/larimar-smol-v2
 
 The loss comes from <run.storage_path>/<run.name>/metrics.jsonl, which every run writes
-(larimar.run_record); --logs reads training log text instead, for runs made before it existed.
+(larimar.train.run_record); --logs reads training log text instead, for runs made before it existed.
 
 --config is the run's training config (recipe name or YAML, with the run's key=value overrides
 after it); the checkpoints are those in <run.storage_path>/<run.name> (keep more with
 run.keep_checkpoints). Each experiment runs on its standard development file (--limit N for its
 first N cases); a rerun reuses the evaluations it finds in --out. Writes curve.md, curve.png, loss.csv and checkpoints.csv. Logic:
-larimar/evaluation/curves.py and larimar/checkpoints.py.
+larimar/evaluation/curves.py and larimar/train/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import json
 import sys
 from pathlib import Path
 
-from larimar.checkpoints import list_checkpoints, load_checkpoint_model
+from larimar.train.checkpoints import list_checkpoints, load_checkpoint_model
 from larimar.config import ConfigError
-from larimar.data import resolve_source
-from larimar.distributed import resolve_paths, run_dir
+from larimar.sources import resolve_source
+from larimar.train.distributed import resolve_paths, run_dir
 from larimar.evaluation import EvalConfig, run
 from larimar.evaluation.context import EvalContext
 from larimar.evaluation.curves import METRICS, LearningCurve, merge_logs, pick
 from larimar.evaluation.report import fmt
-from larimar.run_record import losses, read_metrics
-from larimar.train_config import load_train_config
+from larimar.train.run_record import losses, read_metrics
+from larimar.train.config import load_train_config
 
 DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
 

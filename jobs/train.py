@@ -1,56 +1,10 @@
-"""Train Larimar on Ray Train + DeepSpeed ZeRO-2 (paper §4: WikiText chunks, episodes of E).
+"""``larimar train``, as a script: ``python jobs/train.py --help`` (logic and options: larimar/cli/train.py).
 
-    python jobs/train.py --config jobs/configs/tiny.yaml [key=value ...]       # embedded local Ray
-    ray job submit --working-dir . -- python jobs/train.py --config jobs/configs/tiny.yaml
-
-Against a ``ray start --head`` cluster: Ray 2.60 enables token authentication for local clusters, so
-a plain ``ray job submit`` fails with "Missing authentication token". Either use token mode
-(RAY_AUTH_MODE=token on the client, the token in ~/.ray/auth_token) or set RAY_AUTH_MODE=disabled
-for both ``ray start`` and ``ray job submit`` (what tests/test_train.py does). Outside the repo
-checkout (a job's working directory has no ../shared) pass the data directory, e.g.
-``--runtime-env-json '{"env_vars": {"LARIMAR_DATA_DIR": "/path/to/shared/data"}}'``.
-
-With RAY_ADDRESS set (as inside ``ray job submit``; RAY_ADDRESS=auto for a ``ray start`` cluster on
-this machine) it joins that cluster, else it starts a local one. Rerunning with the same run.name
-and run.storage_path resumes from the latest checkpoint; a failed worker group restarts from it up
-to run.max_failures times. The trained model is written to ``<run.storage_path>/<run.name>/model``
-(LarimarModel.from_pretrained loads it). A bad config exits with status 2 and a message naming the
-key, before Ray starts. Logic: larimar.distributed.
+Kept so that ``ray job submit --working-dir . -- python jobs/train.py ...`` runs without the package's
+console script on the cluster's PATH.
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-
-from larimar.config import ConfigError
-from larimar.data import prepare_chunks
-from larimar.distributed import fit, resolve_paths, run_dir
-from larimar.train_config import load_train_config
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML file, e.g. jobs/configs/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=20 run.name=try2")
-    args = parser.parse_args(argv)
-    try:
-        cfg = resolve_paths(load_train_config(args.config, args.overrides))
-        chunks = prepare_chunks(cfg)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    print(f"[larimar] {len(chunks)} chunks of <= {cfg.chunk_tokens} tokens from {cfg.data.source}; "
-          f"{cfg.scaling.num_workers} workers x {cfg.optim.micro_batch_episodes} episodes x "
-          f"{cfg.data.episode_size} chunks x {cfg.optim.grad_accumulation} accumulation, {cfg.optim.steps} steps; "
-          f"run {run_dir(cfg)}", flush=True)
-    summary = fit(cfg, chunks)
-    m = summary["metrics"]
-    print(f"[larimar] done in {summary['seconds']:.0f}s: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
-          f"{m.get('steady_tokens_per_second', 0):,.0f} tokens/s; checkpoint {summary['checkpoint']}", flush=True)
-    print(f"[larimar] trained model: {summary['model']}  (LarimarModel.from_pretrained)", flush=True)
-    return summary
-
+from larimar.cli.train import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="jobs/train.py")

@@ -1,18 +1,41 @@
 """Larimar: a language model with an episodic memory that is edited at inference time.
 
 Das et al., "Larimar: Large Language Models with Episodic Memory Control", ICML 2024.
+
+The package is layered; imports point only down (tests/test_layout.py checks it):
+
+    core        larimar.*: model, encoder, decoder, memory, pinv, losses, scope, facts,
+                fact_encoder, editor, memory_file, backbones, benchmarks, sources, config, recipes
+    evaluation  larimar.evaluation, larimar.baselines (editors compared with Larimar)
+    train       larimar.train (loop, Ray Train + DeepSpeed, data, validation, Ray Tune)
+    serving     larimar.serving (store, schemas, the Ray Serve application)
+    cli         larimar.cli (the ``larimar`` command)
+
+The names below are loaded on first use, so ``import larimar.config`` (and ``larimar --help``)
+does not pay for torch and transformers.
 """
 
-from larimar.config import ConfigError
-from larimar.editor import EditableMemory, LarimarEditor
-from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError
-from larimar.memory import EpisodicMemory, MemoryConfig, SequentialMemory
-from larimar.model import LarimarConfig, LarimarModel
-from larimar.pinv import PinvConfig, PinvDivergenceError
-from larimar.scope import ScopeDetector
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError", "EditableMemory", "EpisodicMemory", "Fact", "FactMemory", "LarimarConfig", "LarimarEditor", "LarimarModel",
-    "MemoryConfig", "MemoryFullError", "PinvConfig", "PinvDivergenceError", "ScopeDetector", "SequentialMemory",
-    "UnknownFactError",
-]
+import importlib
+
+_EXPORTS = {
+    "ConfigError": "larimar.config", "EditableMemory": "larimar.editor", "LarimarEditor": "larimar.editor",
+    "Fact": "larimar.facts", "FactMemory": "larimar.facts", "MemoryFullError": "larimar.facts",
+    "UnknownFactError": "larimar.facts", "EpisodicMemory": "larimar.memory", "MemoryConfig": "larimar.memory",
+    "SequentialMemory": "larimar.memory", "LarimarConfig": "larimar.model", "LarimarModel": "larimar.model",
+    "PinvConfig": "larimar.pinv", "PinvDivergenceError": "larimar.pinv", "ScopeDetector": "larimar.scope",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'larimar' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -2,7 +2,7 @@
 
     editor = LarimarEditor.from_pretrained("path/to/model")
     memory = editor.create_memory(slots=512)
-    ids = memory.edit(prompts=["The Eiffel Tower is in"], target_new=["Rome"])   # ids; EasyEdit metrics: larimar.easyedit
+    ids = memory.edit(prompts=["The Eiffel Tower is in"], target_new=["Rome"])   # ids; EasyEdit metrics: larimar.evaluation.easyedit
     ids += memory.write(["Mira Tal teaches chemistry in Oslo."])               # free-text facts
     memory.generate(["Where is the Eiffel Tower? The Eiffel Tower is in"])
     memory.score(["The Eiffel Tower is in"], ["Rome"])
@@ -27,12 +27,11 @@ import torch
 from larimar import memory_file
 from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, make_fact
-from larimar.memory import SequentialMemory
+from larimar.memory import SequentialMemory, reference_memory
 from larimar.model import DEFAULT_MODEL, LarimarModel
 from larimar.scope import ScopeDetector, load_embedder
 
-__all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError",
-           "reference_memory"]
+__all__ = ["EditableMemory", "Fact", "Generation", "LarimarEditor", "MemoryFullError", "Score", "UnknownFactError"]
 
 
 @dataclass
@@ -49,18 +48,6 @@ class Score:
     mean_nll: float  # mean per-token negative log-likelihood (the CounterFact criterion)
     tokens: int
     in_scope: bool
-
-
-def reference_memory(slots: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
-    """A fixed random (K, C) matrix with orthonormal columns (or rows when K < C).
-
-    Orthonormality makes pinv(M_ref) = M_ref^T, so key addressing preserves the latents' inner
-    products instead of distorting them as an ill-conditioned Gaussian matrix would.
-    """
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(max(slots, latent_dim), min(slots, latent_dim), generator=g, dtype=torch.float64)
-    Q, _ = torch.linalg.qr(A)  # orthonormal columns
-    return Q if slots >= latent_dim else Q.T
 
 
 class EditableMemory:
@@ -104,7 +91,7 @@ class EditableMemory:
     def edit(self, prompts: str | list[str], target_new: str | list[str],
              subject: str | list[str] | None = None) -> list[int]:
         """Make each prompt continue with its target. Returns the facts' ids. (EasyEdit's full
-        `edit`, with rephrase/locality/portability inputs and its metrics: `larimar.easyedit`.)
+        `edit`, with rephrase/locality/portability inputs and its metrics: `larimar.evaluation.easyedit`.)
 
         subject (optional, one per prompt): what each edit is about; the scope detector then only
         consults the memory for queries that name it (`larimar.scope`)."""

@@ -2,7 +2,7 @@
 
 An edit or a free-text fact becomes (key, value, scope vectors); a query becomes (latent, scope
 vectors of its sentences). The Python editor (`larimar.editor`) and the serving encoder
-deployment (`serve/app.py`) both call these functions, so keys, values and the scope embedding
+deployment (`larimar/serving/app.py`) both call these functions, so keys, values and the scope embedding
 can never drift apart between the two paths.
 
 - key: the latent of the fact's prompt (its text for free-text facts): queries look like prompts

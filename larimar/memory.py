@@ -238,3 +238,15 @@ class SequentialMemory:
                   keys="relu" if bool(state.get("relu_keys", False)) else "linear")
         mem.P, mem.M, mem.count = state["P"].clone(), state["M"].clone(), state["count"].clone()
         return mem
+
+
+def reference_memory(slots: int, latent_dim: int, seed: int = 0) -> torch.Tensor:
+    """A fixed random (K, C) matrix with orthonormal columns (or rows when K < C).
+
+    Orthonormality makes pinv(M_ref) = M_ref^T, so key addressing preserves the latents' inner
+    products instead of distorting them as an ill-conditioned Gaussian matrix would.
+    """
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(max(slots, latent_dim), min(slots, latent_dim), generator=g, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(A)  # orthonormal columns
+    return Q if slots >= latent_dim else Q.T

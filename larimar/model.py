@@ -201,7 +201,7 @@ class LarimarModel(nn.Module):
         """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1.
 
         Plain episodes (the paper): each text is written, read back with its own latent and decoded.
-        Keyed episodes (`key_*` and `query_*` given, `larimar.training.edit_batch`): each fact is
+        Keyed episodes (`key_*` and `query_*` given, `larimar.train.loop.edit_batch`): each fact is
         written as the inference memory writes it, key = latent of its prompt and value = latent of
         "prompt target" (+ target term), then read with the latent of a *query* (the prompt or
         another wording of it) and the decoder must continue that query with the target: the

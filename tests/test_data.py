@@ -1,4 +1,4 @@
-"""Training data (larimar/data.py): paragraphs, 64-token chunks, episodes, shard iteration."""
+"""Data sources (larimar/sources.py) and training data (larimar/train/data.py): paragraphs, 64-token chunks, episodes, shard iteration."""
 
 import json
 from pathlib import Path
@@ -6,17 +6,9 @@ from pathlib import Path
 import pytest
 
 from larimar.config import ConfigError
-from larimar.data import (
-    chunk_paragraphs,
-    decoder_tokenizer,
-    episode_batches,
-    episodes,
-    is_paragraph,
-    prepare_chunks,
-    read_paragraphs,
-    resolve_source,
-)
-from larimar.train_config import load_train_config
+from larimar.sources import chunk_paragraphs, decoder_tokenizer, is_paragraph, read_paragraphs, resolve_source
+from larimar.train.data import episode_batches, episodes, prepare_chunks
+from larimar.train.config import load_train_config
 from tests.conftest import SHARED, require_shared
 
 TINY = ["model.encoder=tiny-bert", "model.decoder=tiny-llama", "scaling.num_workers=2"]
@@ -86,11 +78,18 @@ def test_source_resolution(tmp_path, monkeypatch):
         resolve_source("./nowhere.txt")
 
 
-def test_default_source_resolves_from_any_working_directory(tmp_path, monkeypatch):
+def test_default_source_resolves_from_any_working_directory_through_larimar_data_dir(tmp_path, monkeypatch):
+    """../shared/data/... is the working directory's, or $LARIMAR_DATA_DIR's; the library never
+    looks for a checkout (an installed wheel has none), and the error says what to set."""
     path = require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
+    source = load_train_config(None).data.source
+    assert resolve_source(source) == path.resolve()  # from the repo root, ../shared is beside it
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("LARIMAR_DATA_DIR", raising=False)
-    assert resolve_source(load_train_config(None).data.source) == path.resolve()
+    with pytest.raises(ConfigError, match="LARIMAR_DATA_DIR"):
+        resolve_source(source)
+    monkeypatch.setenv("LARIMAR_DATA_DIR", str(path.parents[1]))
+    assert resolve_source(source) == path.resolve()
 
 
 def test_episodes_group_consecutive_texts_and_drop_the_tail():
@@ -135,7 +134,7 @@ def test_episode_batches_cycle_epochs_and_skip_on_resume():
 
 def test_fact_sentences_keep_evaluation_cases_out():
     require_shared("data", "counterfact", "dev_flat.json")
-    from larimar.fact_corpus import fact_sentences
+    from larimar.train.fact_corpus import fact_sentences
 
     d = SHARED / "data"
     canonical = json.loads((d / "counterfact" / "dev_canonical_100.json").read_text())
@@ -152,7 +151,7 @@ def test_fact_sentences_keep_evaluation_cases_out():
 
 
 def test_mixed_episodes_never_mix_kinds():
-    from larimar.data import mixed_episodes
+    from larimar.train.data import mixed_episodes
 
     rows = mixed_episodes([[f"long {i}" for i in range(40)], [f"fact {i}" for i in range(50)]], 8, seed=0)
     assert len(rows) == 8 * (40 // 8 + 50 // 8)
@@ -173,12 +172,12 @@ def test_prepare_chunks_with_facts_only(tmp_path):
 
 def test_resolve_paths_makes_fact_files_absolute_for_workers(monkeypatch, tmp_path):
     require_shared("data", "zsre", "train_1k.json")
-    from larimar.distributed import resolve_paths
+    from larimar.train.distributed import resolve_paths
 
     cfg = load_train_config(None, TINY + ["data.source=null", "data.facts=[../shared/data/zsre/train_1k.json]",
                                           "data.facts_exclude=[../shared/data/zsre/dev_eval_300.json]"])
+    cfg = resolve_paths(cfg)  # on the driver, in the checkout
     monkeypatch.chdir(tmp_path)  # a worker's working directory has no ../shared beside it
-    cfg = resolve_paths(cfg)
     assert cfg.data.source is None
     assert all(Path(p).is_absolute() and Path(p).exists() for p in cfg.data.facts + cfg.data.facts_exclude)
 
@@ -188,7 +187,7 @@ def test_edit_rows_keep_evaluation_and_demo_subjects_out_and_batches_stay_keyed(
     subjects, stay out of prompts, targets and queries; each row asks its fact with its own prompt
     or another wording; a dataset with edits keeps plain and keyed rows in separate micro-batches."""
     require_shared("data", "paraphrase", "counterfact_canonical_train.json")
-    from larimar.fact_corpus import edit_records, edit_rows
+    from larimar.train.fact_corpus import edit_records, edit_rows
 
     d = SHARED / "data"
     files = [d / "paraphrase" / "counterfact_canonical_train.json", d / "paraphrase" / "zsre_knowedit_train.json",

@@ -1,11 +1,11 @@
-"""EasyEdit's interface on the shipped model (larimar/easyedit.py): every keyword of `edit`, the
+"""EasyEdit's interface on the shipped model (larimar/evaluation/easyedit.py): every keyword of `edit`, the
 metrics' shape and meaning (cross-checked against `jobs/eval.py zsre`'s code), `batch_edit`,
 `sequential_edit`, and hyperparameter files."""
 
 import pytest
 
 from larimar.config import ConfigError
-from larimar.easyedit import BaseEditor, LarimarHyperParams, summary
+from larimar.evaluation.easyedit import BaseEditor, LarimarHyperParams, summary
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,9 @@ def test_edit_with_every_keyword_returns_easyedits_metrics(editor):
 def test_metrics_are_the_evaluations_numbers(editor):
     """rewrite/rephrase/locality of one zsRE case equal `jobs/eval.py zsre`'s ES/PS/locality (scope)."""
     from larimar.evaluation import zsre
-    from larimar.evaluation.context import EvalConfig, EvalContext
-    from larimar.evaluation.data import ZsreCase
+    from larimar.evaluation.config import EvalConfig
+    from larimar.evaluation.context import EvalContext
+    from larimar.benchmarks import ZsreCase
 
     case = ZsreCase(case_id=0, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
                     target="English", rephrase="Danielle Darrieux's mother tongue is",

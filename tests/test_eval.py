@@ -11,7 +11,7 @@ from conftest import require_shared
 from larimar import LarimarEditor, LarimarModel
 from larimar.config import ConfigError, from_dict
 from larimar.evaluation import counterfact, metrics
-from larimar.evaluation.data import (SYNTHETIC_MAX, detect_format, load_counterfact, load_facts, load_zsre)
+from larimar.benchmarks import (SYNTHETIC_MAX, detect_format, load_counterfact, load_facts, load_zsre)
 from larimar.evaluation.forcing import teacher_force
 from larimar.evaluation.runner import chunks
 from larimar.evaluation.sequential import checkpoints

@@ -1,5 +1,5 @@
 """The service under hostile and careless input, on a live Serve application over real HTTP
-(serve/app.py, larimar/serving/guard.py, store.py): a schemathesis run of every route from the
+(larimar/serving/app.py, larimar/serving/guard.py, store.py): a schemathesis run of every route from the
 OpenAPI document, and one reproduction per finding of the hardening issue."""
 
 import json
@@ -30,7 +30,7 @@ def h(tenant="acme") -> dict:
 
 @pytest.fixture(scope="module")
 def app(demo_run, tmp_path_factory):
-    from serve.app import build
+    from larimar.serving.app import build
 
     storage = tmp_path_factory.mktemp("hard-store")
     keys = [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()]

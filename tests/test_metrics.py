@@ -30,7 +30,7 @@ import pytest
 import requests
 import yaml
 
-from larimar import dashboards, deploy
+from larimar_ops import dashboards, deploy
 from larimar.serving.auth import hash_key
 from tests.conftest import ROOT, require_shared
 from tests.test_train import HEAD_PORTS, _free_ports, _stop_head
@@ -194,7 +194,7 @@ def stack(tmp_path_factory):
         # image does on KubeRay; the entrypoint is the RayJob's, with a test-sized config.
         submit = [str(ray_bin), "job", "submit", "--address", address,
                   "--runtime-env-json", json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}), "--",
-                  "python", f"{ROOT}/jobs/train.py", "--config", f"{ROOT}/jobs/configs/tiny.yaml", f"run.name={RUN}",
+                  "python", f"{ROOT}/jobs/train.py", "--config", f"{ROOT}/larimar/recipes/tiny.yaml", f"run.name={RUN}",
                   f"run.storage_path={tmp / 'runs'}", "optim.steps=20", "optim.warmup_steps=1",
                   "run.checkpoint_every=10", "run.log_every=1", "data.limit=256", "scaling.num_workers=1"]
         for _ in range(60):  # the dashboard answers a few seconds before the job agent registers

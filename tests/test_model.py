@@ -147,7 +147,7 @@ def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
     """The v2 objective: facts written with prompt keys, read with other wordings, loss on the
     target tokens; the zero-initialised target head gets gradient and one step lowers the loss.
     A saved model starts a new one through init_from (the new head keeps its init)."""
-    from larimar.training import episode_batch
+    from larimar.train.loop import episode_batch
 
     rows = [{"text": f"{p} {t}", "key": p, "query": q, "target": t} for p, q, t in [
         ("the capital of vorland is", "vorland's capital city is", "zell"),

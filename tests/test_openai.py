@@ -1,5 +1,5 @@
 """The OpenAI-compatible routes driven by the official `openai` client, over real HTTP against a
-live Serve application on a real local Ray (serve/app.py, larimar/serving/openai_compat.py).
+live Serve application on a real local Ray (larimar/serving/app.py, larimar/serving/openai_compat.py).
 
 The served model is the demo's (trained by the project's own code on six facts such as "bob plays
 the drums"), so "with a memory" checks that the written fact, not the plain decoder, answers.
@@ -28,7 +28,7 @@ URL = "http://127.0.0.1:8000"
 
 @pytest.fixture(scope="module")
 def app(demo_run, tmp_path_factory):
-    from serve.app import build
+    from larimar.serving.app import build
 
     settings = {"model": str(demo_run[0] / "model"), "storage": str(tmp_path_factory.mktemp("openai-store")),
                 "api_keys": [{"tenant": "acme", "sha256": hash_key(KEY)}, {"tenant": "globex", "sha256": hash_key(OTHER)}],

@@ -1,4 +1,4 @@
-"""The Serve application on a real local Ray, over real HTTP (serve/app.py, larimar/serving/).
+"""The Serve application on a real local Ray, over real HTTP (larimar/serving/app.py, larimar/serving/).
 
 Uses the demo model trained by the project's own training code (the session fixture `demo_run`).
 """
@@ -37,7 +37,7 @@ def h(tenant: str) -> dict:
 
 @pytest.fixture(scope="module")
 def service(demo_run, tmp_path_factory):
-    from serve.app import build
+    from larimar.serving.app import build
 
     storage = tmp_path_factory.mktemp("serve-store")
     settings = {"model": str(demo_run[0] / "model"), "storage": str(storage), "snapshot_every": 25,
@@ -271,11 +271,11 @@ def test_serve_config_validates_with_rays_schema():
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve" / "config.yaml").read_text()))
     app = config.applications[0]
-    assert app.import_path == "serve.app:build"
+    assert app.import_path == "larimar.serving.app:build"
     settings = yaml.safe_load((ROOT / app.args["config"]).read_text())
     from larimar.serving.schemas import ServeSettings
 
     ServeSettings(**settings)  # the referenced settings file is valid too
     with pytest.raises(Exception):
-        ServeDeploySchema.model_validate({"applications": [{"import_path": "serve.app:build", "deployments": [
+        ServeDeploySchema.model_validate({"applications": [{"import_path": "larimar.serving.app:build", "deployments": [
             {"name": "MemoryActor", "num_replicas": -1}]}]})

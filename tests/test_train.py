@@ -1,4 +1,4 @@
-"""Distributed training (larimar/distributed.py, larimar/train_config.py, jobs/train.py).
+"""Distributed training (larimar/train/distributed.py, larimar/train/config.py, jobs/train.py).
 
 The slow tests run the real thing on CPU: a local Ray cluster, 2 Ray Train workers, each a
 DeepSpeed ZeRO-2 engine over gloo, on WikiText-2 chunks with the tiny config. They are sized for a
@@ -23,16 +23,17 @@ import pytest
 import torch
 import yaml
 
-from larimar.checkpoints import list_checkpoints, load_checkpoint_model
+from larimar.train.checkpoints import list_checkpoints, load_checkpoint_model
 from larimar.config import ConfigError
-from larimar.distributed import FAILURE_MARKER, STATE_FILE
+from larimar.recipes import RECIPE_DIR
+from larimar.train.distributed import FAILURE_MARKER, STATE_FILE
 from larimar.model import LarimarModel
-from larimar.run_record import read_metrics
-from larimar.train_config import load_train_config
+from larimar.train.run_record import read_metrics
+from larimar.train.config import load_train_config
 from tests.conftest import ROOT, require_shared
 
-TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
-CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+TINY = RECIPE_DIR / "tiny.yaml"
+CONFIGS = sorted(p for p in RECIPE_DIR.glob("*.yaml") if not p.name.startswith("sweep-"))
 
 
 def _job(name: str):
@@ -59,11 +60,11 @@ def test_shipped_configs_load(path):
 
 
 def test_paper_configs_match_the_paper():
-    big = load_train_config(ROOT / "jobs" / "configs" / "larimar-1.3b.yaml")
+    big = load_train_config("larimar-1.3b")
     assert (big.model.encoder, big.model.decoder, big.model.memory.slots, big.model.memory.latent_dim) == \
         ("bert-large-cased", "gpt2-large", 512, 768)
     assert (big.optim.lr, big.data.episode_size, big.scaling.num_workers, big.deepspeed.precision) == (5e-5, 16, 8, "bf16")
-    six = load_train_config(ROOT / "jobs" / "configs" / "larimar-6b.yaml")
+    six = load_train_config("larimar-6b")
     assert (six.model.decoder, six.optim.lr, six.deepspeed.precision) == ("gpt-j-6b", 5e-6, "bf16")
 
 
@@ -280,7 +281,7 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
         runtime_env = {"env_vars": {"LARIMAR_DATA_DIR": str(data)}}
         submit = [str(ray_bin), "job", "submit", "--address", address, "--submission-id", submission_id,
                   "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-                  "python", "jobs/train.py", "--config", "jobs/configs/tiny.yaml", f"run.storage_path={tmp_path}",
+                  "python", "jobs/train.py", "--config", "larimar/recipes/tiny.yaml", f"run.storage_path={tmp_path}",
                   "optim.steps=2", "optim.warmup_steps=1", "run.checkpoint_every=2", "run.log_every=1",
                   "data.limit=256", "scaling.num_workers=1"]  # one worker: the 2-worker runs are tested above
         for _ in range(60):  # the dashboard answers a few seconds before the head's job agent registers

@@ -1,5 +1,5 @@
-"""Hyperparameter sweeps (larimar/tuning.py, tune/sweep.py) and the validation metrics they optimise
-(larimar/validation.py).
+"""Hyperparameter sweeps (larimar/train/tuning.py, tune/sweep.py) and the validation metrics they optimise
+(larimar/train/validation.py).
 
 The slow test runs the real thing: a local Ray with the dashboard on, 4 Tune trials of the tiny
 config, each a Ray Train + DeepSpeed run of a few steps on WikiText-2 chunks reporting held-out
@@ -16,14 +16,15 @@ import pytest
 import torch
 
 from larimar.config import ConfigError
-from larimar.distributed import resolve_paths
-from larimar.train_config import load_train_config
-from larimar.tuning import check_metric, concurrent_trials, load_sweep_config, parse_space
+from larimar.recipes import RECIPE_DIR
+from larimar.train.distributed import resolve_paths
+from larimar.train.config import load_train_config
+from larimar.train.tuning import check_metric, concurrent_trials, load_sweep_config, parse_space
 from tests.conftest import ROOT, require_shared
 
-TINY_SWEEP = ROOT / "tune" / "configs" / "tiny.yaml"
-SWEEPS = sorted((ROOT / "tune" / "configs").glob("*.yaml"))
-TINY = ROOT / "jobs" / "configs" / "tiny.yaml"
+TINY_SWEEP = RECIPE_DIR / "sweep-tiny.yaml"
+SWEEPS = sorted(RECIPE_DIR.glob("sweep-*.yaml"))
+TINY = RECIPE_DIR / "tiny.yaml"
 COUNTERFACT = "../shared/data/counterfact/dev_canonical_100.json"
 
 
@@ -44,7 +45,7 @@ sweep_job = _sweep_job()
 def test_shipped_sweeps_parse_against_their_training_config(path):
     require_shared("data", "wikitext-2-raw")
     cfg = load_sweep_config(path)
-    base = resolve_paths(load_train_config(ROOT / cfg.train, cfg.overrides))
+    base = resolve_paths(load_train_config(cfg.train, cfg.overrides))
     params = parse_space(cfg.search, base)
     check_metric(cfg, base)
     assert any(p.swept for p in params)
@@ -52,8 +53,8 @@ def test_shipped_sweeps_parse_against_their_training_config(path):
 
 
 def test_capacity_sweep_covers_the_papers_memory_sizes_with_k_not_above_c():
-    cfg = load_sweep_config(SWEEPS[0].parent / "tiny-capacity.yaml")
-    base = load_train_config(ROOT / cfg.train, [o for o in cfg.overrides if not o.startswith("validation.")])
+    cfg = load_sweep_config(RECIPE_DIR / "sweep-tiny-capacity.yaml")
+    base = load_train_config(cfg.train, [o for o in cfg.overrides if not o.startswith("validation.")])
     assert cfg.search.space["K"] == {"grid": [128, 256, 512, 1024]}
     assert max(cfg.search.space["K"]["grid"]) <= base.model.memory.latent_dim
 
@@ -111,7 +112,7 @@ def validation_setup():
     require_shared("data", "wikitext-2-raw", "wiki.test.raw")
     require_shared("data", "counterfact", "dev_canonical_100.json")
     from larimar.model import LarimarModel
-    from larimar.validation import prepare_validation_texts
+    from larimar.train.validation import prepare_validation_texts
 
     cfg = resolve_paths(load_train_config(TINY, [
         "validation.enabled=true", "validation.chunks=16", "validation.decode_cap=8", "validation.capacity_sizes=[8,32]",
@@ -121,7 +122,7 @@ def validation_setup():
 
 
 def test_validation_texts_are_held_out_and_the_training_source_is_refused(validation_setup):
-    from larimar.validation import prepare_validation_texts
+    from larimar.train.validation import prepare_validation_texts
 
     cfg, texts, _ = validation_setup
     assert len(texts) == 32 == len(set(texts))  # max(chunks, capacity_sizes), distinct
@@ -131,7 +132,7 @@ def test_validation_texts_are_held_out_and_the_training_source_is_refused(valida
 
 
 def test_validation_metrics_are_the_same_split_over_ranks_and_leave_training_state_alone(validation_setup):
-    from larimar.validation import Validator, metric_names
+    from larimar.train.validation import Validator, metric_names
 
     cfg, texts, model = validation_setup
     model.train()
@@ -166,7 +167,7 @@ def ray_with_dashboard():
     """A local Ray with the dashboard: Ray removes ASHA-stopped trials' placement groups through it."""
     import ray
 
-    from larimar.tuning import start_local_ray
+    from larimar.train.tuning import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield

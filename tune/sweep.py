@@ -1,58 +1,10 @@
-"""Hyperparameter sweep over Larimar training runs with Ray Tune (logic: larimar.tuning).
+"""``larimar sweep``, as a script: ``python tune/sweep.py --help`` (logic and options: larimar/cli/sweep.py).
 
-    python tune/sweep.py --config tune/configs/tiny.yaml [key=value ...] [-t optim.steps=20 ...]
-    RAY_AUTH_MODE=disabled ray job submit --working-dir . -- python tune/sweep.py --config tune/configs/tiny.yaml
-
-``key=value`` overrides the sweep config (e.g. ``experiment.name=try2 search.num_samples=4``);
-``-t key=value`` adds an override of the base training config for every trial. Every trial
-trains with Ray Train + DeepSpeed (jobs/train.py's loop) and reports held-out metrics that ASHA
-acts on. Rerunning with the same experiment name resumes the sweep (``--fresh`` starts over in
-a new directory instead: pick a new ``experiment.name``). The report (best.json, trials.csv,
-trials.md, plots) goes to ``<experiment.storage_path>/<experiment.name>/report``.
-
-With RAY_ADDRESS set (as inside ``ray job submit``) it joins that cluster; otherwise it starts a
-local Ray with the dashboard on (Ray removes the placement groups of ASHA-stopped trials through
-it). Against a ``ray start --head`` cluster, Ray 2.60 needs the same RAY_AUTH_MODE on ``ray start``
-and ``ray job submit`` (see jobs/train.py). A bad config exits with status 2 naming the key,
-before Ray starts.
+Kept so that ``ray job submit --working-dir . -- python tune/sweep.py ...`` runs without the package's
+console script on the cluster's PATH.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-
-from larimar.config import ConfigError
-from larimar.tuning import load_sweep_config, run_sweep
-
-
-def main(argv: list[str] | None = None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="sweep YAML, e.g. tune/configs/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
-    parser.add_argument("-t", "--train", action="append", default=[], metavar="KEY=VALUE",
-                        help="override of the base training config, for every trial (repeatable)")
-    parser.add_argument("--fresh", action="store_true", help="do not restore an existing experiment of this name")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_sweep_config(args.config, args.overrides)
-        cfg.overrides = [*cfg.overrides, *args.train]
-        summary = run_sweep(cfg, resume=not args.fresh)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
-    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("finished", "stopped early", "error", "not run")}
-    print(f"[larimar] sweep {summary.experiment_path} {'(restored) ' if summary.restored else ''}done in "
-          f"{summary.seconds:.0f}s: {len(summary.rows)} trials ({counts['finished']} finished, "
-          f"{counts['stopped early']} stopped early, {counts['error']} errored, {counts['not run']} not run), "
-          f"{summary.concurrency} at a time", flush=True)
-    print(f"[larimar] best: {json.dumps(summary.best)}", flush=True)
-    print(f"[larimar] report: {summary.report_dir}/trials.md, trials.csv, best.json and plots", flush=True)
-    if summary.best is None:
-        raise SystemExit(1)  # no trial produced the metric
-    return summary
-
+from larimar.cli.sweep import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="tune/sweep.py")

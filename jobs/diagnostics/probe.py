@@ -5,7 +5,7 @@ MiniLM pooled outputs of the prompt, the fact and the target alone? Writes runs/
 """
 import json, torch, time
 from pathlib import Path
-from larimar.fact_corpus import edit_records
+from larimar.train.fact_corpus import edit_records
 from larimar.model import LarimarModel
 torch.set_num_threads(1)
 D = Path("../shared/data")

@@ -6,9 +6,10 @@
     grace  codebook adaptor at one layer (Hartvigsen et al. 2023)
 
 `make_editor(name, lm, tokenizer, bos_id, options)` builds one; options are ``key=value``
-strings for the method's config dataclass (e.g. ``layer=5``, ``v_steps=10``). The evaluation
-runs in `larimar.baselines.evaluate` (used by ``jobs/eval.py --editor NAME``), the speed /
-accuracy benchmark in `larimar.baselines.bench` (``jobs/bench_edit.py``).
+strings for the method's config dataclass (e.g. ``layer=5``, ``v_steps=10``). Each evaluation
+experiment that compares editors runs them with its own `evaluate_editor` (`larimar.evaluation.
+counterfact`, `.zsre`, `.sequential`; ``jobs/eval.py --editor NAME``), the speed / accuracy
+benchmark is `larimar.evaluation.bench` (``jobs/bench_edit.py``).
 """
 
 from __future__ import annotations

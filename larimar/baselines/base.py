@@ -14,6 +14,7 @@ Subclasses override `prepare` (one-time costs, reported apart from per-edit time
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -195,3 +196,9 @@ class WeightSnapshot:
     def items(self) -> Iterator[tuple[str, nn.Parameter]]:
         return iter(self.params.items())
 
+
+def timed_edit(editor: Editor, request: EditRequest) -> float:
+    """Wall-clock seconds of one edit, the edit only (scoring is timed apart)."""
+    t0 = time.perf_counter()
+    editor.edit(request)
+    return time.perf_counter() - t0

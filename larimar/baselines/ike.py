@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from larimar.baselines.base import EditRequest, Editor
-from larimar.data import resolve_source
+from larimar.sources import resolve_source
 
 
 @dataclass

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from larimar import backbones
 from larimar.baselines.base import mlp_out
-from larimar.data import resolve_source
+from larimar.sources import resolve_source
 
 
 @dataclass

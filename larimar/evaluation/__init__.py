@@ -1,6 +1,5 @@
 """Evaluation of Larimar against the paper's claims (Das et al., ICML 2024), one module per experiment.
 
-    data         CounterFact (ROME and EasyEdit formats), zsRE (MEND format), synthetic facts
     metrics      ES/PS/NS, probability gaps, token accuracy, locality, percentiles (on plain numbers)
     forcing      teacher-forced NLL and argmax of answers under memory read-outs
     counterfact  Table 2 / 8: single-fact editing, with and without scope, and the unedited decoder
@@ -10,14 +9,33 @@
     capacity     Fig. 2a / 4: recall vs facts written for several memory sizes
     long_context Table 6: hierarchical memories over a long document of facts
     timing       Table 1: per-edit wall time (encode / write / read), apart from scoring
-    context      EvalConfig (the run's settings) and EvalContext (model + editor per process)
+    config       EvalConfig (the run's settings) and the experiment names
+    context      EvalContext (model + editor per process)
     runner       item lists, single-process or Ray execution, and the reports
     report       JSON / Markdown / PNG output
+    bench        the speed / accuracy benchmark of Larimar against the baselines (jobs/bench_edit.py)
+    easyedit     EasyEdit's BaseEditor interface on a Larimar model
+    curves       learning curves over a run's checkpoints
+
+The benchmark readers (CounterFact, zsRE, synthetic facts) are core: `larimar.benchmarks`.
 
 Command line: ``python jobs/eval.py <experiment> --model DIR --data PATH --out DIR``.
 """
 
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.runner import EXPERIMENTS, run
+from __future__ import annotations
 
-__all__ = ["EXPERIMENTS", "EvalConfig", "EvalContext", "run"]
+import importlib
+
+# Loaded on first use: a submodule (larimar.evaluation.forcing, say) must not drag in the runner
+# and, through it, every experiment and baseline.
+_EXPORTS = {"EvalConfig": "larimar.evaluation.config", "EvalContext": "larimar.evaluation.context",
+            "EXPERIMENTS": "larimar.evaluation.config", "run": "larimar.evaluation.runner"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'larimar.evaluation' has no attribute {name!r}")

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import random
 
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.data import load_facts
+from larimar.evaluation.config import EvalConfig
+
+from larimar.evaluation.context import EvalContext
+from larimar.benchmarks import load_facts
 from larimar.evaluation.forcing import recall, recall_rates
 from larimar.evaluation.report import Curve, Report, markdown_table
 

@@ -11,9 +11,11 @@ in `larimar.evaluation.metrics`.
 
 from __future__ import annotations
 
+from larimar.baselines.base import EditRequest, Editor, timed_edit
 from larimar.evaluation import metrics
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.data import CounterFactCase, load_counterfact
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
+from larimar.benchmarks import CounterFactCase, load_counterfact
 from larimar.evaluation.report import Report, markdown_table
 
 GROUPS = ("rewrite", "paraphrase", "neighborhood", "paraphrase_ref")
@@ -74,15 +76,41 @@ def evaluate_case(ctx: EvalContext, case: CounterFactCase, empty) -> dict:
 
 def evaluate(ctx: EvalContext, cases: list[CounterFactCase], tick) -> list[dict]:
     if ctx.cfg.editor != "larimar":
-        from larimar.baselines import evaluate as baseline
-
         ctx.baseline.prepare()
-        return baseline.counterfact(ctx.baseline, cases, tick, ctx.cfg.batch_size)
+        return evaluate_editor(ctx.baseline, cases, tick, ctx.cfg.batch_size)
     empty = ctx.memory(scope=False)  # nothing written: every read is z = 0, the unedited decoder
     out = []
     for case in cases:
         out.append(evaluate_case(ctx, case, empty))
         tick(1)
+    return out
+
+
+def _counterfact_scores(editor: Editor, case: CounterFactCase, batch_size: int) -> dict:
+    groups = {g: v for g, v in _prompts(case).items() if v[0]}
+    prompts = [p for ps, _ in groups.values() for p in ps]
+    trues = [t for ps, t in groups.values() for _ in ps]
+    nll = editor.score(prompts + prompts, [case.target_new] * len(prompts) + trues, batch_size)
+    new, true = nll[:len(prompts)], nll[len(prompts):]
+    out, i = {}, 0
+    for g, (ps, _) in groups.items():
+        out[g] = {"nll_new": new[i:i + len(ps)], "nll_true": true[i:i + len(ps)], "in_scope": [True] * len(ps)}
+        i += len(ps)
+    return out
+
+
+def evaluate_editor(editor: Editor, cases: list[CounterFactCase], tick=lambda k: None, batch_size: int = 16) -> list[dict]:
+    """A peer baseline (`larimar.baselines`) on the same cases and prompts: per case score unedited,
+    edit (timed), score edited, reset; records in this module's format, conditions edited/unedited."""
+    out = []
+    for case in cases:
+        editor.reset()
+        record = {"case_id": case.case_id, "format": case.format, "unedited": _counterfact_scores(editor, case, batch_size)}
+        record["edit_s"] = timed_edit(editor, EditRequest(case.prompt, case.target_new, case.subject, case.target_true))
+        record["edited"] = _counterfact_scores(editor, case, batch_size)
+        out.append(record)
+        tick(1)
+    editor.reset()
     return out
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import random
 
 from larimar.evaluation import metrics
-from larimar.evaluation.context import EvalConfig, EvalContext
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
 from larimar.evaluation.forcing import recall, recall_rates
 from larimar.evaluation.report import Report, markdown_table
 

@@ -13,8 +13,9 @@ Records: CounterFact (either format) or zsRE; each case is its own memory (N = 1
 from __future__ import annotations
 
 from larimar.evaluation import metrics
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.data import load_facts
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
+from larimar.benchmarks import load_facts
 from larimar.evaluation.report import Report, markdown_table
 
 MAX_NEW_TOKENS = 12

@@ -20,8 +20,9 @@ import random
 
 import torch
 
-from larimar.editor import reference_memory
-from larimar.evaluation.context import EvalConfig, EvalContext
+from larimar.memory import reference_memory
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
 from larimar.evaluation.forcing import recall, recall_rates, teacher_force
 from larimar.evaluation.report import Curve, Report, markdown_table
 from larimar.memory import SequentialMemory

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from larimar.config import ConfigError
-from larimar.data import chunk_paragraphs, read_paragraphs
-from larimar.evaluation.context import EvalConfig, EvalContext
+from larimar.sources import chunk_paragraphs, read_paragraphs
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
 from larimar.evaluation.report import Report, markdown_table
 
 CONDITIONS = ("base", "z0", "self")

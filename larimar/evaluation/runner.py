@@ -19,23 +19,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from larimar.config import ConfigError, from_dict, load_yaml
+from larimar.config import ConfigError, from_dict
 from larimar.evaluation import report
-from larimar.evaluation.context import CONFIG_DIR, EvalConfig, EvalContext, load_model
-from larimar.model import LarimarModel, bundled_models
-
-EXPERIMENTS = {
-    "counterfact": "larimar.evaluation.counterfact",
-    "zsre": "larimar.evaluation.zsre",
-    "sequential": "larimar.evaluation.sequential",
-    "forgetting": "larimar.evaluation.forgetting",
-    "capacity": "larimar.evaluation.capacity",
-    "long-context": "larimar.evaluation.long_context",
-    "timing": "larimar.evaluation.timing",
-    "perplexity": "larimar.evaluation.perplexity",
-    "generation": "larimar.evaluation.generation",
-}
-
+from larimar.evaluation.config import EXPERIMENTS, EvalConfig
+from larimar.evaluation.context import EvalContext, model_config
 
 def experiment_module(name: str):
     if name not in EXPERIMENTS:
@@ -45,14 +32,7 @@ def experiment_module(name: str):
 
 def model_slots(spec: str) -> int:
     """The trained K of a model, read from its config without loading weights."""
-    path = Path(spec)
-    if path.is_dir() or spec in bundled_models():
-        return LarimarModel.read_config(spec).memory.slots
-    yaml_path = path if path.suffix in (".yaml", ".yml") else CONFIG_DIR / f"{spec}.yaml"
-    if yaml_path.exists():
-        return load_yaml(yaml_path).get("model", {}).get("memory", {}).get("slots", 512)
-    load_model(spec)  # raises the ConfigError naming what was expected
-    raise AssertionError("unreachable")
+    return model_config(spec).memory.slots
 
 
 def chunks(items: list, n: int) -> list[list]:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import random
 
-from larimar.evaluation.context import EvalConfig, EvalContext
+from larimar.baselines.base import EditRequest, Editor, timed_edit
+from larimar.benchmarks import Fact
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
 from larimar.evaluation.forcing import recall, recall_rates
 from larimar.evaluation.report import Curve, Report, markdown_table
 
@@ -31,14 +34,36 @@ def checkpoints(n: int, parts: int) -> list[int]:
     return sorted(set(list(range(step, n, step)) + [n]))
 
 
+def _recall(editor: Editor, facts: list[Fact], batch_size: int, rephrase: bool = False):
+    prompts = [f.rephrases[0] if rephrase else f.prompt for f in facts]
+    return recall_rates(editor.force(prompts, [f.target for f in facts], batch_size)) if facts else \
+        {"token_acc": None, "exact": None}
+
+
+def evaluate_editor(editor: Editor, facts: list[Fact], n_checkpoints: int, eval_cap: int, seed: int,
+               tick=lambda k: None, batch_size: int = 16) -> tuple[list[dict], list[float]]:
+    """Edits one after another into the same model; (checkpoint records, per-edit seconds)."""
+    rng = random.Random(seed)
+    editor.reset()
+    marks, out, times = set(checkpoints(len(facts), n_checkpoints)), [], []
+    for i, f in enumerate(facts, 1):
+        times.append(timed_edit(editor, EditRequest(f.prompt, f.target, f.subject)))
+        tick(1)
+        if i in marks:
+            seen = facts[:i]
+            sample = seen if len(seen) <= eval_cap else rng.sample(seen, eval_cap)
+            kept = _recall(editor, sample, batch_size)
+            reph = _recall(editor, [f for f in sample if f.rephrases], batch_size, rephrase=True)
+            out.append({"edits": i, "evaluated": len(sample), "retention": kept["token_acc"],
+                        "retention_exact": kept["exact"], "rephrase": reph["token_acc"], "rephrase_exact": reph["exact"]})
+    editor.reset()
+    return out, times
 def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
     cfg, facts = ctx.cfg, ctx.facts
     if cfg.editor != "larimar":
-        from larimar.baselines import evaluate as baseline
-
         ctx.baseline.prepare()
-        records, _ = baseline.sequential(ctx.baseline, facts, cfg.checkpoints, cfg.eval_cap, cfg.seed, tick,
-                                         cfg.batch_size)
+        records, _ = evaluate_editor(ctx.baseline, facts, cfg.checkpoints, cfg.eval_cap, cfg.seed, tick,
+                                     cfg.batch_size)
         return records
     rng = random.Random(cfg.seed)
     mem = ctx.memory(capacity=len(facts), scope=needs_scope(cfg))

@@ -16,8 +16,9 @@ import time
 import torch
 
 from larimar.evaluation import metrics
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.data import Fact, load_facts
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
+from larimar.benchmarks import Fact, load_facts
 from larimar.evaluation.forcing import force_with_memory
 from larimar.evaluation.report import Report, markdown_table
 from larimar.fact_encoder import encode_facts

@@ -13,9 +13,11 @@ Conditions: scope-gated read, ungated read, and the unedited decoder (z = 0).
 
 from __future__ import annotations
 
+from larimar.baselines.base import EditRequest, Editor, timed_edit
 from larimar.evaluation import metrics
-from larimar.evaluation.context import EvalConfig, EvalContext
-from larimar.evaluation.data import ZsreCase, load_zsre
+from larimar.evaluation.config import EvalConfig
+from larimar.evaluation.context import EvalContext
+from larimar.benchmarks import ZsreCase, load_zsre
 from larimar.evaluation.forcing import force_with_memory
 from larimar.evaluation.report import Report, markdown_table
 
@@ -50,12 +52,31 @@ def evaluate_case(ctx: EvalContext, case: ZsreCase) -> dict:
     return record
 
 
+def evaluate_editor(editor: Editor, cases: list[ZsreCase], tick=lambda k: None, batch_size: int = 16) -> list[dict]:
+    """A peer baseline on the same cases: unedited, edit (timed), edited, reset; conditions edited/unedited."""
+    out = []
+    for case in cases:
+        editor.reset()
+        prompts, answers = [case.prompt, case.rephrase, case.loc], [case.target, case.target, case.loc_ans]
+        forced = {"unedited": editor.force(prompts, answers, batch_size)}
+        edit_s = timed_edit(editor, EditRequest(case.prompt, case.target, case.subject))
+        forced["edited"] = editor.force(prompts, answers, batch_size)
+        base_loc = forced["unedited"][2].pred_ids
+        record = {"case_id": case.case_id, "edit_s": edit_s}
+        for c, (es, ps, loc) in forced.items():
+            record[c] = {"ES": es.token_acc, "PS": ps.token_acc, "ES_exact": es.exact, "PS_exact": ps.exact,
+                         "NS": loc.token_acc, "locality": metrics.unchanged_fraction(loc.pred_ids, base_loc),
+                         "in_scope": [c == "edited"] * 3}
+        out.append(record)
+        tick(1)
+    editor.reset()
+    return out
+
+
 def evaluate(ctx: EvalContext, cases: list[ZsreCase], tick) -> list[dict]:
     if ctx.cfg.editor != "larimar":
-        from larimar.baselines import evaluate as baseline
-
         ctx.baseline.prepare()
-        return baseline.zsre(ctx.baseline, cases, tick, ctx.cfg.batch_size)
+        return evaluate_editor(ctx.baseline, cases, tick, ctx.cfg.batch_size)
     out = []
     for case in cases:
         out.append(evaluate_case(ctx, case))

@@ -1,4 +1,4 @@
 """Serving-side library: durable multi-tenant memory store, API schemas, auth, settings.
 
-`serve/app.py` wires these into Ray Serve deployments; everything testable lives here.
+`larimar/serving/app.py` wires these into Ray Serve deployments; everything testable lives here.
 """

@@ -41,6 +41,8 @@ class RequestBody(BaseModel):
 
 
 class Limits(BaseModel):
+    model_config = {"extra": "forbid"}  # a misspelt limit must not silently keep its default
+
     max_text_chars: int = Field(2000, ge=1)
     max_facts_per_request: int = Field(64, ge=1)
     max_tokens: int = Field(256, ge=1)
@@ -56,7 +58,7 @@ class Limits(BaseModel):
 
 
 class ServeSettings(BaseModel):
-    """Arguments of the Serve application builder (`serve/app.py:build`), from YAML or the CLI."""
+    """Arguments of the Serve application builder (`larimar/serving/app.py:build`), from YAML or the CLI."""
 
     model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained) or bundled name")
     model_name: str = Field("larimar", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
@@ -82,6 +84,31 @@ class ServeSettings(BaseModel):
     encoder_max_replicas: int = Field(1, ge=1)
 
     model_config = {"extra": "forbid"}
+
+
+def load_settings(args: dict, defaults: dict | None = None) -> ServeSettings:
+    """ServeSettings from a Serve config's ``args`` (or ``larimar serve``'s): an optional ``config``
+    YAML file, then the other arguments over it; ``key=value`` strings in ``overrides`` last.
+
+    The file and the overrides go through `larimar.config` like every other config of the project;
+    the fields are pydantic's (the HTTP schemas are), and a bad one is a ConfigError naming it.
+    `defaults` lie under everything (``larimar serve`` passes the bundled default model)."""
+    from pydantic import ValidationError
+
+    from larimar.config import ConfigError, apply_overrides, load_yaml
+
+    args = dict(args)
+    overrides = args.pop("overrides", [])
+    config = args.pop("config", None)
+    data = load_yaml(config) if config else {}
+    data = apply_overrides({**(defaults or {}), **data, **args}, list(overrides))
+    try:
+        return ServeSettings(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(x) for x in first["loc"]) or "settings"
+        raise ConfigError(f"{key}: {first['msg']} (got {first.get('input')!r})") from None
+
 
 
 class FactIn(RequestBody):

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from larimar import memory_file
-from larimar.editor import reference_memory
+from larimar.memory import reference_memory
 from larimar.facts import FactMemory, make_fact
 from larimar.memory import SequentialMemory
 from larimar.scope import ScopeDetector, ScopeMatch

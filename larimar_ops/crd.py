@@ -1,6 +1,6 @@
 """Offline, strict validation of KubeRay manifests against the CRDs' OpenAPI schemas.
 
-    kubectl kustomize k8s/overlays/gpu | python -m larimar.crd --crds ../shared/k8s-crds -
+    kubectl kustomize k8s/overlays/gpu | python -m larimar_ops.crd --crds ../shared/k8s-crds -
 
 `kubectl apply --dry-run=client` needs an API server to know a CRD, so CI cannot use it. The CRD
 files carry the full OpenAPI v3 schema of each kind (pod templates included); this turns it into

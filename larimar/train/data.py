@@ -20,114 +20,19 @@ Pipeline, run once in the driver (`prepare_chunks`) so that a bad path fails bef
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
 import pyarrow as pa
 
-from larimar import backbones
 from larimar.config import ConfigError
-from larimar.fact_corpus import edit_records, edit_rows, fact_sentences
-from larimar.train_config import TrainConfig
+from larimar.sources import chunk_paragraphs, decoder_tokenizer, hub_paragraphs, read_paragraphs, resolve_source
+from larimar.train.fact_corpus import edit_records, edit_rows, fact_sentences
+from larimar.train.config import TrainConfig
 
-TEXT_SUFFIXES = (".raw", ".txt", ".jsonl")
-SHARED_DATA_PREFIX = "../shared/data/"
-_HEADING = re.compile(r"^\s*=.*=\s*$")  # WikiText's " = Title = " and " = = Section = = " lines
 ROWS_PER_BLOCK = 1024  # Ray Data block size: enough blocks to split evenly over workers
-
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[1]
-
-
-def resolve_source(source: str) -> Path | str:
-    """A local path (made absolute) or, if `source` does not look like a path, a hub dataset name.
-
-    A relative path is tried against the working directory, then the repo root. A path starting
-    with ``../shared/data/`` names the project's shared data directory: ``$LARIMAR_DATA_DIR``
-    when set (e.g. inside a ``ray job submit`` working directory, which has no ``../shared``),
-    else ``../shared/data`` beside the repo root or the working directory.
-    """
-    looks_like_path = source.startswith((".", "/", "~")) or source.endswith(TEXT_SUFFIXES) or os.path.exists(source)
-    if not looks_like_path:
-        return source
-    path = Path(source).expanduser()
-    candidates = [path] if path.is_absolute() else [Path.cwd() / path, repo_root() / path]
-    if source.startswith(SHARED_DATA_PREFIX):
-        rest = source[len(SHARED_DATA_PREFIX):]
-        if os.environ.get("LARIMAR_DATA_DIR"):
-            candidates.insert(0, Path(os.environ["LARIMAR_DATA_DIR"]) / rest)
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"data.source: {source!r} not found (tried {tried}); pass data.source=/absolute/path "
-                      f"or set LARIMAR_DATA_DIR to the directory that ../shared/data stands for")
-
-
-def is_paragraph(line: str) -> bool:
-    return bool(line.strip()) and not _HEADING.match(line)
-
-
-def read_paragraphs(path: Path, text_field: str = "text") -> list[str]:
-    """Paragraphs of a text file, a .jsonl file or every such file in a directory (sorted)."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
-        if not files:
-            raise ConfigError(f"data.source: directory {path} holds no {'/'.join(TEXT_SUFFIXES)} files")
-        return [p for f in files for p in read_paragraphs(f, text_field)]
-    if path.suffix == ".jsonl":
-        out = []
-        with path.open(encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                record = json.loads(line)
-                if text_field not in record:
-                    raise ConfigError(f"data.text_field: {path}:{i} has no {text_field!r} field (keys: {sorted(record)})")
-                out.extend(p for p in str(record[text_field]).splitlines() if is_paragraph(p))
-        return out
-    with path.open(encoding="utf-8") as fh:
-        return [line.strip() for line in fh if is_paragraph(line)]
-
-
-def hub_paragraphs(name: str, config: str | None, split: str, text_field: str) -> list[str]:
-    """Paragraphs of a Hugging Face hub dataset (needs network or a populated HF cache)."""
-    ds = datasets.load_dataset(name, config, split=split)
-    if text_field not in ds.column_names:
-        raise ConfigError(f"data.text_field: {name} has no column {text_field!r} (columns: {ds.column_names})")
-    return [t.strip() for t in ds[text_field] if is_paragraph(t)]
-
-
-def decoder_tokenizer(name: str):
-    """The decoder's tokenizer without loading its weights (the driver only needs to cut chunks)."""
-    return backbones.load_tokenizer(name)
-
-
-def chunk_paragraphs(paragraphs: list[str], tokenizer, chunk_tokens: int, min_chunk_tokens: int = 1) -> list[str]:
-    """Cut each paragraph into pieces of `chunk_tokens` decoder tokens; returns their text spans."""
-    if not paragraphs:
-        return []
-    chunks = []
-    if tokenizer.is_fast:
-        enc = tokenizer(paragraphs, add_special_tokens=False, return_offsets_mapping=True)
-        for text, offsets in zip(paragraphs, enc["offset_mapping"]):
-            for i in range(0, len(offsets), chunk_tokens):
-                piece = offsets[i:i + chunk_tokens]
-                if len(piece) >= min_chunk_tokens:
-                    chunks.append(text[piece[0][0]:piece[-1][1]].strip())
-    else:  # slow tokenizers have no offsets: decode the token pieces instead
-        for ids in tokenizer(paragraphs, add_special_tokens=False)["input_ids"]:
-            for i in range(0, len(ids), chunk_tokens):
-                piece = ids[i:i + chunk_tokens]
-                if len(piece) >= min_chunk_tokens:
-                    chunks.append(tokenizer.decode(piece).strip())
-    return [c for c in chunks if c]
 
 
 def text_chunks(cfg: TrainConfig) -> datasets.Dataset:
@@ -154,14 +59,14 @@ def _local_files(key: str, names: list[str]) -> list[Path]:
 
 
 def fact_texts(cfg: TrainConfig) -> list[str]:
-    """data.facts as fact sentences, minus the cases of data.facts_exclude (larimar.fact_corpus)."""
+    """data.facts as fact sentences, minus the cases of data.facts_exclude (larimar.train.fact_corpus)."""
     d = cfg.data
     return fact_sentences(_local_files("data.facts", d.facts), _local_files("data.facts_exclude", d.facts_exclude),
                           d.exclude_subjects)
 
 
 def edit_texts(cfg: TrainConfig) -> list[dict]:
-    """data.edits as keyed training rows {text, key, query, target} (larimar.fact_corpus.edit_rows)."""
+    """data.edits as keyed training rows {text, key, query, target} (larimar.train.fact_corpus.edit_rows)."""
     d = cfg.data
     edits = edit_records(_local_files("data.edits", d.edits), _local_files("data.facts_exclude", d.facts_exclude),
                          d.exclude_subjects)
@@ -241,7 +146,7 @@ def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: in
     """Endless (epoch, batch index in epoch, rows) from a Ray Data shard, one pass per epoch.
 
     Rows are texts, or {text, key, query, target} dicts when the dataset has keyed edits
-    (`larimar.training.episode_batch` takes either).
+    (`larimar.train.loop.episode_batch` takes either).
 
     `skip` batches of `start_epoch` are read and dropped, so a resumed run continues at the same
     place in the epoch. Ray Data's streaming split assigns blocks to workers dynamically, so the

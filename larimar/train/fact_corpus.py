@@ -48,7 +48,7 @@ _NUMBERING = re.compile(r"^\s*\d+[.)]\s+")
 
 def kind(record: dict) -> str:
     """The record's benchmark format, by the evaluation loader's own detection."""
-    from larimar.evaluation.data import detect_format  # larimar.evaluation imports larimar.data, which imports us
+    from larimar.benchmarks import detect_format  # larimar.evaluation imports larimar.train.data, which imports us
 
     try:
         return {"counterfact-canonical": "counterfact", "counterfact-flat": "counterfact_flat"}.get(

@@ -84,8 +84,9 @@ def run_larimar(cfg: BenchConfig) -> dict:
     import torch
 
     from larimar.evaluation import counterfact, sequential
-    from larimar.evaluation.context import EvalConfig, EvalContext
-    from larimar.evaluation.data import load_counterfact
+    from larimar.evaluation.config import EvalConfig
+    from larimar.evaluation.context import EvalContext
+    from larimar.benchmarks import load_counterfact
 
     t0 = time.perf_counter()
     ecfg = EvalConfig("counterfact", cfg.larimar_model, cfg.counterfact, limit=cfg.cases, seed=cfg.seed,
@@ -123,9 +124,10 @@ def run_larimar(cfg: BenchConfig) -> dict:
 
 def run_baseline(method: str, cfg: BenchConfig) -> dict:
     from larimar import backbones
-    from larimar.baselines import evaluate, make_editor
+    from larimar.baselines import make_editor
+    from larimar.evaluation import sequential
     from larimar.evaluation import counterfact
-    from larimar.evaluation.data import load_counterfact, load_facts
+    from larimar.benchmarks import load_counterfact, load_facts
     from larimar.evaluation.context import load_model
 
     t0 = time.perf_counter()
@@ -138,9 +140,9 @@ def run_baseline(method: str, cfg: BenchConfig) -> dict:
     load_s, rss_loaded = time.perf_counter() - t0, _rss_mib()
     one_time = {"load_model": load_s, **editor.prepare()}
     cases = load_counterfact(cfg.counterfact, cfg.cases)
-    records = evaluate.counterfact(editor, cases, batch_size=cfg.batch_size)
+    records = counterfact.evaluate_editor(editor, cases, batch_size=cfg.batch_size)
     facts = load_facts(cfg.zsre, cfg.stream, cfg.seed)
-    seq, seq_s = evaluate.sequential(editor, facts, cfg.checkpoints, 256, cfg.seed, batch_size=cfg.batch_size)
+    seq, seq_s = sequential.evaluate_editor(editor, facts, cfg.checkpoints, 256, cfg.seed, batch_size=cfg.batch_size)
     return {"method": method, "decoder": decoder, "counterfact": counterfact.condition_summary(records, "edited"),
             "unedited": counterfact.condition_summary(records, "unedited"), "condition": "edited",
             "edit": _times([r["edit_s"] for r in records]), "sequential": _seq_summary(seq),

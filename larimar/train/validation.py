@@ -25,7 +25,7 @@ sigma_w = 0 and xi = 0, App. E):
 
 Work is split over the data-parallel ranks (episodes, capacity sizes and cases round-robin) and
 the per-rank sums are combined by the ``reduce`` callable the caller passes (an all-reduce sum
-in `larimar.distributed`; the identity in a single process), so every rank returns the same
+in `larimar.train.distributed`; the identity in a single process), so every rank returns the same
 numbers, as ``ray.train.report`` on every rank expects.
 """
 
@@ -39,9 +39,9 @@ from pathlib import Path
 import torch
 
 from larimar.config import ConfigError
-from larimar.data import chunk_paragraphs, decoder_tokenizer, read_paragraphs, resolve_source
+from larimar.sources import chunk_paragraphs, decoder_tokenizer, read_paragraphs, resolve_source
 from larimar.model import LarimarModel
-from larimar.train_config import TrainConfig
+from larimar.train.config import TrainConfig
 
 ENCODE_BATCH = 128  # chunks per encoder pass
 DECODE_BATCH = 16  # chunks per decoder pass: logits are (16, T, vocab) floats
@@ -98,7 +98,7 @@ class Validator:
         self.texts = texts
         self.cases = []
         if v.counterfact:
-            from larimar.evaluation.data import load_counterfact
+            from larimar.benchmarks import load_counterfact
 
             self.cases = load_counterfact(v.counterfact, v.counterfact_cases)
 
@@ -218,7 +218,8 @@ class Validator:
 
     def _counterfact(self, model: LarimarModel, case, sums: dict, counts: dict) -> None:
         from larimar.evaluation import counterfact
-        from larimar.evaluation.context import EvalConfig, EvalContext
+        from larimar.evaluation.config import EvalConfig
+        from larimar.evaluation.context import EvalContext
 
         if not hasattr(self, "_cf_context") or self._cf_context.model is not model:
             cfg = EvalConfig(experiment="counterfact", model="<training>", data=str(self.cfg.validation.counterfact),

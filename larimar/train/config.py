@@ -1,7 +1,7 @@
 """The typed config of a distributed training run (`jobs/train.py`), one YAML file per model size.
 
 Sections mirror who consumes them: `model` builds the `LarimarModel`, `data` the corpus
-(`larimar.data`), `optim` the optimizer and schedules, `scaling` Ray Train's `ScalingConfig`,
+(`larimar.train.data`), `optim` the optimizer and schedules, `scaling` Ray Train's `ScalingConfig`,
 `run` its `RunConfig`, `deepspeed` the engine, `debug` the fault-injection knob the tests use.
 Everything a typo can break is checked here, in the driver, so a bad config fails with a
 `ConfigError` naming the key before Ray starts, not minutes later inside a worker.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from larimar import recipes
 from larimar.config import ConfigError, load
 from larimar.model import LarimarConfig
 
@@ -29,11 +30,11 @@ class DataConfig:
     source: str | None = SHARED_WIKITEXT  # local file or directory (.raw/.txt/.jsonl), a hub dataset name,
     # or null for fact sentences only
     facts: list[str] = field(default_factory=list)  # CounterFact / zsRE JSON files whose fact sentences are
-    # added as training text (larimar.fact_corpus); name such a model "...-facts"
+    # added as training text (larimar.train.fact_corpus); name such a model "...-facts"
     facts_exclude: list[str] = field(default_factory=list)  # evaluation files whose cases are kept out of training
     # (of data.facts and data.edits)
     edits: list[str] = field(default_factory=list)  # files of edits with other wordings (CounterFact, KnowEdit,
-    # zsRE): keyed episodes, "write the fact, answer another prompt of it" (larimar.fact_corpus.edit_rows)
+    # zsRE): keyed episodes, "write the fact, answer another prompt of it" (larimar.train.fact_corpus.edit_rows)
     edit_queries: int = 4  # per edit: its own prompt plus up to this many other prompts, one row each
     exclude_subjects: list[str] = field(default_factory=list)  # more subjects kept out of all training text
     # (e.g. the demo's facts)
@@ -197,7 +198,7 @@ class TrainConfig:
     def deepspeed_config(self) -> dict:
         """The DeepSpeed JSON config. No "optimizer" or "scheduler" sections: DeepSpeed's own AdamW
         JIT-compiles a C++ op for minutes on CPU, so the client passes torch AdamW and a LambdaLR
-        (the same schedule as `larimar.training.train_plain`, and extendable on resume)."""
+        (the same schedule as `larimar.train.loop.train_plain`, and extendable on resume)."""
         o = self.optim
         return {
             "train_micro_batch_size_per_gpu": o.micro_batch_episodes,
@@ -215,11 +216,7 @@ class TrainConfig:
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML plus ``key=value`` overrides -> TrainConfig; raises ConfigError naming the key.
 
-    `path` may also be a recipe name, e.g. ``larimar-smol`` for ``jobs/configs/larimar-smol.yaml``."""
-    if path is not None and not Path(path).exists() and Path(path).suffix == "" and "/" not in str(path):
-        recipe = Path(__file__).resolve().parents[1] / "jobs" / "configs" / f"{path}.yaml"
-        if not recipe.exists():
-            known = sorted(p.stem for p in recipe.parent.glob("*.yaml"))
-            raise ConfigError(f"--config: {path!r} is neither a file nor a recipe in jobs/configs ({', '.join(known)})")
-        path = recipe
+    `path` may also be a bundled recipe's name (`larimar.recipes`), e.g. ``larimar-smol``."""
+    if path is not None:
+        path = recipes.resolve(path)
     return load(TrainConfig, path, overrides)

@@ -18,7 +18,7 @@ from larimar.model import LarimarModel
 
 def episode_batch(model: LarimarModel, texts: list, episodes: int, episode_size: int) -> dict[str, torch.Tensor]:
     """B*N rows -> encoder and decoder tensors shaped (B, N, T). Rows are texts (plain episodes) or
-    {text, key, query, target} dicts (`larimar.data.episode_batches`); dicts with a key make a
+    {text, key, query, target} dicts (`larimar.train.data.episode_batches`); dicts with a key make a
     keyed batch (`edit_batch`)."""
     if len(texts) != episodes * episode_size:
         raise ValueError(f"need {episodes * episode_size} texts for {episodes} episodes of {episode_size}, got {len(texts)}")
@@ -27,7 +27,7 @@ def episode_batch(model: LarimarModel, texts: list, episodes: int, episode_size:
         if all(keyed):
             return edit_batch(model, texts, episodes, episode_size)
         if any(keyed):
-            raise ValueError("a micro-batch mixes plain and keyed rows (larimar.data.prepare_chunks keeps them apart)")
+            raise ValueError("a micro-batch mixes plain and keyed rows (larimar.train.data.prepare_chunks keeps them apart)")
         texts = [r["text"] for r in texts]
     enc = model.tokenize_for_encoder(texts)
     dec = model.tokenize_for_decoder(texts)

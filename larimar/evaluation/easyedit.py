@@ -1,6 +1,6 @@
 """EasyEdit's editor interface on Larimar: `from_hparams`, `edit`, `batch_edit`, EasyEdit's metrics.
 
-    from larimar.easyedit import BaseEditor, LarimarHyperParams
+    from larimar.evaluation.easyedit import BaseEditor, LarimarHyperParams
     hparams = LarimarHyperParams.from_hparams("larimar-smol-v2")       # or a path to a YAML file
     editor = BaseEditor.from_hparams(hparams)
     metrics, memory, ids = editor.edit(

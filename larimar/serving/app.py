@@ -1,6 +1,6 @@
 """Larimar on Ray Serve: HTTP ingress, encoder, decoder and the single memory actor.
 
-    serve run serve.app:build model=larimar-smol-v2 storage=runs/serve-store     # dev
+    serve run larimar.serving.app:build model=larimar-smol-v2 storage=runs/serve-store     # dev
     serve deploy serve/config.yaml                                                # from the built config
 
 Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)
@@ -37,7 +37,7 @@ from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
 from larimar.serving.schemas import (
     CreateMemory, ForgetResult, GenerateIn, GenerateOut, Limits, Match, MemoryDetail, MemoryOut, ScoreIn, ScoreOut,
-    ServeSettings, WriteFacts, WriteResult,
+    ServeSettings, WriteFacts, WriteResult, load_settings,
 )
 from larimar.serving.store import Conflict, MemoryStore, StoreConfig, StoreError
 
@@ -706,14 +706,8 @@ class Ingress:
 
 
 def build(args: dict):
-    """`serve run serve.app:build model=... [storage=...] [config=settings.yaml]` or a Serve config's args."""
-    args = dict(args)
-    if "config" in args:
-        import yaml
-
-        with open(args.pop("config")) as f:
-            args = {**yaml.safe_load(f), **args}
-    settings = ServeSettings(**args)
+    """`serve run larimar.serving.app:build model=... [storage=...] [config=settings.yaml]` or a Serve config's args."""
+    settings = load_settings(args)
     cfg = LarimarModel.read_config(settings.model)
     store = StoreConfig(storage=settings.storage, latent_dim=cfg.memory.latent_dim,
                         snapshot_every=settings.snapshot_every,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from larimar.config import ConfigError
-from larimar.data import resolve_source
+from larimar.sources import resolve_source
 from larimar.synthetic import PEOPLE, RELATIONS, distinct_facts
 
 

@@ -1,12 +1,12 @@
 """Hyperparameter sweeps with Ray Tune: every trial is a Larimar training run on Ray Train.
 
 Ray 2.60 runs Train V2, where ``Tuner(trainer)`` is gone: a Tune *function* trainable
-(`run_trial`) builds a `TorchTrainer` with `larimar.distributed.make_trainer` and fits it, and
+(`run_trial`) builds a `TorchTrainer` with `larimar.train.distributed.make_trainer` and fits it, and
 Train's `TuneReportCallback` forwards rank 0's ``ray.train.report`` metrics to Tune. With
-``validation.enabled`` those reports carry held-out metrics (`larimar.validation`), so ASHA
+``validation.enabled`` those reports carry held-out metrics (`larimar.train.validation`), so ASHA
 stops trials on reconstruction through memory or CounterFact edit success, not training loss.
 
-A sweep YAML (`SweepConfig`, e.g. ``tune/configs/tiny.yaml``) names a base training config plus
+A sweep YAML (`SweepConfig`, e.g. ``larimar/recipes/sweep-tiny.yaml``) names a base training config plus
 overrides and a search space over its keys; the paper's knobs have short names (`ALIASES`: K,
 sigma_xi, sigma_w, learn_sigma_w, beta and its schedule, episode_size, lr). Each trial's
 training run lives in ``<experiment>/train/trial-<id>`` (stable, so a restored trial resumes
@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from larimar import recipes
 from larimar.config import ConfigError, from_dict, load, set_dotted, to_dict
-from larimar.train_config import TrainConfig, load_train_config
+from larimar.train.config import TrainConfig, load_train_config
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class PlotSpec:
 
 @dataclass
 class SweepConfig:
-    train: str = "jobs/configs/tiny.yaml"  # the base training config (YAML), as for jobs/train.py
+    train: str = "tiny"  # the base training config: a recipe name or a YAML file, as for `larimar train`
     overrides: list[str] = field(default_factory=list)  # key=value applied to it for every trial
     metric: str = "val/rec_token_acc"  # a reported metric: val/*, loss, loss/<term>
     mode: Literal["min", "max"] = "max"
@@ -137,7 +138,8 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str | Path | None, overrides: list[str] | None = None) -> SweepConfig:
-    return load(SweepConfig, path, overrides)
+    """A sweep YAML or a bundled sweep's name (``sweep-tiny``), plus ``key=value`` overrides."""
+    return load(SweepConfig, recipes.resolve(path) if path is not None else None, overrides)
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def trial_config(base: dict, values: dict[str, Any], where: str = "search.space"
 
 def check_metric(cfg: SweepConfig, base: TrainConfig) -> None:
     """The objective must be something every report carries, or ASHA has nothing to compare."""
-    from larimar.validation import metric_names
+    from larimar.train.validation import metric_names
 
     known = ["loss"] + [f"loss/{t}" for t in ("reconstruction", "autoencoder", "lm", "kl", "latent_l2")]
     if base.validation.enabled:
@@ -258,8 +260,8 @@ def run_trial(config: dict, base: dict, chunks, validation_texts: list[str] | No
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from larimar.data import to_ray_dataset
-    from larimar.distributed import make_trainer
+    from larimar.train.data import to_ray_dataset
+    from larimar.train.distributed import make_trainer
 
     cfg = trial_config(base, config)
     cfg.run.name = f"trial-{ray.tune.get_context().get_trial_id()}"  # stable across restores: resumes
@@ -366,8 +368,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = True) -> SweepSummary:
     import ray
     from ray import tune
 
-    from larimar.data import prepare_chunks
-    from larimar.distributed import resolve_paths
+    from larimar.train.data import prepare_chunks
+    from larimar.train.distributed import resolve_paths
 
     base = resolve_paths(load_train_config(_resolve(cfg.train), cfg.overrides))
     params = parse_space(cfg.search, base)
@@ -376,7 +378,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = True) -> SweepSummary:
     chunks = prepare_chunks(base)
     validation_texts = None
     if base.validation.enabled:
-        from larimar.validation import prepare_validation_texts
+        from larimar.train.validation import prepare_validation_texts
 
         validation_texts = prepare_validation_texts(base)
     experiment_path = Path(cfg.experiment.storage_path).expanduser().resolve() / cfg.experiment.name
@@ -418,13 +420,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = True) -> SweepSummary:
 
 
 def _resolve(path: str) -> Path:
-    """The base training YAML: as given, else relative to the repo root (jobs/configs/...)."""
-    from larimar.data import repo_root
-
-    p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists() and (repo_root() / p).exists():
-        return repo_root() / p
-    return p
+    """The base training YAML: a file, or a bundled recipe's name (`larimar.recipes`)."""
+    return recipes.resolve(path, key="train")
 
 
 # -- the report ----------------------------------------------------------------------------------

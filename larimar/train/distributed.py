@@ -3,7 +3,7 @@
 `train_loop_per_worker` runs on every worker (it lives here, not in ``jobs/train.py``, because
 Ray pickles it by reference: a ``__main__`` function drags globals such as ``torch.ops`` into
 cloudpickle). `make_trainer` builds the `TorchTrainer` the driver fits. The loop is the same
-objective as `larimar.training.train_plain` (paper Eq. 1, cyclic beta, AdamW, linear warmup and
+objective as `larimar.train.loop.train_plain` (paper Eq. 1, cyclic beta, AdamW, linear warmup and
 decay, clipping), with DeepSpeed handling data-parallel gradient reduction, ZeRO-2 sharding of
 optimizer state and gradients, gradient accumulation, clipping and bf16.
 
@@ -13,13 +13,13 @@ collective that writes its ZeRO shard) into a temporary directory, rank 0 adds `
 them into one checkpoint under ``<storage_path>/<run name>/``. On start, ``ray.train.get_checkpoint()``
 is set after a worker-group restart (FailureConfig) or when the driver reruns with the same
 (storage_path, name); the engine reloads weights, optimizer, LR schedule and step, and the data
-stream skips the batches already consumed in the current epoch (see `larimar.data.episode_batches`).
+stream skips the batches already consumed in the current epoch (see `larimar.train.data.episode_batches`).
 
 At the end rank 0 exports the model with `LarimarModel.save_pretrained` to
 ``<storage_path>/<run name>/model``: a library-format directory the editor and server load. With
 ``run.checkpoint_score`` (a reported metric such as ``val/loss``) each checkpoint also carries its
 model and the driver exports the best one instead (`export_best`). The run directory also holds
-the resolved ``config.yaml`` and ``metrics.jsonl`` (`larimar.run_record`).
+the resolved ``config.yaml`` and ``metrics.jsonl`` (`larimar.train.run_record`).
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from larimar.checkpoints import DS_TAG, STATE_FILE
+from larimar.train.checkpoints import DS_TAG, STATE_FILE
 from larimar.config import ConfigError, from_dict, to_dict
-from larimar.data import episode_batches
+from larimar.train.data import episode_batches
 from larimar.losses import beta
 from larimar.model import LarimarModel
-from larimar.run_record import MetricsLog, write_config
-from larimar.train_config import TrainConfig
-from larimar.training import episode_batch
+from larimar.train.run_record import MetricsLog, write_config
+from larimar.train.config import TrainConfig
+from larimar.train.loop import episode_batch
 
 FAILURE_MARKER = ".larimar_injected_failure"
 MODEL_DIR = "model"
@@ -258,7 +258,7 @@ def train_loop_per_worker(config: dict) -> None:
     record = MetricsLog(run_dir(cfg), resume_step=start) if rank == 0 else None  # metrics.jsonl
     validator = None
     if cfg.validation.enabled:  # val/* metrics at every report, the same on every rank (Tune acts on them)
-        from larimar.validation import Validator
+        from larimar.train.validation import Validator
 
         validator = Validator(cfg, config.get("validation_texts") or [], rank, world)
     shard = ray.train.get_dataset_shard("train")
@@ -389,7 +389,7 @@ def export_best(result, cfg: TrainConfig) -> dict | None:
 
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """Make a local storage_path and data.source absolute: workers and Ray run in other directories."""
-    from larimar.data import resolve_source
+    from larimar.sources import resolve_source
 
     if "://" not in cfg.run.storage_path:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
@@ -440,7 +440,7 @@ def make_trainer(cfg: TrainConfig, dataset, callbacks: list | None = None, valid
 
     loop_config: dict = {"train": to_dict(cfg)}
     if cfg.validation.enabled:
-        from larimar.validation import prepare_validation_texts
+        from larimar.train.validation import prepare_validation_texts
 
         loop_config["validation_texts"] = validation_texts if validation_texts is not None else prepare_validation_texts(cfg)
     s, r = cfg.scaling, cfg.run
@@ -461,7 +461,7 @@ def make_trainer(cfg: TrainConfig, dataset, callbacks: list | None = None, valid
 
 
 def fit(cfg: TrainConfig, chunks) -> dict:
-    """Train on the prepared chunk dataset (`larimar.data.prepare_chunks`); returns a summary.
+    """Train on the prepared chunk dataset (`larimar.train.data.prepare_chunks`); returns a summary.
 
     Joins the cluster in RAY_ADDRESS (set inside ``ray job submit``; ``RAY_ADDRESS=auto`` joins a
     ``ray start`` cluster on this machine) or an already initialised Ray; otherwise starts a local
@@ -470,7 +470,7 @@ def fit(cfg: TrainConfig, chunks) -> dict:
     """
     import ray
 
-    from larimar.data import to_ray_dataset
+    from larimar.train.data import to_ray_dataset
 
     started = not ray.is_initialized()
     if started and os.environ.get("RAY_ADDRESS"):

@@ -1,8 +1,8 @@
 """Grafana dashboards for Larimar (platform/grafana/dashboards/*.json) and their provisioning.
 
-    python -m larimar.dashboards --grafana-url http://grafana:3000 --token $GRAFANA_TOKEN \\
+    python -m larimar_ops.dashboards --grafana-url http://grafana:3000 --token $GRAFANA_TOKEN \\
         --prometheus-url http://prometheus:9090          # datasource + folder + dashboards
-    python -m larimar.dashboards --check                 # validate the JSON only, no Grafana
+    python -m larimar_ops.dashboards --check                 # validate the JSON only, no Grafana
 
 Provisioning goes through Grafana's HTTP API with `grafana-client`: a Prometheus datasource
 (fixed uid, created or updated), a "Larimar" folder, and every dashboard (overwritten, so the
@@ -143,7 +143,7 @@ def dashboard_payload(board: dict, folder_uid: str = FOLDER_UID, datasource_uid:
         if v.get("type") == "datasource":
             v["current"] = {"selected": True, "text": DATASOURCE_NAME, "value": datasource_uid}
     return {"dashboard": board, "folderUid": folder_uid, "overwrite": True,
-            "message": "provisioned by python -m larimar.dashboards"}
+            "message": "provisioned by python -m larimar_ops.dashboards"}
 
 
 def provision(api: Any, prometheus_url: str, boards: dict[str, dict], folder_title: str = "Larimar") -> dict:
