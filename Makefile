@@ -24,7 +24,7 @@ system-deps:
 install: $(BIN)/.installed system-deps
 
 demo: $(BIN)/.installed  # no Prometheus: only the tests scrape with it
-	$(BIN)/python jobs/demo.py --serve
+	$(BIN)/larimar demo --serve
 
 test: install
 	$(BIN)/ruff check .
@@ -41,7 +41,7 @@ bench: install
 MODEL ?= larimar-smol-v2
 EVAL_OUT ?= runs/eval/$(notdir $(MODEL))
 D := ../shared/data
-EVAL := $(BIN)/python jobs/eval.py --model $(MODEL) --no-progress
+EVAL := $(BIN)/larimar eval --model $(MODEL) --no-progress
 eval-smol: install
 	$(EVAL) counterfact --data $(D)/counterfact/dev_canonical_100.json --out $(EVAL_OUT)/counterfact-canonical
 	$(EVAL) counterfact --data $(D)/counterfact/dev_flat.json --limit 1000 --out $(EVAL_OUT)/counterfact-flat

@@ -26,8 +26,8 @@ import torch
 
 from larimar import memory_file
 from larimar.fact_encoder import encode_facts, encode_queries
-from larimar.facts import Fact, FactMemory, MemoryFullError, UnknownFactError, make_fact
-from larimar.memory import SequentialMemory, reference_memory
+from larimar.facts import Fact, FactMemory, MemoryFullError, MemorySpec, UnknownFactError, make_fact
+from larimar.memory import SequentialMemory
 from larimar.model import DEFAULT_MODEL, LarimarModel
 from larimar.scope import ScopeDetector, load_embedder
 
@@ -86,7 +86,7 @@ class EditableMemory:
     def write(self, facts: str | list[str]) -> list[int]:
         """Write free-text facts (key = value = the fact's encoding). Returns their ids."""
         texts = [facts] if isinstance(facts, str) else list(facts)
-        return self._write([make_fact(text=t) for t in texts])
+        return self.write_facts([make_fact(text=t) for t in texts])
 
     def edit(self, prompts: str | list[str], target_new: str | list[str],
              subject: str | list[str] | None = None) -> list[int]:
@@ -100,9 +100,11 @@ class EditableMemory:
         subjects = [subject] if isinstance(subject, str) else list(subject) if subject is not None else [None] * len(prompts)
         if not len(prompts) == len(targets) == len(subjects):
             raise ValueError(f"got {len(prompts)} prompts, {len(targets)} targets and {len(subjects)} subjects")
-        return self._write([make_fact(prompt=p, target=t, subject=s) for p, t, s in zip(prompts, targets, subjects)])
+        return self.write_facts([make_fact(prompt=p, target=t, subject=s) for p, t, s in zip(prompts, targets, subjects)])
 
-    def _write(self, facts: list[Fact]) -> list[int]:
+    def write_facts(self, facts: list[Fact]) -> list[int]:
+        """Write `Fact`s (`larimar.facts.make_fact`: edits and free-text facts, mixed) in one update,
+        as the server's ``POST /v1/memories/{id}/facts`` does with one request's facts."""
         self.core.check_room(len(facts))
         if not facts:
             return []
@@ -181,12 +183,9 @@ class LarimarEditor:
 
         keys: "linear" addressing (the paper; keys span at most C dimensions, so more than C facts
         blend) or "relu" random-feature addressing (up to K facts kept apart); see SequentialMemory."""
-        K = slots or self.model.cfg.memory.slots
-        if K < 1:
-            raise ValueError(f"slots must be >= 1, got {K}")
-        ref = reference_memory(K, self.model.cfg.memory.latent_dim, seed).to(self.model.device)
-        return EditableMemory(self, FactMemory(SequentialMemory(ref, ridge=ridge, keys=keys), capacity or K, self._scope(),
-                                               readout=self.readout))
+        spec = MemorySpec(slots or self.model.cfg.memory.slots, capacity, ridge, seed, keys)
+        return EditableMemory(self, spec.build(self.model.cfg.memory.latent_dim, self._scope(), self.readout,
+                                               self.model.device))
 
     def _scope(self) -> ScopeDetector | None:
         return (ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)

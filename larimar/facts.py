@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from larimar.memory import SequentialMemory
+from larimar.memory import SequentialMemory, reference_memory
 from larimar.scope import ScopeDetector, ScopeMatch
 
 
@@ -73,6 +73,40 @@ def scope_texts(facts: list[Fact]) -> tuple[list[int], list[str]]:
 
 
 READOUTS = ("raw", "value_norm")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """Everything that shapes a new, empty memory. The Python editor (`LarimarEditor.create_memory`)
+    and the serving store (a ``create`` log entry) both build memories from one of these, so a
+    served memory can have every addressing option a Python one has, and the same spec gives
+    the same memory bit for bit on both paths.
+
+    slots: K; capacity: most facts held (default K); ridge: SequentialMemory's; seed: the fixed
+    reference memory's; keys: "linear" addressing (the paper: keys span at most C dimensions) or
+    "relu" random features (up to K facts kept apart); see `SequentialMemory`."""
+
+    slots: int
+    capacity: int | None = None
+    ridge: float = 1e-3
+    seed: int = 0
+    keys: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"slots must be >= 1, got {self.slots}")
+        if self.capacity is not None and self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}")
+        if self.ridge <= 0:
+            raise ValueError(f"ridge must be > 0, got {self.ridge}")
+        if self.keys not in ("linear", "relu"):
+            raise ValueError(f"keys must be 'linear' or 'relu', got {self.keys!r}")
+
+    def build(self, latent_dim: int, scope: ScopeDetector | None, readout: str = "raw",
+              device: torch.device | str = "cpu") -> "FactMemory":
+        ref = reference_memory(self.slots, latent_dim, self.seed).to(device)
+        return FactMemory(SequentialMemory(ref, ridge=self.ridge, keys=self.keys), self.capacity or self.slots, scope,
+                          readout=readout)
 
 
 @dataclass

@@ -45,6 +45,15 @@ def load_embedder(name: str = "minilm-l6", device: str = "cpu") -> "SentenceTran
     return SentenceTransformer(str(path), device=device)
 
 
+def embed_texts(embedder: "SentenceTransformer", texts: list[str]) -> torch.Tensor:
+    """(n, D) unit-norm sentence embeddings on CPU: the one call every scope index, the serving
+    encoder and IKE's demonstration retrieval make, so all of them embed alike."""
+    if not texts:
+        dim = embedder.get_sentence_embedding_dimension() or 0
+        return torch.empty(0, dim)
+    return embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False).cpu()
+
+
 @dataclass
 class ScopeMatch:
     in_scope: bool
@@ -78,7 +87,7 @@ class ScopeDetector:
         """(n, D) unit-norm sentence embeddings."""
         if self.embedder is None:
             raise RuntimeError("this scope index has no embedder; pass embeddings (add_vectors / match_vectors)")
-        return self.embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False).cpu()
+        return embed_texts(self.embedder, texts)
 
     def add(self, fact_ids: list[int], texts: list[str], subjects: list[str | None] | None = None) -> None:
         if len(fact_ids) != len(texts):

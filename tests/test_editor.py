@@ -10,7 +10,7 @@ from tests.conftest import tiny_editor
 
 from larimar import LarimarEditor, LarimarModel, MemoryFullError, UnknownFactError
 from larimar.config import from_dict
-from larimar.editor import reference_memory
+from larimar.memory import reference_memory
 from larimar.model import LarimarConfig
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from larimar.editor import reference_memory
+from larimar.memory import reference_memory
 from larimar.facts import FactMemory, MemoryFullError, UnknownFactError, make_fact, scope_texts
 from larimar.memory import SequentialMemory
 from larimar.scope import ScopeDetector

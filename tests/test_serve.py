@@ -130,6 +130,35 @@ def test_a_memory_built_in_python_serves_over_http_and_exports_back(service, dem
     assert relu["keys"] == "relu"
 
 
+def test_http_and_python_paths_store_bit_identical_keys_values_and_scope_vectors(service, demo_run, tmp_path):
+    """The same facts written over HTTP and in Python, into memories of the same spec (relu keys,
+    a seed), give the same memory bit for bit: keys, values, scope vectors, M and P."""
+    from larimar import LarimarEditor
+    from larimar.facts import make_fact
+
+    facts = [{"prompt": "dave works as a", "target": "pilot", "subject": "dave"},
+             {"text": "erin keeps three cats. She lives in oslo."}]
+    mid = create(name="twin", slots=64, keys="relu", seed=3)
+    r = requests.post(f"{URL}/v1/memories/{mid}/facts", json={"facts": facts}, headers=h("acme"))
+    assert r.status_code == 200, r.text
+    exported = requests.get(f"{URL}/v1/memories/{mid}/export", headers=h("acme"))
+    (tmp_path / "served.safetensors").write_bytes(exported.content)
+    editor = LarimarEditor.from_pretrained(str(demo_run[0] / "model"))
+    served = editor.load_memory(tmp_path / "served.safetensors").core
+    local = editor.create_memory(slots=64, keys="relu", seed=3)
+    local.write_facts([make_fact(**facts[0]), make_fact(**facts[1])])  # one update, as one request is
+    local = local.core
+    assert torch.equal(served.state.reference, local.state.reference)
+    assert sorted(served.latents) == sorted(local.latents) == [1, 2]
+    for i in (1, 2):
+        assert torch.equal(served.latents[i][0], local.latents[i][0]) and torch.equal(served.latents[i][1],
+                                                                                     local.latents[i][1]), i
+    assert torch.equal(served.scope._vectors, local.scope._vectors) and served.scope._ids == local.scope._ids
+    assert torch.equal(served.state.M, local.state.M) and torch.equal(served.state.P, local.state.P)
+    seeded = requests.post(f"{URL}/v1/memories", json={"name": "s", "seed": -1}, headers=h("acme"))
+    assert seeded.status_code == 422 and "seed" in seeded.text
+
+
 def test_concurrent_clients_match_a_replay_of_the_log(service):
     mid = create(name="load", slots=32)
     acked_writes, acked_forgets, versions = {}, [], []

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from larimar.baselines.base import EditRequest, Editor
+from larimar.scope import embed_texts
 from larimar.sources import resolve_source
 
 
@@ -87,7 +88,7 @@ class IKEEditor(Editor):
         if self.embedder is not None:
             return {}
         t0 = time.perf_counter()
-        from larimar.scope import load_embedder
+        from larimar.scope import load_embedder  # sentence-transformers: only when IKE runs
 
         self.embedder = load_embedder(self.cfg.embedder)
         if self.cfg.demos and self.cfg.demo_pool:
@@ -96,7 +97,7 @@ class IKEEditor(Editor):
         return {"embedder_and_demo_pool": time.perf_counter() - t0}
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
-        return self.embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True).cpu()
+        return embed_texts(self.embedder, texts)
 
     def edit(self, request: EditRequest) -> None:
         if self.embedder is None:

@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None, prog: str | None = None):
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    if not settings.api_keys:
+        print("[larimar] warning: no api_keys configured, so every request will be refused with 401; add "
+              "api_keys=[{tenant: NAME, sha256: HASH}] (python -m larimar.serving.auth <key> prints HASH) or a "
+              "--config file that lists them", file=sys.stderr, flush=True)
     import ray
     from ray import serve
 

@@ -34,7 +34,7 @@ METHODS = ("larimar", "ft-l", "ike", "rome", "grace")
 
 @dataclass
 class BenchConfig:
-    larimar_model: str  # a saved Larimar directory, or a jobs/configs name (untrained; timing only)
+    larimar_model: str  # a saved Larimar directory, or a recipe name (untrained; timing only)
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     counterfact: str = "../shared/data/counterfact/dev_canonical_100.json"
     cases: int = 50

@@ -29,7 +29,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import make_fact, scope_texts
 from larimar.model import LarimarModel
-from larimar.scope import load_embedder
+from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.errors import ApiError, error_body, validation_error
@@ -60,8 +60,7 @@ class Encoder:
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if self.embedder is None or not texts:
             return torch.empty(len(texts), 0)
-        return self.embedder.encode(texts, convert_to_tensor=True, normalize_embeddings=True,
-                                    show_progress_bar=False).cpu()
+        return embed_texts(self.embedder, texts)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
     async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
@@ -233,14 +232,14 @@ class MemoryActor:
             self.snapshotting = None
 
     async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear",
-                     idempotency_key: str | None = None) -> dict:
+                     idempotency_key: str | None = None, seed: int = 0) -> dict:
         async with self.lock:
             try:
                 slots = slots or self.store.cfg.default_slots  # hashed as prepare_create hashes it
-                earlier = self.store.replay(tenant, idempotency_key, self.store.request_hash([name, slots, keys]))
+                earlier = self.store.replay(tenant, idempotency_key, self.store.create_hash(name, slots, keys, seed))
                 if earlier is not None and earlier in self.store.records:
                     return {"ok": self._summary(earlier)}
-                info = await self._commit(self.store.prepare_create(tenant, name, slots, keys, idempotency_key))
+                info = await self._commit(self.store.prepare_create(tenant, name, slots, keys, idempotency_key, seed))
             except (StoreError, ValueError) as err:
                 return _error(err)
             self.edits.inc(tags={"op": "create"})
@@ -504,7 +503,7 @@ class Ingress:
                             idempotency_key: str | None = Depends(idempotency)):
         tenant = self.tenant(key)
         slots = body.slots or self.settings.default_slots
-        return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys, idempotency_key))
+        return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys, idempotency_key, body.seed))
 
     @api.post("/v1/memories/import", status_code=201, response_model=MemoryOut,
               openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {

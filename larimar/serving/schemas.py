@@ -132,6 +132,8 @@ class CreateMemory(RequestBody):
     slots: int | None = Field(None, ge=1, description="memory size K")
     keys: Literal["linear", "relu"] = Field("linear", description="addressing: linear (the paper) or relu "
                                             "(random features: up to K facts kept apart; larimar.memory)")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the fixed reference memory (larimar.facts.MemorySpec);"
+                      " the same seed as a Python memory's gives the same memory")
 
 
 class MemoryOut(BaseModel):

@@ -50,9 +50,7 @@ import numpy as np
 import torch
 
 from larimar import memory_file
-from larimar.memory import reference_memory
-from larimar.facts import FactMemory, make_fact
-from larimar.memory import SequentialMemory
+from larimar.facts import FactMemory, MemorySpec, make_fact
 from larimar.scope import ScopeDetector, ScopeMatch
 from larimar.serving.storage import Storage
 
@@ -248,18 +246,24 @@ class MemoryStore:
             raise QuotaExceeded(f"this tenant's memories take {used} bytes; {more_bytes} more would exceed its "
                                 f"budget of {self.cfg.max_bytes_per_tenant} bytes (delete memories or use fewer slots)")
 
+    def create_hash(self, name: str, slots: int, keys: str, seed: int = 0) -> str:
+        """What an Idempotency-Key's retry must repeat (seed 0 hashes as before seeds existed)."""
+        return self.request_hash([name, slots, keys] + ([seed] if seed else []))
+
     def prepare_create(self, tenant: str, name: str = "", slots: int | None = None, keys: str = "linear",
-                       idempotency_key: str | None = None) -> dict:
+                       idempotency_key: str | None = None, seed: int = 0) -> dict:
         slots = slots or self.cfg.default_slots
         if not 1 <= slots <= self.cfg.max_slots:
             raise StoreError(f"slots must be between 1 and {self.cfg.max_slots}, got {slots}")
         if keys not in ("linear", "relu"):
             raise StoreError(f"keys must be 'linear' or 'relu', got {keys!r}")
         self._check_quota(tenant, new_memory_bytes(slots, self.cfg.latent_dim))
+        if not 0 <= seed < 2**31:
+            raise StoreError(f"seed must be in [0, 2**31), got {seed}")
         return {"op": "create", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
-                "slots": slots, "keys": keys, "created": time.time(), "base_version": 0,
+                "slots": slots, "keys": keys, "seed": seed, "created": time.time(), "base_version": 0,
                 "idempotency_key": idempotency_key,
-                "request_hash": self.request_hash([name, slots, keys]) if idempotency_key else None}
+                "request_hash": self.create_hash(name, slots, keys, seed) if idempotency_key else None}
 
     def _load_file(self, raw: bytes) -> FactMemory:
         """An uploaded memory file, checked against the served model (MemoryFileError -> 400)."""
@@ -351,10 +355,10 @@ class MemoryStore:
         op = entry["op"]
         if op == "create":
             info = MemoryInfo(entry["memory_id"], entry["tenant"], entry["name"], entry["slots"], 0, entry["created"])
-            ref = reference_memory(info.slots, self.cfg.latent_dim)
-            memory = FactMemory(SequentialMemory(ref, ridge=self.cfg.ridge, keys=entry.get("keys", "linear")), info.slots,
-                                ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
-                                readout=self.cfg.readout)
+            spec = MemorySpec(info.slots, ridge=self.cfg.ridge, seed=entry.get("seed", 0),
+                              keys=entry.get("keys", "linear"))
+            memory = spec.build(self.cfg.latent_dim, ScopeDetector(None, self.cfg.scope_threshold,
+                                                                   self.cfg.subject_threshold), self.cfg.readout)
             self.records[info.id] = Record(info, memory)
             result = info
             self._remember(entry["tenant"], entry.get("idempotency_key"), entry.get("request_hash"), info.id)
