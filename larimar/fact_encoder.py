@@ -66,7 +66,8 @@ def encode_facts(model: LarimarModel, facts: list[Fact], scope: bool, embed: Emb
     pooled = _pooled(model, keys_t + values_t + targets_t + (scope_text if scope and shared else []))
     stack = lambda texts: torch.stack([pooled[t] for t in texts])  # noqa: E731
     keys = model.latents_from_pooled(stack(keys_t))
-    values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None)
+    tokens = model.target_token_features_of(target_texts(facts)) if model.cfg.value_target_tokens else None
+    values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None, tokens)
     vectors = None
     if scope:
         if shared:

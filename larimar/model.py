@@ -30,6 +30,7 @@ from transformers import GenerationConfig
 
 from larimar import backbones
 from larimar.config import from_dict, to_dict
+from larimar.continuations import continuation_ids, prompt_and_continuation, special_ids
 from larimar.decoder import LatentDecoder
 from larimar.encoder import LatentEncoder
 from larimar.losses import LossConfig
@@ -77,6 +78,9 @@ class LarimarConfig:
     # decoder also decodes the weaker read-outs a paraphrased query gets from a memory (1.0: off)
     value_target: bool = False  # values = head(enc(fact)) + target_head(enc(target)): the object, which mean
     # pooling dilutes in the sentence, gets its own term (larimar.fact_encoder)
+    value_target_tokens: bool = False  # values also get a term from the decoder's own input embeddings of
+    # the target's tokens (mean, through a zero-initialised head): the object's exact token identity,
+    # which a MiniLM latent of an unseen name cannot spell (larimar.fact_encoder)
     readout: Literal["raw", "value_norm"] = "raw"  # how read-outs are decoded (larimar.facts.FactMemory):
     # as read (the paper) or rescaled to the matched fact's value norm; training uses the same convention
     context_weight: float = 1.0  # keyed (edit) episodes: loss weight of the decoder tokens that are not the
@@ -104,16 +108,6 @@ class LarimarOutput:
     terms: dict[str, float]  # each weighted term's unweighted value, for logging
 
 
-def _special_ids(tok) -> tuple[int, int]:
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
-    if bos is None:
-        bos = eos
-    if bos is None or eos is None:
-        raise ValueError(f"decoder tokenizer {tok.name_or_path} has neither BOS/EOS nor CLS/SEP tokens")
-    return bos, eos
-
-
 class LarimarModel(nn.Module):
     def __init__(self, cfg: LarimarConfig):
         super().__init__()
@@ -127,8 +121,12 @@ class LarimarModel(nn.Module):
                                      init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value,
                                      slots=cfg.conditioning_slots)
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
+        hidden = lm.get_input_embeddings().embedding_dim
+        self.target_token_head = nn.Linear(hidden, C, bias=False) if cfg.value_target_tokens else None
+        if self.target_token_head is not None:
+            nn.init.zeros_(self.target_token_head.weight)  # starts at the model's values as they were
         self.memory = EpisodicMemory(cfg.memory)
-        self.bos_id, self.eos_id = _special_ids(self.decoder_tokenizer)
+        self.bos_id, self.eos_id = special_ids(self.decoder_tokenizer)
         self.generation_config = GenerationConfig(bos_token_id=self.bos_id, eos_token_id=self.eos_id,
                                                   pad_token_id=self.decoder_tokenizer.pad_token_id,
                                                   max_new_tokens=32, do_sample=False)
@@ -171,14 +169,37 @@ class LarimarModel(nn.Module):
         """Key and query latents: the latent head on pooled outputs."""
         return self.encoder.head(pooled)
 
-    def values_from_pooled(self, pooled_text: torch.Tensor, pooled_target: torch.Tensor | None) -> torch.Tensor:
-        """Value latents: the fact's latent, plus the target term for ``value_target`` models."""
+    def values_from_pooled(self, pooled_text: torch.Tensor, pooled_target: torch.Tensor | None,
+                           target_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Value latents: the fact's latent, plus the target terms of ``value_target`` (pooled encoder
+        output of the target) and ``value_target_tokens`` (`target_token_features`) models."""
         z = self.encoder.head(pooled_text)
         if self.encoder.target_head is not None:
             if pooled_target is None:
                 raise ValueError("this model's values need the pooled target texts (value_target)")
             z = z + self.encoder.target_head(pooled_target)
+        if self.target_token_head is not None:
+            if target_tokens is None:
+                raise ValueError("this model's values need the target token features (value_target_tokens)")
+            z = z + self.target_token_head(target_tokens.to(z.dtype))
         return z
+
+    def tokenize_targets_for_decoder(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """" target" as the decoder tokenizes a continuation (`tokenize_continuations`), right-padded."""
+        tok = self.decoder_tokenizer
+        seqs = [continuation_ids(tok, t)[: self.cfg.max_length] or [self.eos_id] for t in texts]
+        return pad(seqs, tok.pad_token_id, "right", self.device)
+
+    def target_token_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(..., T) decoder ids of targets -> (..., H): the mean of the decoder's input embeddings of
+        each target's tokens. The embedding table is the (frozen) decoder's, so the features carry
+        the tokens' identity in the very space the decoder reads and writes."""
+        emb = self.decoder.lm.get_input_embeddings()(input_ids)  # (..., T, H)
+        mask = attention_mask.unsqueeze(-1).to(emb.dtype)
+        return (emb * mask).sum(-2) / mask.sum(-2).clamp_min(1.0)
+
+    def target_token_features_of(self, texts: list[str]) -> torch.Tensor:
+        return self.target_token_features(**self.tokenize_targets_for_decoder(texts))
 
     def shares_scope_embedder(self, scope_model: str | None) -> bool:
         """True when the scope detector's sentence embedding is the frozen encoder backbone's own
@@ -196,7 +217,8 @@ class LarimarModel(nn.Module):
                 dec_attention_mask: torch.Tensor, beta: float = 0.0, key_input_ids: torch.Tensor | None = None,
                 key_attention_mask: torch.Tensor | None = None, query_input_ids: torch.Tensor | None = None,
                 query_attention_mask: torch.Tensor | None = None, target_input_ids: torch.Tensor | None = None,
-                target_attention_mask: torch.Tensor | None = None,
+                target_attention_mask: torch.Tensor | None = None, target_dec_ids: torch.Tensor | None = None,
+                target_dec_mask: torch.Tensor | None = None,
                 dec_loss_weight: torch.Tensor | None = None) -> LarimarOutput:
         """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1.
 
@@ -217,7 +239,9 @@ class LarimarModel(nn.Module):
         else:
             pooled_t = (self._pooled_episodes(target_input_ids, target_attention_mask)
                         if target_input_ids is not None else None)
-            z = self.values_from_pooled(self._pooled_episodes(enc_input_ids, enc_attention_mask), pooled_t)
+            tokens_t = (self.target_token_features(target_dec_ids, target_dec_mask)
+                        if target_dec_ids is not None else None)
+            z = self.values_from_pooled(self._pooled_episodes(enc_input_ids, enc_attention_mask), pooled_t, tokens_t)
             keys = self.latents_from_pooled(self._pooled_episodes(key_input_ids, key_attention_mask))
             queries = self.latents_from_pooled(self._pooled_episodes(query_input_ids, query_attention_mask))
             read_z = keyed_read(keys, z, queries, self.cfg.ridge)
@@ -276,7 +300,7 @@ class LarimarModel(nn.Module):
         tok = self.decoder_tokenizer
         seqs, weights = [], []
         for p, t in zip(prompts, targets):
-            t_ids = tok(" " + t.strip(), add_special_tokens=False)["input_ids"][: self.cfg.max_length - 3]
+            t_ids = continuation_ids(tok, t)[: self.cfg.max_length - 3]
             p_ids = tok(p, add_special_tokens=False)["input_ids"]
             p_ids = p_ids[max(0, len(p_ids) - (self.cfg.max_length - 2 - len(t_ids))):]
             seqs.append([self.bos_id, *p_ids, *t_ids, self.eos_id])
@@ -296,16 +320,14 @@ class LarimarModel(nn.Module):
         """
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
-        tok = self.decoder_tokenizer
         seqs, spans = [], []
         for p, c in zip(prompts, continuations):
-            p_ids = tok(p, add_special_tokens=False)["input_ids"]
-            c_ids = tok(" " + c.strip(), add_special_tokens=False)["input_ids"]
-            if not c.strip() or not c_ids:
+            seq, start, c_ids = prompt_and_continuation(self.decoder_tokenizer, self.bos_id, p, c)
+            if not c_ids:
                 raise ValueError(f"continuation {c!r} is empty")
-            seqs.append([self.bos_id, *p_ids, *c_ids])
-            spans.append((1 + len(p_ids), c_ids))
-        return pad(seqs, tok.pad_token_id, "right", self.device), spans
+            seqs.append(seq)
+            spans.append((start, c_ids))
+        return pad(seqs, self.decoder_tokenizer.pad_token_id, "right", self.device), spans
 
     @torch.no_grad()
     def score_continuations(self, prompts: list[str], continuations: list[str],

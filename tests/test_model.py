@@ -172,3 +172,43 @@ def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
     assert model(**batch).loss < first.loss
     with pytest.raises(ValueError, match="mixes plain and keyed"):
         episode_batch(model, rows[:3] + [{"text": "x", "key": "", "query": "", "target": ""}], 2, 2)
+
+
+def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
+    """value_target_tokens: a third value term from the decoder's input embeddings of the target's
+    tokens; zero-initialised (values unchanged at init), trained by keyed episodes, and the same in
+    the training batch and in the fact encoder the editor and the server use."""
+    from larimar.fact_encoder import encode_facts
+    from larimar.facts import make_fact
+    from larimar.train.loop import episode_batch
+
+    rows = [{"text": f"{p} {t}", "key": p, "query": q, "target": t} for p, q, t in [
+        ("the capital of vorland is", "vorland's capital city is", "zell"),
+        ("mira teaches", "the subject mira teaches is", "chemistry"),
+        ("the river arn flows into the", "the arn ends in the", "grey sea"),
+        ("tomas plays the", "the instrument tomas plays is the", "violin")]]
+    cfg = dict(decoder_trainable=False, value_target=True, value_target_tokens=True, readout="value_norm",
+               context_weight=0.0, memory={"slots": 8, "latent_dim": 16})
+    model = LarimarModel(tiny_config(**cfg))
+    facts = [make_fact(prompt=r["key"], target=r["target"]) for r in rows]
+    before = encode_facts(model, facts, scope=False).values
+    feats = model.target_token_features_of(["zell", "grey sea"])
+    emb = model.decoder.lm.get_input_embeddings().weight
+    ids = model.decoder_tokenizer(" grey sea", add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(feats[1], emb[ids].mean(0))
+    batch = episode_batch(model, rows, 2, 2)
+    assert batch["target_dec_ids"].shape[:2] == (2, 2)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = model(**batch)
+    first.loss.backward()
+    assert model.target_token_head.weight.grad.abs().sum() > 0
+    opt.step()
+    assert model(**batch).loss < first.loss
+    model.eval()
+    after = encode_facts(model, facts, scope=False).values
+    assert not torch.allclose(before, after)  # the trained head moved the values
+    expected = model.values_from_pooled(model.encode_pooled([f.text for f in facts]),
+                                        model.encode_pooled([r["target"] for r in rows]),
+                                        model.target_token_features_of([r["target"] for r in rows]))
+    torch.testing.assert_close(after, expected.detach())

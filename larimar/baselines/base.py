@@ -1,15 +1,19 @@
-"""The editor interface every peer baseline implements, and the scoring they all share.
+"""The editor interface every method the evaluation compares implements, Larimar's memory included.
 
-A baseline edits a plain causal LM (the decoder Larimar is built on; with z = 0 Larimar's
-decoder is exactly this LM), one request at a time: `edit` applies an edit on top of the ones
-before it (sequential editing), `reset` restores the unedited model. Scoring tokenises exactly
-as Larimar's evaluation does (`LarimarModel.tokenize_continuations`): ``<bos> prompt`` and
-``" " + continuation`` tokenised apart, so every method, Larimar included, is scored on the
-same token sequences and the CounterFact / zsRE metric code applies unchanged.
+`Editor` is what an experiment needs of a method: `edit` applies one edit on top of the ones
+before it (sequential editing), `reset` restores the unedited state, `force` / `score` read
+answers teacher-forced, `in_scope` says which prompts the edits reach (always all of them for a
+weight edit), and `views` names the conditions an edited state is scored under ("edited" for a
+baseline; Larimar scores its memory with and without the scope detector). Larimar's memory is
+`larimar.evaluation.memory_editor.MemoryEditor`.
 
-Subclasses override `prepare` (one-time costs, reported apart from per-edit time), `edit`,
-`reset`, and, when they change how the model is run rather than its weights, `prompt_text`
-(in-context editing) or `_logits` (GRACE's codebook needs the query position).
+`LMEditor` is the base of the peer baselines, which edit a plain causal LM (the decoder Larimar is
+built on; with z = 0 Larimar's decoder is exactly this LM). It tokenises with
+`larimar.continuations`, as Larimar's model does, so every method is scored on the same token
+sequences and the CounterFact / zsRE metric code applies unchanged. Subclasses override `prepare`
+(one-time costs, reported apart from per-edit time), `edit`, `reset`, and, when they change how
+the model is run rather than its weights, `prompt_text` (in-context editing) or `_logits`
+(GRACE's codebook needs the query position).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from larimar.continuations import prompt_and_continuation, special_ids
 from larimar.evaluation.forcing import Forced
 
 
@@ -41,14 +46,6 @@ class Encoded:
     attention_mask: torch.Tensor  # (B, T)
     spans: list[tuple[int, list[int]]]  # per row: index of the first continuation token, its ids
     prompt_last: torch.Tensor  # (B,) index of the last prompt token (the query position)
-
-
-def special_bos(tok: PreTrainedTokenizerBase) -> int:
-    """The sequence-start id Larimar's decoder uses (BOS, else CLS, else EOS)."""
-    for tid in (tok.bos_token_id, tok.cls_token_id, tok.eos_token_id):
-        if tid is not None:
-            return tid
-    raise ValueError(f"tokenizer {tok.name_or_path} has no BOS, CLS or EOS token")
 
 
 def layer_count(lm: PreTrainedModel) -> int:
@@ -89,23 +86,9 @@ def subject_last_index(tok: PreTrainedTokenizerBase, prompt: str, subject: str) 
 
 
 class Editor(ABC):
-    """A knowledge editor on a causal LM. Subclasses cite their paper in their docstring."""
+    """A knowledge editing method, as the evaluation drives it. Subclasses cite their paper."""
 
     name = "base"
-
-    def __init__(self, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, bos_id: int | None = None):
-        self.lm = lm.eval()
-        self.tok = tokenizer
-        self.bos_id = special_bos(tokenizer) if bos_id is None else bos_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.lm.requires_grad_(False)
-        self.edits = 0
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.lm.parameters()).device
-
-    # -- the interface --------------------------------------------------------------------------
 
     def prepare(self) -> dict[str, float]:
         """One-time work before the first edit (statistics, caches): {what: seconds}."""
@@ -119,6 +102,44 @@ class Editor(ABC):
     def reset(self) -> None:
         """Undo every edit: back to the unedited model."""
 
+    @abstractmethod
+    def force(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int = 16) -> list[Forced]:
+        """Teacher-forced log-probabilities and argmax of each answer after its prompt."""
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> list[float]:
+        """Mean per-token NLL of each continuation (the CounterFact criterion)."""
+        return [f.mean_nll for f in self.force(prompts, continuations, batch_size)]
+
+    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
+        """Whether the edits reach each prompt: a weight edit reaches every prompt."""
+        return [True] * len(prompts)
+
+    def score_with_scope(self, prompts: Sequence[str], continuations: Sequence[str],
+                         batch_size: int = 16) -> list[tuple[float, bool]]:
+        """(mean NLL, in scope) per pair; an editor whose reach depends on the prompt overrides it
+        to decide both from one read."""
+        return list(zip(self.score(prompts, continuations, batch_size), self.in_scope(prompts)))
+
+    def views(self) -> dict[str, "Editor"]:
+        """The conditions an edited state is scored under, by name (one: "edited")."""
+        return {"edited": self}
+
+
+class LMEditor(Editor):
+    """An editor of a plain causal LM's weights or prompts (the peer baselines)."""
+
+    def __init__(self, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, bos_id: int | None = None):
+        self.lm = lm.eval()
+        self.tok = tokenizer
+        self.bos_id = special_ids(tokenizer)[0] if bos_id is None else bos_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.lm.requires_grad_(False)
+        self.edits = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
     def prompt_text(self, prompt: str) -> str:
         """The text the model is conditioned on for a query (in-context editing prepends facts)."""
         return prompt
@@ -131,11 +152,10 @@ class Editor(ABC):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
         seqs, spans, last = [], [], []
         for p, c in zip(prompts, continuations):
-            p_ids = self.tok(p, add_special_tokens=False)["input_ids"]
-            c_ids = self.tok(" " + c.strip(), add_special_tokens=False)["input_ids"] if c.strip() else []
-            seqs.append([self.bos_id, *p_ids, *c_ids])
-            spans.append((1 + len(p_ids), c_ids))
-            last.append(len(p_ids))
+            seq, start, c_ids = prompt_and_continuation(self.tok, self.bos_id, p, c)
+            seqs.append(seq)
+            spans.append((start, c_ids))
+            last.append(start - 1)
         T = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), T), dtype=torch.long)
@@ -164,10 +184,6 @@ class Editor(ABC):
                 tgt = torch.tensor(c_ids, device=logits.device)
                 out.append(Forced(list(c_ids), row.argmax(-1).tolist(), row[torch.arange(len(c_ids)), tgt].tolist(), True))
         return out
-
-    def score(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> list[float]:
-        """Mean per-token NLL of each continuation (the CounterFact criterion)."""
-        return [f.mean_nll for f in self.force(prompts, continuations, batch_size)]
 
     # -- helpers for weight editors -------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from larimar.baselines.base import EditRequest, Editor, WeightSnapshot, layer_count, mlp_out
+from larimar.baselines.base import EditRequest, LMEditor, WeightSnapshot, layer_count, mlp_out
 from larimar.baselines.rome import default_layer
 
 
@@ -34,7 +34,7 @@ class FTLConfig:
             raise ValueError("ft-l: steps >= 1, lr > 0 and norm_constraint > 0 are required")
 
 
-class FTLEditor(Editor):
+class FTLEditor(LMEditor):
     name = "ft-l"
 
     def __init__(self, lm, tokenizer, bos_id=None, cfg: FTLConfig | None = None):

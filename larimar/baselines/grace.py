@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from larimar.baselines.base import EditRequest, Editor, Encoded, layer_count, mlp_out
+from larimar.baselines.base import EditRequest, LMEditor, Encoded, layer_count, mlp_out
 
 
 @dataclass
@@ -43,7 +43,7 @@ class GRACEConfig:
             raise ValueError(f"grace: value_init must be 'cold' or 'warm', got {self.value_init!r}")
 
 
-class GRACEEditor(Editor):
+class GRACEEditor(LMEditor):
     name = "grace"
 
     def __init__(self, lm, tokenizer, bos_id=None, cfg: GRACEConfig | None = None):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from larimar.baselines.base import EditRequest, Editor
+from larimar.baselines.base import EditRequest, LMEditor
 from larimar.scope import embed_texts
 from larimar.sources import resolve_source
 
@@ -69,7 +69,7 @@ def load_demo_pool(path: str) -> list[Demo]:
     return out
 
 
-class IKEEditor(Editor):
+class IKEEditor(LMEditor):
     name = "ike"
 
     def __init__(self, lm, tokenizer, bos_id=None, cfg: IKEConfig | None = None):

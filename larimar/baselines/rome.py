@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from larimar.baselines.base import EditRequest, Editor, WeightSnapshot, layer_count, mlp_out, subject_last_index
+from larimar.baselines.base import EditRequest, LMEditor, WeightSnapshot, layer_count, mlp_out, subject_last_index
 from larimar.baselines.layer_stats import LayerStats, second_moment
 
 TEMPLATE_PREFIXES = ("The", "Therefore", "Because", "I", "You")
@@ -68,7 +68,7 @@ def default_layer(n_layers: int, fraction: float) -> int:
     return min(n_layers - 1, max(0, round(fraction * n_layers)))
 
 
-class ROMEEditor(Editor):
+class ROMEEditor(LMEditor):
     name = "rome"
 
     def __init__(self, lm, tokenizer, bos_id=None, cfg: ROMEConfig | None = None):

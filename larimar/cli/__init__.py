@@ -34,7 +34,8 @@ def usage() -> str:
     return f"usage: larimar <command> [options]\n\ncommands:\n{rows}\n\nlarimar <command> --help for its options."
 
 
-def main(argv: list[str] | None = None):
+def main(argv: list[str] | None = None) -> int:
+    """The console script (``sys.exit(main())``): 0 on success; a subcommand's errors exit by themselves."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
@@ -49,8 +50,9 @@ def main(argv: list[str] | None = None):
         print("\n".join(recipes.names()))
         return 0
     module = importlib.import_module(COMMANDS[command][0])
-    return module.main(rest, prog=f"larimar {command}")
+    module.main(rest, prog=f"larimar {command}")  # returns its summary (for Python callers), not a status
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

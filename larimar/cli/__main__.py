@@ -1,5 +1,7 @@
 """``python -m larimar.cli``: the same as the ``larimar`` command."""
 
+import sys
+
 from larimar.cli import main
 
-main()
+sys.exit(main())

@@ -96,7 +96,7 @@ def run_larimar(cfg: BenchConfig) -> dict:
     load_s, rss_loaded = time.perf_counter() - t0, _rss_mib()
     cases = load_counterfact(cfg.counterfact, cfg.cases)
     records = counterfact.evaluate(ctx, cases, lambda k: None)
-    conds = counterfact.conditions(ecfg)
+    conds = counterfact.conditions(records)
     summaries = {c: counterfact.condition_summary(records, c) for c in conds}
     edit_s = []
     with torch.no_grad():

@@ -72,6 +72,18 @@ class EvalContext:
         return make_editor(self.cfg.editor, self.model.decoder.lm, self.model.decoder_tokenizer, self.model.bos_id,
                            self.cfg.editor_options)
 
+    def method_editor(self, capacity: int | None = None, scope: bool | None = None):
+        """The method under evaluation as an `Editor`: ``--editor``'s baseline, or Larimar's memory
+        (`MemoryEditor`; each reset a fresh memory of `capacity` facts, with the scope detector
+        unless `scope` is False)."""
+        if self.cfg.editor != "larimar":
+            return self.baseline
+        from larimar.evaluation.memory_editor import MemoryEditor
+
+        scope = self.editor.scope_embedder is not None if scope is None else scope
+        return MemoryEditor(lambda: self.memory(capacity=capacity, scope=scope), use_subjects=self.cfg.use_subjects,
+                            use_scope=scope)
+
     @functools.cached_property
     def facts(self) -> list[Fact]:
         return load_facts(self.cfg.data, self.cfg.limit, self.cfg.seed)

@@ -22,10 +22,12 @@ GROUPS = ("rewrite", "paraphrase", "neighborhood", "paraphrase_ref")
 KEYS = ("ES", "PS", "NS", "PS_ref")
 
 
-def conditions(cfg: EvalConfig) -> list[str]:
-    if cfg.editor != "larimar":
-        return ["edited", "unedited"]
-    return (["scope"] if cfg.scope_model else []) + ["no_scope", "unedited"]
+CONDITIONS = ("scope", "no_scope", "edited", "unedited")  # the views of an edited state, then the unedited model
+
+
+def conditions(records: list[dict]) -> list[str]:
+    """The conditions the records hold (an Editor's views, `evaluate_editor`), in table order."""
+    return [c for c in CONDITIONS if records and c in records[0]]
 
 
 def needs_scope(cfg: EvalConfig) -> bool:
@@ -49,65 +51,49 @@ def _prompts(case: CounterFactCase) -> dict[str, tuple[list[str], str]]:
             "paraphrase_ref": ([reference_paraphrase(p) for p in case.paraphrases], case.target_true)}
 
 
-def evaluate_case(ctx: EvalContext, case: CounterFactCase, empty) -> dict:
-    mem = ctx.memory(capacity=1, scope=ctx.editor.scope_embedder is not None)
-    mem.edit([case.prompt], [case.target_new], subject=ctx.subjects([case.subject]))
-    groups = {g: v for g, v in _prompts(case).items() if v[0]}
-    prompts = [p for ps, _ in groups.values() for p in ps]
-    trues = [t for ps, t in groups.values() for _ in ps]
-    record = {"case_id": case.case_id, "format": case.format}
-    for cond in conditions(ctx.cfg):
-        memory, use_scope = (empty, False) if cond == "unedited" else (mem, cond == "scope")
-        scores = []
-        for s in range(0, len(prompts), ctx.cfg.batch_size):
-            p, t = prompts[s:s + ctx.cfg.batch_size], trues[s:s + ctx.cfg.batch_size]
-            scores += memory.score(p + p, [case.target_new] * len(p) + t, use_scope=use_scope)
-        n = len(prompts)
-        new, true = scores[:n], scores[n:]
-        out, i = {}, 0
-        for g, (ps, _) in groups.items():
-            out[g] = {"nll_new": [s.mean_nll for s in new[i:i + len(ps)]],
-                      "nll_true": [s.mean_nll for s in true[i:i + len(ps)]],
-                      "in_scope": [s.in_scope for s in new[i:i + len(ps)]]}
-            i += len(ps)
-        record[cond] = out
-    return record
-
-
 def evaluate(ctx: EvalContext, cases: list[CounterFactCase], tick) -> list[dict]:
-    if ctx.cfg.editor != "larimar":
-        ctx.baseline.prepare()
-        return evaluate_editor(ctx.baseline, cases, tick, ctx.cfg.batch_size)
-    empty = ctx.memory(scope=False)  # nothing written: every read is z = 0, the unedited decoder
-    out = []
-    for case in cases:
-        out.append(evaluate_case(ctx, case, empty))
-        tick(1)
-    return out
+    """Larimar (one edit in a fresh memory per case, as IBM's counterfact_eval.py) or a baseline
+    (`ctx.baseline`), through the same protocol (`evaluate_editor`)."""
+    editor = ctx.method_editor(capacity=1)
+    editor.prepare()
+    return evaluate_editor(editor, cases, tick, ctx.cfg.batch_size)
 
 
 def _counterfact_scores(editor: Editor, case: CounterFactCase, batch_size: int) -> dict:
+    """Every prompt group of a case scored with the new and the true target; both candidates of a
+    prompt are scored in the same batch, under the same read (the same latent for Larimar)."""
     groups = {g: v for g, v in _prompts(case).items() if v[0]}
     prompts = [p for ps, _ in groups.values() for p in ps]
     trues = [t for ps, t in groups.values() for _ in ps]
-    nll = editor.score(prompts + prompts, [case.target_new] * len(prompts) + trues, batch_size)
-    new, true = nll[:len(prompts)], nll[len(prompts):]
+    scores = []
+    for s in range(0, len(prompts), batch_size):
+        p, t = prompts[s:s + batch_size], trues[s:s + batch_size]
+        scores += editor.score_with_scope(p + p, [case.target_new] * len(p) + t, 2 * len(p))
+    n = len(prompts)
+    new, true = [], []
+    for s in range(0, n, batch_size):  # each batch held its prompts' new scores, then their true ones
+        k = min(batch_size, n - s)
+        new += scores[2 * s:2 * s + k]
+        true += scores[2 * s + k:2 * s + 2 * k]
     out, i = {}, 0
     for g, (ps, _) in groups.items():
-        out[g] = {"nll_new": new[i:i + len(ps)], "nll_true": true[i:i + len(ps)], "in_scope": [True] * len(ps)}
+        out[g] = {"nll_new": [x for x, _ in new[i:i + len(ps)]], "nll_true": [x for x, _ in true[i:i + len(ps)]],
+                  "in_scope": [x for _, x in new[i:i + len(ps)]]}
         i += len(ps)
     return out
 
 
 def evaluate_editor(editor: Editor, cases: list[CounterFactCase], tick=lambda k: None, batch_size: int = 16) -> list[dict]:
-    """A peer baseline (`larimar.baselines`) on the same cases and prompts: per case score unedited,
-    edit (timed), score edited, reset; records in this module's format, conditions edited/unedited."""
+    """Any `Editor` on the same cases and prompts: per case reset, score unedited, edit (timed),
+    score every view of the edited state ("edited" for a baseline, "scope" / "no_scope" for
+    Larimar); records in this module's format."""
     out = []
     for case in cases:
         editor.reset()
         record = {"case_id": case.case_id, "format": case.format, "unedited": _counterfact_scores(editor, case, batch_size)}
         record["edit_s"] = timed_edit(editor, EditRequest(case.prompt, case.target_new, case.subject, case.target_true))
-        record["edited"] = _counterfact_scores(editor, case, batch_size)
+        for cond, view in editor.views().items():
+            record[cond] = _counterfact_scores(view, case, batch_size)
         out.append(record)
         tick(1)
     editor.reset()
@@ -127,10 +113,10 @@ def condition_summary(records: list[dict], cond: str) -> dict:
 
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
-    summary = {"cases": len(records), **{c: condition_summary(records, c) for c in conditions(cfg)}}
+    summary = {"cases": len(records), **{c: condition_summary(records, c) for c in conditions(records)}}
     rows = [[c, summary[c]["ES"], summary[c]["PS"], summary[c]["NS"], summary[c]["Score"], summary[c]["PS_ref"],
              summary[c]["EM"], summary[c]["PM"], summary[c]["NM"], summary[c]["PS_in_scope"], summary[c]["NS_in_scope"]]
-            for c in conditions(cfg)]
+            for c in conditions(records)]
     table = markdown_table(["condition", "ES", "PS", "NS", "Score", "PS (paper)", "EM", "PM", "NM", "PS in scope",
                             "NS in scope"], rows)
     notes = ["S = success rate (new target's mean NLL below the true target's; on neighbourhood prompts the true "

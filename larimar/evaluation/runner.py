@@ -5,7 +5,7 @@ Every experiment module has the same four functions:
     items(cfg, slots) -> list                     picklable work items (cases, (K, N) points, ...)
     evaluate(ctx, items, tick) -> list[dict]      one record per item, in order; tick(k) advances progress
     summarize(records, cfg, slots) -> Report
-Records depend only on their item and the seed, so the Ray path (`--workers N`: the items cut
+Records depend only on their item and the seed (wall-clock edit times apart), so the Ray path (`--workers N`: the items cut
 into N contiguous chunks, one task per chunk, each loading the model) returns the same records
 as the single-process path. Under ``ray job submit`` the driver joins the job's cluster
 (``RAY_ADDRESS``); otherwise it starts a local Ray.

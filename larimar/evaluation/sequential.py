@@ -17,7 +17,7 @@ from larimar.baselines.base import EditRequest, Editor, timed_edit
 from larimar.benchmarks import Fact
 from larimar.evaluation.config import EvalConfig
 from larimar.evaluation.context import EvalContext
-from larimar.evaluation.forcing import recall, recall_rates
+from larimar.evaluation.forcing import recall_rates
 from larimar.evaluation.report import Curve, Report, markdown_table
 
 
@@ -59,28 +59,13 @@ def evaluate_editor(editor: Editor, facts: list[Fact], n_checkpoints: int, eval_
     editor.reset()
     return out, times
 def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
-    cfg, facts = ctx.cfg, ctx.facts
-    if cfg.editor != "larimar":
-        ctx.baseline.prepare()
-        records, _ = evaluate_editor(ctx.baseline, facts, cfg.checkpoints, cfg.eval_cap, cfg.seed, tick,
-                                     cfg.batch_size)
-        return records
-    rng = random.Random(cfg.seed)
-    mem = ctx.memory(capacity=len(facts), scope=needs_scope(cfg))
-    use_scope = needs_scope(cfg)
-    marks, out = set(checkpoints(len(facts), cfg.checkpoints)), []
-    for i, f in enumerate(facts, 1):
-        mem.edit([f.prompt], [f.target], subject=ctx.subjects([f.subject]))
-        tick(1)
-        if i in marks:
-            seen = facts[:i]
-            sample = seen if len(seen) <= cfg.eval_cap else rng.sample(seen, cfg.eval_cap)
-            with_reph = [f for f in sample if f.rephrases]
-            kept = recall_rates(recall(mem, sample, use_scope, cfg.batch_size))
-            reph = recall_rates(recall(mem, with_reph, use_scope, cfg.batch_size, rephrase=True))
-            out.append({"edits": i, "evaluated": len(sample), "retention": kept["token_acc"],
-                        "retention_exact": kept["exact"], "rephrase": reph["token_acc"], "rephrase_exact": reph["exact"]})
-    return out
+    """Larimar (every fact into one memory of K slots, reads gated by scope with --use-scope) or a
+    baseline (edits accumulating in the model), through `evaluate_editor`."""
+    cfg = ctx.cfg
+    editor = ctx.method_editor(capacity=len(ctx.facts), scope=needs_scope(cfg))
+    editor.prepare()
+    records, _ = evaluate_editor(editor, ctx.facts, cfg.checkpoints, cfg.eval_cap, cfg.seed, tick, cfg.batch_size)
+    return records
 
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:

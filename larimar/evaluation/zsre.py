@@ -18,14 +18,15 @@ from larimar.evaluation import metrics
 from larimar.evaluation.config import EvalConfig
 from larimar.evaluation.context import EvalContext
 from larimar.benchmarks import ZsreCase, load_zsre
-from larimar.evaluation.forcing import force_with_memory
 from larimar.evaluation.report import Report, markdown_table
 
 
-def conditions(cfg: EvalConfig) -> list[str]:
-    if cfg.editor != "larimar":
-        return ["edited", "unedited"]
-    return (["scope"] if cfg.scope_model else []) + ["no_scope", "unedited"]
+CONDITIONS = ("scope", "no_scope", "edited", "unedited")  # the views of an edited state, then the unedited model
+
+
+def conditions(records: list[dict]) -> list[str]:
+    """The conditions the records hold (an Editor's views, `evaluate_editor`), in table order."""
+    return [c for c in CONDITIONS if records and c in records[0]]
 
 
 def needs_scope(cfg: EvalConfig) -> bool:
@@ -36,37 +37,24 @@ def items(cfg: EvalConfig, slots: int) -> list[ZsreCase]:
     return load_zsre(cfg.data, cfg.limit)
 
 
-def evaluate_case(ctx: EvalContext, case: ZsreCase) -> dict:
-    mem = ctx.memory(capacity=1, scope=ctx.editor.scope_embedder is not None)
-    mem.edit([case.prompt], [case.target], subject=ctx.subjects([case.subject]))
-    prompts = [case.prompt, case.rephrase, case.loc]
-    answers = [case.target, case.target, case.loc_ans]
-    forced = {c: force_with_memory(None if c == "unedited" else mem, prompts, answers, use_scope=c == "scope",
-                                   model=ctx.model) for c in conditions(ctx.cfg)}
-    base_loc = forced["unedited"][2].pred_ids
-    record = {"case_id": case.case_id}
-    for c, (es, ps, loc) in forced.items():
-        record[c] = {"ES": es.token_acc, "PS": ps.token_acc, "ES_exact": es.exact, "PS_exact": ps.exact,
-                     "NS": loc.token_acc, "locality": metrics.unchanged_fraction(loc.pred_ids, base_loc),
-                     "in_scope": [es.in_scope, ps.in_scope, loc.in_scope]}
-    return record
-
-
 def evaluate_editor(editor: Editor, cases: list[ZsreCase], tick=lambda k: None, batch_size: int = 16) -> list[dict]:
-    """A peer baseline on the same cases: unedited, edit (timed), edited, reset; conditions edited/unedited."""
+    """Any `Editor` on the same cases: per case reset, force unedited, edit (timed), force every view
+    of the edited state ("edited" for a baseline, "scope" / "no_scope" for Larimar's memory)."""
     out = []
     for case in cases:
         editor.reset()
         prompts, answers = [case.prompt, case.rephrase, case.loc], [case.target, case.target, case.loc_ans]
         forced = {"unedited": editor.force(prompts, answers, batch_size)}
         edit_s = timed_edit(editor, EditRequest(case.prompt, case.target, case.subject))
-        forced["edited"] = editor.force(prompts, answers, batch_size)
+        for cond, view in editor.views().items():
+            forced[cond] = view.force(prompts, answers, batch_size)
         base_loc = forced["unedited"][2].pred_ids
         record = {"case_id": case.case_id, "edit_s": edit_s}
         for c, (es, ps, loc) in forced.items():
+            reached = [False] * 3 if c == "unedited" else [es.in_scope, ps.in_scope, loc.in_scope]
             record[c] = {"ES": es.token_acc, "PS": ps.token_acc, "ES_exact": es.exact, "PS_exact": ps.exact,
                          "NS": loc.token_acc, "locality": metrics.unchanged_fraction(loc.pred_ids, base_loc),
-                         "in_scope": [c == "edited"] * 3}
+                         "in_scope": reached}
         out.append(record)
         tick(1)
     editor.reset()
@@ -74,25 +62,21 @@ def evaluate_editor(editor: Editor, cases: list[ZsreCase], tick=lambda k: None, 
 
 
 def evaluate(ctx: EvalContext, cases: list[ZsreCase], tick) -> list[dict]:
-    if ctx.cfg.editor != "larimar":
-        ctx.baseline.prepare()
-        return evaluate_editor(ctx.baseline, cases, tick, ctx.cfg.batch_size)
-    out = []
-    for case in cases:
-        out.append(evaluate_case(ctx, case))
-        tick(1)
-    return out
+    """Larimar (one edit in a fresh memory per case) or a baseline, through `evaluate_editor`."""
+    editor = ctx.method_editor(capacity=1)
+    editor.prepare()
+    return evaluate_editor(editor, cases, tick, ctx.cfg.batch_size)
 
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     keys = ("ES", "PS", "ES_exact", "PS_exact", "NS", "locality")
     summary = {"cases": len(records)}
-    for c in conditions(cfg):
+    for c in conditions(records):
         summary[c] = {k: metrics.mean([float(r[c][k]) for r in records]) for k in keys}
         for i, g in enumerate(("ES", "PS", "loc")):
             summary[c][f"{g}_in_scope"] = metrics.mean([float(r[c]["in_scope"][i]) for r in records])
     rows = [[c, *(summary[c][k] for k in keys), summary[c]["PS_in_scope"], summary[c]["loc_in_scope"]]
-            for c in conditions(cfg)]
+            for c in conditions(records)]
     table = markdown_table(["condition", "ES (tok acc)", "PS (tok acc)", "ES exact", "PS exact", "NS (loc_ans acc)",
                             "locality (unchanged)", "PS in scope", "loc in scope"], rows)
     notes = ["ES/PS: teacher-forced argmax token accuracy of answers[0] after src / rephrase (exact: every token).",

@@ -47,6 +47,9 @@ def edit_batch(model: LarimarModel, rows: list[dict], episodes: int, episode_siz
             continue
         enc = model.tokenize_for_encoder(texts)
         out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = enc["input_ids"].view(shape), enc["attention_mask"].view(shape)
+    if model.cfg.value_target_tokens:
+        dec_t = model.tokenize_targets_for_decoder([r["target"] for r in rows])
+        out["target_dec_ids"], out["target_dec_mask"] = dec_t["input_ids"].view(shape), dec_t["attention_mask"].view(shape)
     dec, weight = model.tokenize_edits([r["query"] for r in rows], [r["target"] for r in rows], model.cfg.context_weight)
     out.update(dec_input_ids=dec["input_ids"].view(shape), dec_attention_mask=dec["attention_mask"].view(shape),
                dec_loss_weight=weight.view(shape))

@@ -225,9 +225,7 @@ class Validator:
             cfg = EvalConfig(experiment="counterfact", model="<training>", data=str(self.cfg.validation.counterfact),
                              scope_model=None, seed=self.cfg.validation.seed, progress=False)
             self._cf_context = EvalContext(cfg, model=model, needs_scope=False)
-            self._cf_empty = self._cf_context.memory(scope=False)
-        ctx = self._cf_context
-        record = counterfact.evaluate_case(ctx, case, self._cf_empty)
+        record = counterfact.evaluate(self._cf_context, [case], lambda k: None)[0]
         summary = counterfact.condition_summary([record], "no_scope")
         for key in ("ES", "PS", "NS"):
             if summary[key] is not None:
