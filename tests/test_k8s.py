@@ -169,7 +169,7 @@ def test_jobs_checkpoint_to_the_shared_volume_and_serving_loads_what_training_ex
     assert cfg.run.storage_path.startswith(MOUNT + "/")
     script, config, rest = entrypoint_config(jobs["larimar-tune"])
     assert script == "tune/sweep.py"
-    from larimar.train.tuning import load_sweep_config
+    from larimar.train.sweep_config import load_sweep_config
 
     sweep = load_sweep_config(config, [a for a, prev in zip(rest, ["", *rest]) if "=" in a and prev != "-t"])
     assert sweep.experiment.storage_path.startswith(MOUNT + "/")

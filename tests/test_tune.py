@@ -19,7 +19,8 @@ from larimar.config import ConfigError
 from larimar.recipes import RECIPE_DIR
 from larimar.train.distributed import resolve_paths
 from larimar.train.config import load_train_config
-from larimar.train.tuning import check_metric, concurrent_trials, load_sweep_config, parse_space
+from larimar.train.sweep_config import check_metric, load_sweep_config, parse_space
+from larimar.train.tuning import concurrent_trials
 from tests.conftest import ROOT, require_shared
 
 TINY_SWEEP = RECIPE_DIR / "sweep-tiny.yaml"

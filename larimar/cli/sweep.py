@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None, prog: str | None = None):
                         help="override of the base training config, for every trial (repeatable)")
     parser.add_argument("--fresh", action="store_true", help="do not restore an existing experiment of this name")
     args = parser.parse_args(argv)
-    from larimar.train.tuning import load_sweep_config, run_sweep
+    from larimar.train.sweep_config import load_sweep_config
+    from larimar.train.tuning import run_sweep
 
     try:
         cfg = load_sweep_config(args.config, args.overrides)

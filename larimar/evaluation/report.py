@@ -16,6 +16,7 @@ class Curve:
     ylabel: str
     series: dict[str, tuple[list[float], list[float]]]  # label -> (xs, ys)
     logx: bool = False
+    marks: dict[str, float] = field(default_factory=dict)  # label -> x of a dotted line in that series' colour
 
 
 @dataclass
@@ -44,13 +45,15 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def draw(curve: Curve, ax) -> None:
     """One curve of scores in [0, 1] on a matplotlib axis (None points are gaps)."""
     for label, (xs, ys) in curve.series.items():
-        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
+        (line,) = ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
+        if label in curve.marks:
+            ax.axvline(curve.marks[label], color=line.get_color(), linestyle=":", alpha=0.6)
     if curve.logx:
         ax.set_xscale("log", base=2)
     ax.set(title=curve.title, xlabel=curve.xlabel, ylabel=curve.ylabel)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
 
 
 def plot(curve: Curve, path: Path) -> None:

@@ -43,7 +43,7 @@ from larimar.losses import beta
 from larimar.model import LarimarModel
 from larimar.train.run_record import MetricsLog, write_config
 from larimar.train.config import TrainConfig
-from larimar.train.loop import episode_batch
+from larimar.train.loop import episode_batch, lr_factor
 
 FAILURE_MARKER = ".larimar_injected_failure"
 MODEL_DIR = "model"
@@ -172,12 +172,6 @@ class DataPosition:
     batches: int = 0
 
 
-def _lr_lambda(warmup: int, steps: int):
-    """Linear warmup then linear decay to 0: train_plain's schedule, evaluated at the current
-    config's `steps`, so a resumed run may extend the schedule."""
-    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / steps)
-
-
 def _disable_deepspeed_jit_builds() -> None:
     """DeepSpeed's comm backend JIT-compiles a shared-memory allreduce op (~1 min on 2 cores, and
     fails without a compiler); gloo does not need it. Set before `deepspeed.initialize`. importlib,
@@ -185,26 +179,7 @@ def _disable_deepspeed_jit_builds() -> None:
     importlib.import_module("deepspeed.ops").__compatible_ops__["deepspeed_shm_comm"] = False
 
 
-def _mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t.tolist()
-
-
-def _sum_over_ranks(value: int, device: torch.device) -> int:
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
-    return int(t.item())
-
-
-def _sum_list_over_ranks(values: list[float], device: torch.device) -> list[float]:
+def _sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sum over ranks (a collective: every rank calls it with the same length)."""
     import torch.distributed as dist
 
@@ -212,6 +187,12 @@ def _sum_list_over_ranks(values: list[float], device: torch.device) -> list[floa
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -237,7 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
             log.info(f"[larimar] started from {cfg.run.init_from}; new (at init): {new or 'none'}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.optim.warmup_steps, cfg.optim.steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim.warmup_steps, cfg.optim.steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=cfg.deepspeed_config(), dist_init_required=False)
     frozen = any(not p.requires_grad for p in model.parameters())
@@ -296,8 +277,8 @@ def train_loop_per_worker(config: dict) -> None:
                 sums[k] = sums.get(k, 0.0) + v / cfg.optim.grad_accumulation
             tokens += int(batch["dec_attention_mask"].sum())
         keys = sorted(sums)
-        terms = dict(zip(keys, _mean_over_ranks([sums[k] for k in keys], device)))
-        tokens = _sum_over_ranks(tokens, device)
+        terms = dict(zip(keys, [v / _world_size() for v in _sum_over_ranks([sums[k] for k in keys], device)]))
+        tokens = int(_sum_over_ranks([tokens], device)[0])
         seconds = time.perf_counter() - t0
         done = step + 1
         if step > start:
@@ -329,7 +310,7 @@ def train_loop_per_worker(config: dict) -> None:
         reporting = done % cfg.run.checkpoint_every == 0 or done == total or done % cfg.run.log_every == 0
         if validator is not None and reporting:
             t_val = time.perf_counter()
-            val = validator.metrics(engine.module, lambda v: _sum_list_over_ranks(v, device))
+            val = validator.metrics(engine.module, lambda v: _sum_over_ranks(v, device))
             report.update(val, **{"time/validation": time.perf_counter() - t_val})
             if rank == 0:
                 log.info(f"[larimar] step {done} " + " ".join(f"{k}={v:.4f}" for k, v in val.items()))

@@ -56,6 +56,13 @@ def edit_batch(model: LarimarModel, rows: list[dict], episodes: int, episode_siz
     return out
 
 
+def lr_factor(warmup: int, steps: int):
+    """The LR schedule of every trainer (this loop, Ray Train's workers): linear warmup, then
+    linear decay to 0 at `steps`; evaluated at the current config's `steps`, so a resumed run
+    may extend the schedule. A `LambdaLR` factor of the step."""
+    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / steps)
+
+
 @dataclass
 class StepLog:
     step: int
@@ -71,7 +78,7 @@ def train_plain(model: LarimarModel, batches: Iterator[dict[str, torch.Tensor]],
     """AdamW with linear warmup then linear decay, gradient clipping and the cyclic beta."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * max(0.0, 1 - s / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(warmup, steps))
     model.train()
     logs = []
     for step in range(steps):
