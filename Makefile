@@ -28,6 +28,7 @@ demo: $(BIN)/.installed  # no Prometheus: only the tests scrape with it
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 test-fast: install

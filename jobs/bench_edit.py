@@ -32,8 +32,13 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--stream", type=int, default=20, help="zsRE facts edited sequentially")
     p.add_argument("--checkpoints", type=int, default=2, help="evaluation points along the stream")
     p.add_argument("--base", default="smollm2-135m", help="decoder the baselines edit ('larimar': the model's own)")
-    p.add_argument("--opt", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                   help="a baseline setting, e.g. rome:layer=5 (repeatable)")
+    p.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="a baseline setting, e.g. rome:layer=5 (repeatable)",
+    )
     p.add_argument("--scope-model", default="minilm-l6", help="Larimar's scope embedder; 'none' disables it")
     p.add_argument("--scope-threshold", type=float, default=0.7)
     p.add_argument("--batch-size", type=int, default=16)
@@ -48,12 +53,23 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
             p.error(f"--opt {item!r}: expected METHOD:KEY=VALUE, e.g. rome:layer=5")
         options.setdefault(method, []).append(kv)
     try:
-        return BenchConfig(larimar_model=a.larimar_model, methods=[m.strip() for m in a.methods.split(",") if m.strip()],
-                           counterfact=a.counterfact, cases=a.cases, zsre=a.zsre, stream=a.stream,
-                           checkpoints=a.checkpoints, base=a.base, options=options,
-                           scope_model=None if a.scope_model.lower() == "none" else a.scope_model,
-                           scope_threshold=a.scope_threshold, batch_size=a.batch_size, seed=a.seed,
-                           torch_threads=a.torch_threads, out=a.out)
+        return BenchConfig(
+            larimar_model=a.larimar_model,
+            methods=[m.strip() for m in a.methods.split(",") if m.strip()],
+            counterfact=a.counterfact,
+            cases=a.cases,
+            zsre=a.zsre,
+            stream=a.stream,
+            checkpoints=a.checkpoints,
+            base=a.base,
+            options=options,
+            scope_model=None if a.scope_model.lower() == "none" else a.scope_model,
+            scope_threshold=a.scope_threshold,
+            batch_size=a.batch_size,
+            seed=a.seed,
+            torch_threads=a.torch_threads,
+            out=a.out,
+        )
     except ConfigError as err:
         p.error(str(err))
 

@@ -46,7 +46,10 @@ def bench(K: int, C: int, method: str, repeats: int, preload: int) -> dict:
     setup_ms = (time.perf_counter() - t0) * 1e3
     g = torch.Generator().manual_seed(0)
     mem.write(torch.randn(preload, C, generator=g, dtype=torch.float64))  # a partly filled memory
-    key, value = torch.randn(1, C, generator=g, dtype=torch.float64), torch.randn(1, C, generator=g, dtype=torch.float64)
+    key, value = (
+        torch.randn(1, C, generator=g, dtype=torch.float64),
+        torch.randn(1, C, generator=g, dtype=torch.float64),
+    )
 
     write = timed(lambda: mem.write(key, value), repeats)
     forget = timed(lambda: mem.forget(key, value), repeats)  # removes the copies just written
@@ -56,7 +59,11 @@ def bench(K: int, C: int, method: str, repeats: int, preload: int) -> dict:
     with torch.no_grad():
         batch_write = timed(lambda: episodic.write(Z), max(5, repeats // 20))
     return {
-        "K": K, "C": C, "pinv": method, "preloaded_facts": preload, "key_map_setup_ms": setup_ms,
+        "K": K,
+        "C": C,
+        "pinv": method,
+        "preloaded_facts": preload,
+        "key_map_setup_ms": setup_ms,
         "write_ms": write,
         "forget_ms": forget,
         "read_ms": read,
@@ -77,14 +84,22 @@ def main() -> None:
         for method in ("exact", "ben_cohen"):
             row = bench(K, args.latent_dim, method, args.repeats, preload=min(100, K // 2))
             rows.append(row)
-            print(f"K={K:5d} pinv={method:9s}  write {row['write_ms']['median_ms']:.3f} ms  "
-                  f"forget {row['forget_ms']['median_ms']:.3f} ms  read {row['read_ms']['median_ms']:.3f} ms  "
-                  f"(p90 write {row['write_ms']['p90_ms']:.3f})  key-map setup {row['key_map_setup_ms']:.0f} ms  "
-                  f"Alg.1 write of 16 {row['algorithm1_write_16_ms']['median_ms']:.1f} ms", flush=True)
+            print(
+                f"K={K:5d} pinv={method:9s}  write {row['write_ms']['median_ms']:.3f} ms  "
+                f"forget {row['forget_ms']['median_ms']:.3f} ms  read {row['read_ms']['median_ms']:.3f} ms  "
+                f"(p90 write {row['write_ms']['p90_ms']:.3f})  key-map setup {row['key_map_setup_ms']:.0f} ms  "
+                f"Alg.1 write of 16 {row['algorithm1_write_16_ms']['median_ms']:.1f} ms",
+                flush=True,
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
-            "processor": platform.processor(), "dtype": "float64 (SequentialMemory), float32 (EpisodicMemory)"}
+    meta = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "dtype": "float64 (SequentialMemory), float32 (EpisodicMemory)",
+    }
     out.write_text(json.dumps({"meta": meta, "results": rows}, indent=2))
     print(f"wrote {out}")
 

@@ -42,8 +42,11 @@ def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
         with requests.Session() as s:
             for j in range(edits_per_client):
                 t0 = time.perf_counter()
-                r = s.post(f"{URL}/v1/memories/{mid}/facts", headers=headers,
-                           json={"facts": [{"prompt": f"person {i} item {j} is", "target": f"value {j}"}]})
+                r = s.post(
+                    f"{URL}/v1/memories/{mid}/facts",
+                    headers=headers,
+                    json={"facts": [{"prompt": f"person {i} item {j} is", "target": f"value {j}"}]},
+                )
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 r.raise_for_status()
 
@@ -52,8 +55,13 @@ def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
         list(pool.map(client, range(clients)))
     wall = time.perf_counter() - start
     latencies.sort()
-    return {"clients": clients, "edits": len(latencies), "p50_ms": statistics.median(latencies),
-            "p99_ms": latencies[int(0.99 * (len(latencies) - 1))], "edits_per_s": len(latencies) / wall}
+    return {
+        "clients": clients,
+        "edits": len(latencies),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
+        "edits_per_s": len(latencies) / wall,
+    }
 
 
 def conditioning_overhead(model, new_tokens: int, repeats: int) -> dict:
@@ -61,8 +69,12 @@ def conditioning_overhead(model, new_tokens: int, repeats: int) -> dict:
     batch = model.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
     z = torch.randn(len(prompts), model.cfg.memory.latent_dim)
     lm = model.decoder.lm
-    gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-           "pad_token_id": model.decoder_tokenizer.pad_token_id}
+    gen = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": model.decoder_tokenizer.pad_token_id,
+    }
 
     def plain():
         lm.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **gen)
@@ -90,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="saved model directory or bundled name")
     parser.add_argument("--out", default="runs/bench_serve.json")
-    parser.add_argument("--edits", type=int, default=160, help="edits per concurrency level (each into a fresh K = 512 memory)")
+    parser.add_argument(
+        "--edits", type=int, default=160, help="edits per concurrency level (each into a fresh K = 512 memory)"
+    )
     parser.add_argument("--decoder", default="smollm2-135m", help="also time conditioning on this decoder ('' to skip)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
@@ -108,15 +122,28 @@ def main() -> None:
     report: dict = {"model": args.model, "replica_torch_threads": args.torch_threads}
     with tempfile.TemporaryDirectory() as storage:
         ray.init(num_cpus=4, include_dashboard=False)
-        serve.run(build({"model": args.model, "storage": storage, "torch_threads": args.torch_threads,
-                         "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}]}), name="larimar", route_prefix="/")
+        serve.run(
+            build(
+                {
+                    "model": args.model,
+                    "storage": storage,
+                    "torch_threads": args.torch_threads,
+                    "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}],
+                }
+            ),
+            name="larimar",
+            route_prefix="/",
+        )
         headers = {"Authorization": f"Bearer {KEY}"}
         report["edit_latency"] = []
         for clients in (1, 8, 32):
             row = edit_latency(clients, max(1, args.edits // clients), headers)
             report["edit_latency"].append(row)
-            print(f"edits, {clients:2d} clients: p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
-                  f"{row['edits_per_s']:.1f} edits/s", flush=True)
+            print(
+                f"edits, {clients:2d} clients: p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
+                f"{row['edits_per_s']:.1f} edits/s",
+                flush=True,
+            )
         serve.shutdown()
         ray.shutdown()
 
@@ -125,14 +152,24 @@ def main() -> None:
     models = {"served": lambda: LarimarModel.from_pretrained(args.model)}
     if args.decoder:
         cfg = LarimarModel.read_config(args.model)
-        models[args.decoder] = lambda: LarimarModel(from_dict(LarimarConfig, {
-            "encoder": cfg.encoder if cfg.encoder != "tiny-bert" else "minilm-l6", "decoder": args.decoder,
-            "memory": {"slots": cfg.memory.slots, "latent_dim": cfg.memory.latent_dim}})).eval()
+        models[args.decoder] = lambda: LarimarModel(
+            from_dict(
+                LarimarConfig,
+                {
+                    "encoder": cfg.encoder if cfg.encoder != "tiny-bert" else "minilm-l6",
+                    "decoder": args.decoder,
+                    "memory": {"slots": cfg.memory.slots, "latent_dim": cfg.memory.latent_dim},
+                },
+            )
+        ).eval()
     for name, load in models.items():
         row = conditioning_overhead(load(), args.new_tokens, args.repeats)
         report["conditioning"][name] = row
-        print(f"generation ({name}): plain {row['plain_tokens_per_s']:.1f} tok/s, conditioned "
-              f"{row['conditioned_tokens_per_s']:.1f} tok/s, overhead {row['overhead']:+.1%}", flush=True)
+        print(
+            f"generation ({name}): plain {row['plain_tokens_per_s']:.1f} tok/s, conditioned "
+            f"{row['conditioned_tokens_per_s']:.1f} tok/s, overhead {row['overhead']:+.1%}",
+            flush=True,
+        )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -39,7 +39,6 @@ from larimar.train.config import TrainConfig, load_train_config
 from larimar.train.loop import episode_batch, train_plain
 
 
-
 def plain(cfg: TrainConfig, chunks: list[str]) -> dict:
     """train_plain on one worker's share of a step: micro_batch_episodes x grad_accumulation episodes.
 
@@ -58,17 +57,28 @@ def plain(cfg: TrainConfig, chunks: list[str]) -> dict:
         while True:
             if i + per_step > len(chunks):
                 i = 0
-            yield episode_batch(model, chunks[i:i + per_step], B, E)
+            yield episode_batch(model, chunks[i : i + per_step], B, E)
             i += per_step
 
     ends = [time.perf_counter()]
-    logs = train_plain(model, batches(), cfg.optim.steps, lr=cfg.optim.lr, warmup=cfg.optim.warmup_steps,
-                       clip=cfg.optim.clip, on_step=lambda _: ends.append(time.perf_counter()))
+    logs = train_plain(
+        model,
+        batches(),
+        cfg.optim.steps,
+        lr=cfg.optim.lr,
+        warmup=cfg.optim.warmup_steps,
+        clip=cfg.optim.clip,
+        on_step=lambda _: ends.append(time.perf_counter()),
+    )
     seconds = [b - a for a, b in zip(ends, ends[1:])]
     steady = list(zip(logs, seconds))[1:] or list(zip(logs, seconds))
-    return {"tokens_per_second": sum(x.tokens for x, _ in steady) / sum(t for _, t in steady),
-            "step_seconds": sum(t for _, t in steady) / len(steady), "loss": logs[-1].loss,
-            "wall_seconds": ends[-1] - ends[0], "threads": torch.get_num_threads()}
+    return {
+        "tokens_per_second": sum(x.tokens for x, _ in steady) / sum(t for _, t in steady),
+        "step_seconds": sum(t for _, t in steady) / len(steady),
+        "loss": logs[-1].loss,
+        "wall_seconds": ends[-1] - ends[0],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def plain_in_subprocess(path: Path, overrides: list[str]) -> dict:
@@ -78,8 +88,9 @@ def plain_in_subprocess(path: Path, overrides: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(cpu_threads(cfg)), "TOKENIZERS_PARALLELISM": "false"}
     env.pop("RAY_ADDRESS", None)
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, __file__, "--plain-child", str(path), out.name, *overrides], env=env,
-                       check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--plain-child", str(path), out.name, *overrides], env=env, check=True
+        )
         return json.loads(Path(out.name).read_text())
 
 
@@ -87,9 +98,14 @@ def distributed(cfg: TrainConfig, chunks) -> dict:
     out = fit(cfg, chunks)
     m = out["metrics"]
     steady_steps = max(1, m["step"] - m["start_step"] - 1)
-    return {"tokens_per_second": m["steady_tokens_per_second"], "step_seconds": m["steady_seconds"] / steady_steps,
-            "loss": m["loss"], "wall_seconds": out["seconds"], "threads": m["threads"],
-            "phase_seconds_per_step": {k.split("/", 1)[1]: v / steady_steps for k, v in m.items() if k.startswith("time/")}}
+    return {
+        "tokens_per_second": m["steady_tokens_per_second"],
+        "step_seconds": m["steady_seconds"] / steady_steps,
+        "loss": m["loss"],
+        "wall_seconds": out["seconds"],
+        "threads": m["threads"],
+        "phase_seconds_per_step": {k.split("/", 1)[1]: v / steady_steps for k, v in m.items() if k.startswith("time/")},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,35 +134,58 @@ def main(argv: list[str] | None = None) -> dict:
             path = recipes.resolve(name, key="--bench")
             for mode in modes.split(","):
                 workers = 1 if mode == "plain" else int(mode)
-                overrides = [f"optim.steps={args.steps}", f"optim.warmup_steps={min(2, args.steps)}",
-                             f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cores / workers}",
-                             f"run.storage_path={storage}", f"run.name=bench-{path.stem}-{mode}",
-                             f"run.checkpoint_every={args.steps}", f"run.log_every={max(1, args.steps // 4)}"]
+                overrides = [
+                    f"optim.steps={args.steps}",
+                    f"optim.warmup_steps={min(2, args.steps)}",
+                    f"scaling.num_workers={workers}",
+                    f"scaling.cpus_per_worker={cores / workers}",
+                    f"run.storage_path={storage}",
+                    f"run.name=bench-{path.stem}-{mode}",
+                    f"run.checkpoint_every={args.steps}",
+                    f"run.log_every={max(1, args.steps // 4)}",
+                ]
                 cfg = resolve_paths(load_train_config(path, overrides))
-                print(f"== {path.stem}: {'plain loop' if mode == 'plain' else f'{workers} Ray/DeepSpeed workers'}, "
-                      f"{args.steps} steps, {cpu_threads(cfg)} threads per process", flush=True)
+                print(
+                    f"== {path.stem}: {'plain loop' if mode == 'plain' else f'{workers} Ray/DeepSpeed workers'}, "
+                    f"{args.steps} steps, {cpu_threads(cfg)} threads per process",
+                    flush=True,
+                )
                 if mode == "plain":
                     row = plain_in_subprocess(path, overrides)
                 else:
                     row = distributed(cfg, prepare_chunks(cfg))
-                row.update(config=path.stem, mode="plain" if mode == "plain" else "ray+deepspeed", workers=workers,
-                           steps=args.steps, chunks_per_worker_step=cfg.chunks_per_micro_batch * cfg.optim.grad_accumulation)
+                row.update(
+                    config=path.stem,
+                    mode="plain" if mode == "plain" else "ray+deepspeed",
+                    workers=workers,
+                    steps=args.steps,
+                    chunks_per_worker_step=cfg.chunks_per_micro_batch * cfg.optim.grad_accumulation,
+                )
                 results.append(row)
-                print(f"   {row['tokens_per_second']:,.0f} tokens/s, {row['step_seconds']:.2f} s/step, "
-                      f"loss {row['loss']:.3f}, wall {row['wall_seconds']:.0f}s", flush=True)
+                print(
+                    f"   {row['tokens_per_second']:,.0f} tokens/s, {row['step_seconds']:.2f} s/step, "
+                    f"loss {row['loss']:.3f}, wall {row['wall_seconds']:.0f}s",
+                    flush=True,
+                )
     finally:
         ray.shutdown()
     for row in results:
         base = next((r for r in results if r["config"] == row["config"] and r["mode"] == "plain"), None)
         row["ratio_vs_plain"] = row["tokens_per_second"] / base["tokens_per_second"] if base else None
-    report = {"host": {"cpus": cores, "machine": platform.machine(), "torch": torch.__version__,
-                       "device": "cpu"}, "results": results}
-    print(f"\n{'config':14s} {'mode':14s} {'workers':>7s} {'threads':>7s} {'tokens/s':>10s} {'s/step':>7s} "
-          f"{'loss':>8s} {'vs plain':>8s}")
+    report = {
+        "host": {"cpus": cores, "machine": platform.machine(), "torch": torch.__version__, "device": "cpu"},
+        "results": results,
+    }
+    print(
+        f"\n{'config':14s} {'mode':14s} {'workers':>7s} {'threads':>7s} {'tokens/s':>10s} {'s/step':>7s} "
+        f"{'loss':>8s} {'vs plain':>8s}"
+    )
     for r in results:
         ratio = f"{r['ratio_vs_plain']:.2f}x" if r["ratio_vs_plain"] is not None else "-"
-        print(f"{r['config']:14s} {r['mode']:14s} {r['workers']:7d} {r['threads']:7d} {r['tokens_per_second']:10,.0f} "
-              f"{r['step_seconds']:7.3f} {r['loss']:8.3f} {ratio:>8s}")
+        print(
+            f"{r['config']:14s} {r['mode']:14s} {r['workers']:7d} {r['threads']:7d} {r['tokens_per_second']:10,.0f} "
+            f"{r['step_seconds']:7.3f} {r['loss']:8.3f} {ratio:>8s}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

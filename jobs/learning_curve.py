@@ -31,7 +31,10 @@ from larimar.evaluation.report import fmt
 from larimar.train.run_record import losses, read_metrics
 from larimar.train.config import load_train_config
 
-DATA = {"counterfact": "../shared/data/counterfact/dev_canonical_100.json", "zsre": "../shared/data/zsre/dev_eval_300.json"}
+DATA = {
+    "counterfact": "../shared/data/counterfact/dev_canonical_100.json",
+    "zsre": "../shared/data/zsre/dev_eval_300.json",
+}
 
 
 def earlier_summary(path: Path, cfg: EvalConfig) -> dict | None:
@@ -48,8 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the run's training config (recipe name or YAML)")
     p.add_argument("overrides", nargs="*", help="the run's key=value overrides")
-    p.add_argument("--logs", nargs="*", default=None,
-                   help="runs older than metrics.jsonl: their training logs, oldest first (instead of metrics.jsonl)")
+    p.add_argument(
+        "--logs",
+        nargs="*",
+        default=None,
+        help="runs older than metrics.jsonl: their training logs, oldest first (instead of metrics.jsonl)",
+    )
     p.add_argument("--experiments", default="counterfact,zsre", help=f"comma-separated, of {sorted(DATA)}; '' for none")
     p.add_argument("--limit", type=int, help="first N cases of each experiment's file")
     p.add_argument("--steps", default="", help="comma-separated checkpoint steps to evaluate (default: every kept one)")
@@ -89,8 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             model = None
             row: dict = {"step": step}
             for name in experiments:
-                ecfg = EvalConfig(experiment=name, model=str(path), data=str(resolve_source(DATA[name])), limit=a.limit,
-                                  out=f"{a.out}/step_{step}", progress=False)
+                ecfg = EvalConfig(
+                    experiment=name,
+                    model=str(path),
+                    data=str(resolve_source(DATA[name])),
+                    limit=a.limit,
+                    out=f"{a.out}/step_{step}",
+                    progress=False,
+                )
                 summary = earlier_summary(Path(ecfg.out) / f"{name}.json", ecfg)
                 if summary is None:
                     model = model or load_checkpoint_model(cfg.model, path)

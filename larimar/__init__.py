@@ -20,11 +20,21 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "ConfigError": "larimar.config", "EditableMemory": "larimar.editor", "LarimarEditor": "larimar.editor",
-    "Fact": "larimar.facts", "FactMemory": "larimar.facts", "MemoryFullError": "larimar.facts",
-    "UnknownFactError": "larimar.facts", "EpisodicMemory": "larimar.memory", "MemoryConfig": "larimar.memory",
-    "SequentialMemory": "larimar.memory", "LarimarConfig": "larimar.model", "LarimarModel": "larimar.model",
-    "PinvConfig": "larimar.pinv", "PinvDivergenceError": "larimar.pinv", "ScopeDetector": "larimar.scope",
+    "ConfigError": "larimar.config",
+    "EditableMemory": "larimar.editor",
+    "LarimarEditor": "larimar.editor",
+    "Fact": "larimar.facts",
+    "FactMemory": "larimar.facts",
+    "MemoryFullError": "larimar.facts",
+    "UnknownFactError": "larimar.facts",
+    "EpisodicMemory": "larimar.memory",
+    "MemoryConfig": "larimar.memory",
+    "SequentialMemory": "larimar.memory",
+    "LarimarConfig": "larimar.model",
+    "LarimarModel": "larimar.model",
+    "PinvConfig": "larimar.pinv",
+    "PinvDivergenceError": "larimar.pinv",
+    "ScopeDetector": "larimar.scope",
 }
 __all__ = sorted(_EXPORTS)
 

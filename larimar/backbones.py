@@ -115,16 +115,38 @@ def tiny_tokenizer() -> PreTrainedTokenizerBase:
 
 def _tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, heads: int = 4):
     if arch == "bert":
-        return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                          num_attention_heads=heads, intermediate_size=4 * hidden, max_position_embeddings=256)
+        return BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=4 * hidden,
+            max_position_embeddings=256,
+        )
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=256,
-                          bos_token_id=None, eos_token_id=None)
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_positions=256,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
     if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                           num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-                           intermediate_size=4 * hidden, max_position_embeddings=256,
-                           bos_token_id=None, eos_token_id=None, pad_token_id=None, tie_word_embeddings=True)
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            intermediate_size=4 * hidden,
+            max_position_embeddings=256,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
+            tie_word_embeddings=True,
+        )
     raise ValueError(f"unknown tiny architecture {arch!r}")
 
 
@@ -151,7 +173,9 @@ def _from_pretrained(loader, name: str, **kwargs):
         ) from err
 
 
-def load_encoder(name: str, tiny_hidden: int = 64, tiny_layers: int = 2) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_encoder(
+    name: str, tiny_hidden: int = 64, tiny_layers: int = 2
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A bidirectional encoder (AutoModel) and its tokenizer."""
     entry = REGISTRY.get(name)
     if entry is not None and entry.tiny is not None:
@@ -160,7 +184,9 @@ def load_encoder(name: str, tiny_hidden: int = 64, tiny_layers: int = 2) -> tupl
     return _from_pretrained(AutoModel, name), _from_pretrained(AutoTokenizer, name)
 
 
-def load_decoder(name: str, tiny_hidden: int = 64, tiny_layers: int = 2) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_decoder(
+    name: str, tiny_hidden: int = 64, tiny_layers: int = 2
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM (AutoModelForCausalLM) and its tokenizer, with a pad token set."""
     entry = REGISTRY.get(name)
     if entry is not None and entry.tiny is not None:
@@ -183,4 +209,3 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 def is_random_init(name: str) -> bool:
     entry = REGISTRY.get(name)
     return entry is not None and entry.tiny is not None
-

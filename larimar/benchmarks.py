@@ -69,8 +69,10 @@ def _read_json(path: str | Path) -> list[dict]:
     except ConfigError:
         resolved = None
     if not isinstance(resolved, Path) or not resolved.is_file():
-        raise ConfigError(f"--data: {path!r} is not a file (expected a CounterFact or zsRE JSON file, "
-                          "a ../shared/data/... path, or synthetic[:N])")
+        raise ConfigError(
+            f"--data: {path!r} is not a file (expected a CounterFact or zsRE JSON file, "
+            "a ../shared/data/... path, or synthetic[:N])"
+        )
     data = json.loads(Path(resolved).read_text())
     if not isinstance(data, list) or not data or not isinstance(data[0], dict):
         raise ConfigError(f"--data: {path} must hold a non-empty JSON list of records")
@@ -86,8 +88,10 @@ def detect_format(record: dict) -> str:
         return "zsre"
     if {"prompt", "target_new", "subject"} <= set(record):
         return "knowedit"  # KnowEdit's ZsRE / WikiData_counterfact test files (training text only)
-    raise ConfigError(f"--data: unrecognised record with keys {sorted(record)}; expected CounterFact "
-                      "(requested_rewrite, or prompt/target_new/locality_prompt) or zsRE (src/answers/loc)")
+    raise ConfigError(
+        f"--data: unrecognised record with keys {sorted(record)}; expected CounterFact "
+        "(requested_rewrite, or prompt/target_new/locality_prompt) or zsRE (src/answers/loc)"
+    )
 
 
 def _limit(records: list, limit: int | None) -> list:
@@ -99,14 +103,30 @@ def counterfact_case(record: dict, index: int) -> CounterFactCase:
     if fmt == "counterfact-canonical":
         rw = record["requested_rewrite"]
         true = rw["target_true"]["str"]
-        return CounterFactCase(int(record.get("case_id", index)), rw["prompt"].format(rw["subject"]),
-                               rw["target_new"]["str"], true, tuple(record.get("paraphrase_prompts", ())),
-                               tuple(record.get("neighborhood_prompts", ())), true, "canonical", rw["subject"])
+        return CounterFactCase(
+            int(record.get("case_id", index)),
+            rw["prompt"].format(rw["subject"]),
+            rw["target_new"]["str"],
+            true,
+            tuple(record.get("paraphrase_prompts", ())),
+            tuple(record.get("neighborhood_prompts", ())),
+            true,
+            "canonical",
+            rw["subject"],
+        )
     if fmt == "counterfact-flat":
         loc = record.get("locality_prompt")
-        return CounterFactCase(int(record.get("case_id", index)), record["prompt"], record["target_new"],
-                               record["ground_truth"], (), (loc,) if loc else (),
-                               record.get("locality_ground_truth", ""), "flat", record.get("subject", ""))
+        return CounterFactCase(
+            int(record.get("case_id", index)),
+            record["prompt"],
+            record["target_new"],
+            record["ground_truth"],
+            (),
+            (loc,) if loc else (),
+            record.get("locality_ground_truth", ""),
+            "flat",
+            record.get("subject", ""),
+        )
     raise ConfigError(f"--data: counterfact needs CounterFact records, got {fmt} records")
 
 
@@ -119,8 +139,15 @@ def zsre_case(record: dict, index: int) -> ZsreCase:
         raise ConfigError(f"--data: zsre needs MEND-format zsRE records (src, answers, loc), got keys {sorted(record)}")
     if not record["answers"]:
         raise ConfigError(f"--data: zsRE record {index} has an empty 'answers' list")
-    return ZsreCase(index, record["src"], record["answers"][0], record["rephrase"], record["loc"], record["loc_ans"],
-                    record.get("subject", ""))
+    return ZsreCase(
+        index,
+        record["src"],
+        record["answers"][0],
+        record["rephrase"],
+        record["loc"],
+        record["loc_ans"],
+        record.get("subject", ""),
+    )
 
 
 def load_zsre(path: str | Path, limit: int | None = None) -> list[ZsreCase]:
@@ -139,5 +166,10 @@ def load_facts(source: str, limit: int | None = None, seed: int = 0) -> list[Fac
     records = _limit(_read_json(source), limit)
     fmt = detect_format(records[0])
     if fmt == "zsre":
-        return [Fact(c.prompt, c.target, (c.rephrase,), c.subject) for c in (zsre_case(r, i) for i, r in enumerate(records))]
-    return [Fact(c.prompt, c.target_new, c.paraphrases, c.subject) for c in (counterfact_case(r, i) for i, r in enumerate(records))]
+        return [
+            Fact(c.prompt, c.target, (c.rephrase,), c.subject) for c in (zsre_case(r, i) for i, r in enumerate(records))
+        ]
+    return [
+        Fact(c.prompt, c.target_new, c.paraphrases, c.subject)
+        for c in (counterfact_case(r, i) for i, r in enumerate(records))
+    ]

@@ -140,8 +140,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-         base: dict[str, Any] | None = None) -> T:
+def load(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> T:
     data = dict(base or {})
     if path is not None:
         data.update(load_yaml(path))

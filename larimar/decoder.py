@@ -46,9 +46,17 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
 
 
 class LatentDecoder(nn.Module):
-    def __init__(self, lm: PreTrainedModel, latent_dim: int, pad_token_id: int, inject_layers: int = -1,
-                 embedding_shift: bool = True, init: str = "normal", tie_key_value: bool = True,
-                 slots: int = 1):
+    def __init__(
+        self,
+        lm: PreTrainedModel,
+        latent_dim: int,
+        pad_token_id: int,
+        inject_layers: int = -1,
+        embedding_shift: bool = True,
+        init: str = "normal",
+        tie_key_value: bool = True,
+        slots: int = 1,
+    ):
         """inject_layers: -1 puts the slot in every layer (the paper), n > 0 in the top n only; the
         lower layers then see an all-zero slot, take no gradient and, with a frozen decoder, run
         without building an autograd graph (the cheap CPU recipe).
@@ -83,7 +91,9 @@ class LatentDecoder(nn.Module):
         for proj in (self.kv_proj, self.kv_extra, self.emb_proj):
             if proj is not None:
                 nn.init.normal_(proj.weight, std=std) if init == "normal" else nn.init.zeros_(proj.weight)
-        self._shift: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(f"shift{id(self)}", default=None)
+        self._shift: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar(
+            f"shift{id(self)}", default=None
+        )
         lm.get_input_embeddings().register_forward_hook(self._add_shift)
 
     # -- conditioning -------------------------------------------------------------------------
@@ -134,19 +144,26 @@ class LatentDecoder(nn.Module):
         mask = attention_mask.long()
         full_mask = torch.cat([slot.expand(-1, self.slots), mask], dim=1)  # (B, S+T)
         tokens = (mask.cumsum(-1) - 1 + slot).clamp_min(0) * mask
-        positions = torch.cat([torch.zeros_like(full_mask[:, :self.slots]), tokens], dim=1)
+        positions = torch.cat([torch.zeros_like(full_mask[:, : self.slots]), tokens], dim=1)
         return full_mask, positions
 
     # -- teacher forcing ----------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor,
-                logits_to_keep: int = 0) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, logits_to_keep: int = 0
+    ) -> torch.Tensor:
         """input_ids (B, T), attention_mask (B, T), z (B, C) -> logits (B, T, V); with `logits_to_keep`
         k > 0 only the last k positions' (B, k, V): the vocabulary projection is most of the memory."""
         full_mask, positions = self._inputs(z, attention_mask)
         with self._shifted(z):
-            out = self.lm(input_ids=input_ids, attention_mask=full_mask, position_ids=positions[:, self.slots:],
-                          cache=self.prefix_cache(z), use_cache=True, logits_to_keep=logits_to_keep)
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=full_mask,
+                position_ids=positions[:, self.slots :],
+                cache=self.prefix_cache(z),
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            )
         return out.logits
 
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -164,20 +181,29 @@ class LatentDecoder(nn.Module):
     # -- generation ---------------------------------------------------------------------------
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, **kwargs) -> torch.Tensor:
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
         """transformers ``generate()`` with the latent; returns (B, T + new) ids without the slot.
 
         Batches must be left-padded. The slots are already-cached first tokens for generate():
         the pad id stands for each in ``input_ids`` and is stripped from the output.
         """
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
-            raise ValueError("LatentDecoder.generate supports num_beams=1 and num_return_sequences=1; "
-                             "repeat the inputs and latents for several samples")
+            raise ValueError(
+                "LatentDecoder.generate supports num_beams=1 and num_return_sequences=1; "
+                "repeat the inputs and latents for several samples"
+            )
         B = input_ids.shape[0]
         full_mask, positions = self._inputs(z, attention_mask)
         slot_ids = torch.full((B, self.slots), self.pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
         kwargs.setdefault("pad_token_id", self.pad_token_id)
         with self._shifted(z):
-            out = self.lm.generate(input_ids=torch.cat([slot_ids, input_ids], 1), attention_mask=full_mask,
-                                   position_ids=positions, cache=self.prefix_cache(z), **kwargs)
-        return out[:, self.slots:]
+            out = self.lm.generate(
+                input_ids=torch.cat([slot_ids, input_ids], 1),
+                attention_mask=full_mask,
+                position_ids=positions,
+                cache=self.prefix_cache(z),
+                **kwargs,
+            )
+        return out[:, self.slots :]

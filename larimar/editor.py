@@ -88,8 +88,9 @@ class EditableMemory:
         texts = [facts] if isinstance(facts, str) else list(facts)
         return self.write_facts([make_fact(text=t) for t in texts])
 
-    def edit(self, prompts: str | list[str], target_new: str | list[str],
-             subject: str | list[str] | None = None) -> list[int]:
+    def edit(
+        self, prompts: str | list[str], target_new: str | list[str], subject: str | list[str] | None = None
+    ) -> list[int]:
         """Make each prompt continue with its target. Returns the facts' ids. (EasyEdit's full
         `edit`, with rephrase/locality/portability inputs and its metrics: `larimar.evaluation.easyedit`.)
 
@@ -97,10 +98,14 @@ class EditableMemory:
         consults the memory for queries that name it (`larimar.scope`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         targets = [target_new] if isinstance(target_new, str) else list(target_new)
-        subjects = [subject] if isinstance(subject, str) else list(subject) if subject is not None else [None] * len(prompts)
+        subjects = (
+            [subject] if isinstance(subject, str) else list(subject) if subject is not None else [None] * len(prompts)
+        )
         if not len(prompts) == len(targets) == len(subjects):
             raise ValueError(f"got {len(prompts)} prompts, {len(targets)} targets and {len(subjects)} subjects")
-        return self.write_facts([make_fact(prompt=p, target=t, subject=s) for p, t, s in zip(prompts, targets, subjects)])
+        return self.write_facts(
+            [make_fact(prompt=p, target=t, subject=s) for p, t, s in zip(prompts, targets, subjects)]
+        )
 
     def write_facts(self, facts: list[Fact]) -> list[int]:
         """Write `Fact`s (`larimar.facts.make_fact`: edits and free-text facts, mixed) in one update,
@@ -109,8 +114,9 @@ class EditableMemory:
         if not facts:
             return []
         scope = self.scope is not None
-        enc = encode_facts(self.model, facts, scope, embed=self.scope.embed if scope else None,
-                           shared=self.editor.shared_scope)
+        enc = encode_facts(
+            self.model, facts, scope, embed=self.scope.embed if scope else None, shared=self.editor.shared_scope
+        )
         return self.core.write(facts, enc.keys, enc.values, enc.scope)
 
     def forget(self, fact_id: int) -> None:
@@ -122,27 +128,38 @@ class EditableMemory:
     def read(self, queries: list[str], use_scope: bool = True) -> tuple[torch.Tensor, list]:
         """Latents for decoding each query: the memory read-out, or 0 when out of scope."""
         scope = use_scope and self.scope is not None
-        enc = encode_queries(self.model, queries, scope, embed=self.scope.embed if scope else None,
-                             shared=self.editor.shared_scope)
+        enc = encode_queries(
+            self.model, queries, scope, embed=self.scope.embed if scope else None, shared=self.editor.shared_scope
+        )
         matches = self.scope.match_vectors(enc.sentences, enc.owners, queries) if scope else None
         z = self.core.read(enc.latents, matches).to(self.model.device, self.model.memory.prior_mean.dtype)  # (n, C)
         return z, matches if matches is not None else [None] * len(queries)
 
-    def generate(self, prompts: str | list[str], max_new_tokens: int = 32, temperature: float = 0.0,
-                 use_scope: bool = True, **kwargs) -> list[Generation]:
+    def generate(
+        self,
+        prompts: str | list[str],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        use_scope: bool = True,
+        **kwargs,
+    ) -> list[Generation]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         z, matches = self.read(prompts, use_scope)
         outs = self.model.generate_text(prompts, z, max_new_tokens, temperature, **kwargs)
-        return [Generation(text, bool(z[i].abs().sum() > 0), m.fact_id if m else None, m.similarity if m else 1.0)
-                for i, ((text, _), m) in enumerate(zip(outs, matches))]
+        return [
+            Generation(text, bool(z[i].abs().sum() > 0), m.fact_id if m else None, m.similarity if m else 1.0)
+            for i, ((text, _), m) in enumerate(zip(outs, matches))
+        ]
 
     def score(self, prompts: list[str], continuations: list[str], use_scope: bool = True) -> list[Score]:
         """log p(" " + continuation | prompt) under the memory; scope is decided per prompt."""
         if len(prompts) != len(continuations):
             raise ValueError(f"got {len(prompts)} prompts but {len(continuations)} continuations")
         z, _ = self.read(prompts, use_scope)
-        return [Score(lp, nll, n, bool(z[i].abs().sum() > 0))
-                for i, (lp, nll, n) in enumerate(self.model.score_continuations(prompts, continuations, z))]
+        return [
+            Score(lp, nll, n, bool(z[i].abs().sum() > 0))
+            for i, (lp, nll, n) in enumerate(self.model.score_continuations(prompts, continuations, z))
+        ]
 
     def __len__(self) -> int:
         return len(self.core)
@@ -150,15 +167,22 @@ class EditableMemory:
     def save(self, path: str | Path) -> Path:
         """Write the whole memory to one file (`larimar.memory_file`); the server imports it with
         `POST /v1/memories/import` and `LarimarEditor.load_memory` reads it back."""
-        return memory_file.save_file(self.core, path, encoder=self.model.cfg.encoder,
-                                     scope_model=self.editor.scope_model)
+        return memory_file.save_file(
+            self.core, path, encoder=self.model.cfg.encoder, scope_model=self.editor.scope_model
+        )
 
 
 class LarimarEditor:
     """A trained Larimar model plus the scope detector, from which memories are created."""
 
-    def __init__(self, model: LarimarModel, scope_model: str | None = "minilm-l6", scope_threshold: float = 0.7,
-                 subject_threshold: float = 0.3, readout: str | None = None):
+    def __init__(
+        self,
+        model: LarimarModel,
+        scope_model: str | None = "minilm-l6",
+        scope_threshold: float = 0.7,
+        subject_threshold: float = 0.3,
+        readout: str | None = None,
+    ):
         """scope_model: sentence embedder for the scope detector (None: always consult the memory);
         scope_threshold / subject_threshold: see `ScopeDetector`; readout: override the model's
         trained read-out convention ("raw" or "value_norm", see `FactMemory`), for ablations."""
@@ -177,24 +201,39 @@ class LarimarEditor:
         """A saved model directory or a bundled name; by default the shipped Larimar-smol v2."""
         return cls(LarimarModel.from_pretrained(directory), **kwargs)
 
-    def create_memory(self, slots: int | None = None, capacity: int | None = None, ridge: float = 1e-3,
-                      seed: int = 0, keys: str = "linear") -> EditableMemory:
+    def create_memory(
+        self,
+        slots: int | None = None,
+        capacity: int | None = None,
+        ridge: float = 1e-3,
+        seed: int = 0,
+        keys: str = "linear",
+    ) -> EditableMemory:
         """A new empty memory with `slots` rows (default: the trained K); holds up to `capacity` facts (default K).
 
         keys: "linear" addressing (the paper; keys span at most C dimensions, so more than C facts
         blend) or "relu" random-feature addressing (up to K facts kept apart); see SequentialMemory."""
         spec = MemorySpec(slots or self.model.cfg.memory.slots, capacity, ridge, seed, keys)
-        return EditableMemory(self, spec.build(self.model.cfg.memory.latent_dim, self._scope(), self.readout,
-                                               self.model.device))
+        return EditableMemory(
+            self, spec.build(self.model.cfg.memory.latent_dim, self._scope(), self.readout, self.model.device)
+        )
 
     def _scope(self) -> ScopeDetector | None:
-        return (ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)
-                if self.scope_embedder else None)
+        return (
+            ScopeDetector(self.scope_embedder, self.scope_threshold, self.subject_threshold)
+            if self.scope_embedder
+            else None
+        )
 
     def load_memory(self, path: str | Path) -> EditableMemory:
         """A memory saved by `EditableMemory.save` or exported by the server
         (`GET /v1/memories/{id}/export`); refused if it was made with another encoder or scope model."""
-        core = memory_file.load_file(path, self._scope(), latent_dim=self.model.cfg.memory.latent_dim,
-                                     encoder=self.model.cfg.encoder, scope_model=self.scope_model)
+        core = memory_file.load_file(
+            path,
+            self._scope(),
+            latent_dim=self.model.cfg.memory.latent_dim,
+            encoder=self.model.cfg.encoder,
+            scope_model=self.scope_model,
+        )
         core.readout = self.readout
         return EditableMemory(self, core)

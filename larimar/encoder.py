@@ -18,8 +18,14 @@ from transformers import PreTrainedModel
 
 
 class LatentEncoder(nn.Module):
-    def __init__(self, backbone: PreTrainedModel, latent_dim: int, pooling: Literal["mean", "cls"] = "mean",
-                 trainable_layers: int = -1, target_head: bool = False):
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        latent_dim: int,
+        pooling: Literal["mean", "cls"] = "mean",
+        trainable_layers: int = -1,
+        target_head: bool = False,
+    ):
         """trainable_layers: -1 trains the whole backbone, 0 freezes it, n > 0 trains the top n layers.
         target_head: a second, zero-initialised head for the target term of a value latent
         (`LarimarModel.values_from_pooled`); zero init leaves a model's values as they were."""

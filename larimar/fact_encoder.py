@@ -53,8 +53,9 @@ def _pooled(model: LarimarModel, texts: list[str]) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_facts(model: LarimarModel, facts: list[Fact], scope: bool, embed: Embed | None = None,
-                 shared: bool = False) -> EncodedFacts:
+def encode_facts(
+    model: LarimarModel, facts: list[Fact], scope: bool, embed: Embed | None = None, shared: bool = False
+) -> EncodedFacts:
     """Keys, values and (when `scope`) scope vectors of `facts`; `shared`: scope vectors come from
     the encoder pass itself (see the module docstring), else from `embed`."""
     if not facts:
@@ -80,8 +81,9 @@ def encode_facts(model: LarimarModel, facts: list[Fact], scope: bool, embed: Emb
 
 
 @torch.no_grad()
-def encode_queries(model: LarimarModel, queries: list[str], scope: bool, embed: Embed | None = None,
-                   shared: bool = False) -> EncodedQueries:
+def encode_queries(
+    model: LarimarModel, queries: list[str], scope: bool, embed: Embed | None = None, shared: bool = False
+) -> EncodedQueries:
     """Query latents and (when `scope`) the scope vectors of every query sentence."""
     sentences, owners = query_sentences(queries)
     pooled = _pooled(model, queries + (sentences if scope and shared else []))

@@ -37,8 +37,9 @@ class Fact:
     # detector only lets through queries that name it (larimar.scope)
 
 
-def make_fact(text: str | None = None, prompt: str | None = None, target: str | None = None,
-              subject: str | None = None) -> Fact:
+def make_fact(
+    text: str | None = None, prompt: str | None = None, target: str | None = None, subject: str | None = None
+) -> Fact:
     """Validate one fact: free text, or a (prompt, target) edit whose text is "prompt target"."""
     if subject is not None and not subject.strip():
         raise ValueError("subject, when given, must be non-empty")
@@ -66,7 +67,7 @@ def scope_texts(facts: list[Fact]) -> tuple[list[int], list[str]]:
     """Texts the scope index embeds, and the position of the fact each belongs to."""
     owners, texts = [], []
     for i, f in enumerate(facts):
-        for t in ([f.prompt, f.text] if f.prompt else [f.text]):
+        for t in [f.prompt, f.text] if f.prompt else [f.text]:
             owners.append(i)
             texts.append(t)
     return owners, texts
@@ -102,11 +103,13 @@ class MemorySpec:
         if self.keys not in ("linear", "relu"):
             raise ValueError(f"keys must be 'linear' or 'relu', got {self.keys!r}")
 
-    def build(self, latent_dim: int, scope: ScopeDetector | None, readout: str = "raw",
-              device: torch.device | str = "cpu") -> "FactMemory":
+    def build(
+        self, latent_dim: int, scope: ScopeDetector | None, readout: str = "raw", device: torch.device | str = "cpu"
+    ) -> "FactMemory":
         ref = reference_memory(self.slots, latent_dim, self.seed).to(device)
-        return FactMemory(SequentialMemory(ref, ridge=self.ridge, keys=self.keys), self.capacity or self.slots, scope,
-                          readout=readout)
+        return FactMemory(
+            SequentialMemory(ref, ridge=self.ridge, keys=self.keys), self.capacity or self.slots, scope, readout=readout
+        )
 
 
 @dataclass
@@ -132,11 +135,14 @@ class FactMemory:
 
     def check_room(self, n: int) -> None:
         if len(self.facts) + n > self.capacity:
-            raise MemoryFullError(f"memory holds {len(self.facts)} of {self.capacity} facts; writing {n} more "
-                                  "would exceed it (forget some or create a larger memory)")
+            raise MemoryFullError(
+                f"memory holds {len(self.facts)} of {self.capacity} facts; writing {n} more "
+                "would exceed it (forget some or create a larger memory)"
+            )
 
-    def write(self, facts: list[Fact], keys: torch.Tensor, values: torch.Tensor,
-              scope_vectors: torch.Tensor | None = None) -> list[int]:
+    def write(
+        self, facts: list[Fact], keys: torch.Tensor, values: torch.Tensor, scope_vectors: torch.Tensor | None = None
+    ) -> list[int]:
         """Store facts with their (n, C) key and value latents; scope_vectors align with `scope_texts(facts)`."""
         self.check_room(len(facts))
         if not facts:
@@ -169,11 +175,17 @@ class FactMemory:
         """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
         z = self.state.read(queries)[0].float()
         if self.readout == "value_norm" and self.latents:
-            matched = [m.fact_id if m is not None and m.fact_id in self.latents else None for m in (matches or [None] * len(z))]
-            mean_norm = (torch.stack([v for _, v in self.latents.values()]).float().norm(dim=-1).mean()
-                         if None in matched else None)  # only without a match: a pass over every stored value
-            target = torch.stack([self.latents[f][1].float().norm() if f is not None else mean_norm
-                                  for f in matched]).to(z.device)
+            matched = [
+                m.fact_id if m is not None and m.fact_id in self.latents else None for m in (matches or [None] * len(z))
+            ]
+            mean_norm = (
+                torch.stack([v for _, v in self.latents.values()]).float().norm(dim=-1).mean()
+                if None in matched
+                else None
+            )  # only without a match: a pass over every stored value
+            target = torch.stack(
+                [self.latents[f][1].float().norm() if f is not None else mean_norm for f in matched]
+            ).to(z.device)
             z = z * (target / z.norm(dim=-1).clamp_min(1e-12)).unsqueeze(1)
         if matches is not None:
             z = z * torch.tensor([m.in_scope for m in matches], dtype=z.dtype, device=z.device).unsqueeze(1)
@@ -185,16 +197,25 @@ class FactMemory:
     # -- snapshot / restore -----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        return {"state": self.state.state_dict(), "capacity": self.capacity, "next_id": self.next_id,
-                "readout": self.readout,
-                "facts": [asdict(f) for f in self.facts.values()],
-                "latents": {i: torch.stack(kv) for i, kv in self.latents.items()},
-                "scope": self.scope.state_dict() if self.scope is not None else None}
+        return {
+            "state": self.state.state_dict(),
+            "capacity": self.capacity,
+            "next_id": self.next_id,
+            "readout": self.readout,
+            "facts": [asdict(f) for f in self.facts.values()],
+            "latents": {i: torch.stack(kv) for i, kv in self.latents.items()},
+            "scope": self.scope.state_dict() if self.scope is not None else None,
+        }
 
     @classmethod
     def from_state_dict(cls, data: dict, scope: ScopeDetector | None = None) -> "FactMemory":
-        mem = cls(SequentialMemory.from_state_dict(data["state"]), data["capacity"], scope, next_id=data["next_id"],
-                  readout=data.get("readout", "raw"))
+        mem = cls(
+            SequentialMemory.from_state_dict(data["state"]),
+            data["capacity"],
+            scope,
+            next_id=data["next_id"],
+            readout=data.get("readout", "raw"),
+        )
         mem.facts = {f["id"]: Fact(**f) for f in data["facts"]}
         mem.latents = {int(i): (kv[0], kv[1]) for i, kv in data["latents"].items()}
         if scope is not None and data["scope"] is not None:

@@ -33,8 +33,11 @@ class LossConfig:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
         if self.beta_cycles < 1:
             raise ValueError(f"loss.beta_cycles must be >= 1, got {self.beta_cycles}")
-        if not (0 <= self.beta_zero_fraction and 0 <= self.beta_ramp_fraction
-                and self.beta_zero_fraction + self.beta_ramp_fraction <= 1):
+        if not (
+            0 <= self.beta_zero_fraction
+            and 0 <= self.beta_ramp_fraction
+            and self.beta_zero_fraction + self.beta_ramp_fraction <= 1
+        ):
             raise ValueError("loss.beta_zero_fraction and loss.beta_ramp_fraction must be >= 0 and sum to <= 1")
 
 

@@ -187,7 +187,9 @@ class SequentialMemory:
         if X.ndim == 2:
             X = X.unsqueeze(0).expand(self.batch, *X.shape)
         if X.ndim != 3 or X.shape[0] != self.batch or X.shape[-1] != self.C:
-            raise ValueError(f"expected latents of shape (n, {self.C}) or ({self.batch}, n, {self.C}), got {tuple(X.shape)}")
+            raise ValueError(
+                f"expected latents of shape (n, {self.C}) or ({self.batch}, n, {self.C}), got {tuple(X.shape)}"
+            )
         return X.to(self.dtype)
 
     def update(self, Z_key: torch.Tensor, Z_value: torch.Tensor, alpha: float) -> None:
@@ -227,15 +229,25 @@ class SequentialMemory:
         return self.keys(self._batched(Z_query)) @ self.M  # (B, n, K) @ (B, K, C)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"reference": self.reference, "P": self.P, "M": self.M, "count": self.count,
-                "ridge": torch.tensor(self.ridge, dtype=torch.float64),
-                "relu_keys": torch.tensor(self.key_kind == "relu")}
+        return {
+            "reference": self.reference,
+            "P": self.P,
+            "M": self.M,
+            "count": self.count,
+            "ridge": torch.tensor(self.ridge, dtype=torch.float64),
+            "relu_keys": torch.tensor(self.key_kind == "relu"),
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], pinv_cfg: PinvConfig | None = None) -> "SequentialMemory":
-        mem = cls(state["reference"], batch=state["M"].shape[0], ridge=float(state["ridge"]),
-                  pinv_cfg=pinv_cfg, dtype=state["M"].dtype,
-                  keys="relu" if bool(state.get("relu_keys", False)) else "linear")
+        mem = cls(
+            state["reference"],
+            batch=state["M"].shape[0],
+            ridge=float(state["ridge"]),
+            pinv_cfg=pinv_cfg,
+            dtype=state["M"].dtype,
+            keys="relu" if bool(state.get("relu_keys", False)) else "linear",
+        )
         mem.P, mem.M, mem.count = state["P"].clone(), state["M"].clone(), state["count"].clone()
         return mem
 

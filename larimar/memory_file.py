@@ -46,21 +46,32 @@ def to_bytes(memory: FactMemory, encoder: str | None = None, scope_model: str | 
     ids = sorted(memory.facts)
     C = memory.state.C
     tensors = {f"memory.{k}": state[k].contiguous() for k in ("reference", "P", "M", "count")}
-    tensors["facts.keys"] = (torch.stack([memory.latents[i][0] for i in ids]).float() if ids
-                             else torch.zeros(0, C))
-    tensors["facts.values"] = (torch.stack([memory.latents[i][1] for i in ids]).float() if ids
-                               else torch.zeros(0, C))
+    tensors["facts.keys"] = torch.stack([memory.latents[i][0] for i in ids]).float() if ids else torch.zeros(0, C)
+    tensors["facts.values"] = torch.stack([memory.latents[i][1] for i in ids]).float() if ids else torch.zeros(0, C)
     scope_meta = None
     if memory.scope is not None:
         s = memory.scope.state_dict()
         vectors = s["vectors"]
         tensors["scope.vectors"] = (vectors if vectors is not None and len(s["ids"]) else torch.zeros(0, 0)).float()
         scope_meta = {"ids": s["ids"], "subjects": s["subjects"]}
-    config = {"slots": memory.state.K, "latent_dim": C, "capacity": memory.capacity, "next_id": memory.next_id,
-              "readout": memory.readout, "ridge": memory.state.ridge, "keys": memory.state.key_kind,
-              "encoder": encoder, "scope_model": scope_model}
-    meta = {"format": FORMAT, "format_version": VERSION, "config": json.dumps(config),
-            "facts": json.dumps([asdict(memory.facts[i]) for i in ids]), "scope": json.dumps(scope_meta)}
+    config = {
+        "slots": memory.state.K,
+        "latent_dim": C,
+        "capacity": memory.capacity,
+        "next_id": memory.next_id,
+        "readout": memory.readout,
+        "ridge": memory.state.ridge,
+        "keys": memory.state.key_kind,
+        "encoder": encoder,
+        "scope_model": scope_model,
+    }
+    meta = {
+        "format": FORMAT,
+        "format_version": VERSION,
+        "config": json.dumps(config),
+        "facts": json.dumps([asdict(memory.facts[i]) for i in ids]),
+        "scope": json.dumps(scope_meta),
+    }
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
 
 
@@ -72,7 +83,7 @@ def _metadata(raw: bytes) -> dict:
     if n > len(raw) - 8:
         raise MemoryFileError("not a Larimar memory file: damaged header")
     try:
-        return json.loads(raw[8:8 + n]).get("__metadata__") or {}
+        return json.loads(raw[8 : 8 + n]).get("__metadata__") or {}
     except (ValueError, UnicodeDecodeError):
         raise MemoryFileError("not a Larimar memory file: unreadable header") from None
 
@@ -86,8 +97,13 @@ def read_config(raw: bytes) -> dict:
     return json.loads(meta["config"])
 
 
-def from_bytes(raw: bytes, scope: ScopeDetector | None, latent_dim: int | None = None, encoder: str | None = None,
-               scope_model: str | None = None) -> FactMemory:
+def from_bytes(
+    raw: bytes,
+    scope: ScopeDetector | None,
+    latent_dim: int | None = None,
+    encoder: str | None = None,
+    scope_model: str | None = None,
+) -> FactMemory:
     """A `FactMemory` from a file's bytes. latent_dim / encoder / scope_model, when given, must
     match what the file was made with: latents of another encoder would read back nonsense."""
     cfg = read_config(raw)
@@ -107,15 +123,22 @@ def from_bytes(raw: bytes, scope: ScopeDetector | None, latent_dim: int | None =
     facts = [Fact(**f) for f in json.loads(meta["facts"])]
     if len(facts) != len(t["facts.keys"]) or len(facts) != len(t["facts.values"]):
         raise MemoryFileError(f"damaged memory file: {len(facts)} facts but {len(t['facts.keys'])} keys")
-    mem = FactMemory(SequentialMemory.from_state_dict(state), cfg["capacity"], scope, next_id=cfg["next_id"],
-                     readout=cfg["readout"])
+    mem = FactMemory(
+        SequentialMemory.from_state_dict(state), cfg["capacity"], scope, next_id=cfg["next_id"], readout=cfg["readout"]
+    )
     mem.facts = {f.id: f for f in facts}
     mem.latents = {f.id: (k, v) for f, k, v in zip(facts, t["facts.keys"], t["facts.values"])}
     scope_meta = json.loads(meta["scope"])
     if scope is not None and scope_meta is not None and "scope.vectors" in t:
-        scope.load_state_dict({"ids": scope_meta["ids"], "subjects": scope_meta["subjects"],
-                               "vectors": t["scope.vectors"] if scope_meta["ids"] else None,
-                               "threshold": scope.threshold, "subject_threshold": scope.subject_threshold})
+        scope.load_state_dict(
+            {
+                "ids": scope_meta["ids"],
+                "subjects": scope_meta["subjects"],
+                "vectors": t["scope.vectors"] if scope_meta["ids"] else None,
+                "threshold": scope.threshold,
+                "subject_threshold": scope.subject_threshold,
+            }
+        )
     return mem
 
 

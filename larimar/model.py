@@ -55,8 +55,10 @@ def resolve_model_dir(spec: str | Path) -> Path:
         return path
     if str(spec) in bundled_models():
         return BUNDLED_DIR / str(spec)
-    raise FileNotFoundError(f"{spec} is not a Larimar model directory (no {CONFIG_NAME}) nor a bundled model "
-                            f"({', '.join(bundled_models()) or 'none'})")
+    raise FileNotFoundError(
+        f"{spec} is not a Larimar model directory (no {CONFIG_NAME}) nor a bundled model "
+        f"({', '.join(bundled_models()) or 'none'})"
+    )
 
 
 @dataclass
@@ -116,10 +118,16 @@ class LarimarModel(nn.Module):
         enc, self.encoder_tokenizer = backbones.load_encoder(cfg.encoder, cfg.tiny_hidden, cfg.tiny_layers)
         lm, self.decoder_tokenizer = backbones.load_decoder(cfg.decoder, cfg.tiny_hidden, cfg.tiny_layers)
         self.encoder = LatentEncoder(enc, C, cfg.pooling, cfg.encoder_trainable_layers, target_head=cfg.value_target)
-        self.decoder = LatentDecoder(lm, C, pad_token_id=self.decoder_tokenizer.pad_token_id,
-                                     inject_layers=cfg.inject_layers, embedding_shift=cfg.embedding_shift,
-                                     init=cfg.conditioning_init, tie_key_value=cfg.tie_key_value,
-                                     slots=cfg.conditioning_slots)
+        self.decoder = LatentDecoder(
+            lm,
+            C,
+            pad_token_id=self.decoder_tokenizer.pad_token_id,
+            inject_layers=cfg.inject_layers,
+            embedding_shift=cfg.embedding_shift,
+            init=cfg.conditioning_init,
+            tie_key_value=cfg.tie_key_value,
+            slots=cfg.conditioning_slots,
+        )
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         hidden = lm.get_input_embeddings().embedding_dim
         self.target_token_head = nn.Linear(hidden, C, bias=False) if cfg.value_target_tokens else None
@@ -127,9 +135,13 @@ class LarimarModel(nn.Module):
             nn.init.zeros_(self.target_token_head.weight)  # starts at the model's values as they were
         self.memory = EpisodicMemory(cfg.memory)
         self.bos_id, self.eos_id = special_ids(self.decoder_tokenizer)
-        self.generation_config = GenerationConfig(bos_token_id=self.bos_id, eos_token_id=self.eos_id,
-                                                  pad_token_id=self.decoder_tokenizer.pad_token_id,
-                                                  max_new_tokens=32, do_sample=False)
+        self.generation_config = GenerationConfig(
+            bos_token_id=self.bos_id,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.decoder_tokenizer.pad_token_id,
+            max_new_tokens=32,
+            do_sample=False,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -138,14 +150,18 @@ class LarimarModel(nn.Module):
     # -- tokenization -------------------------------------------------------------------------
 
     def tokenize_for_encoder(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        enc = self.encoder_tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
-                                     return_tensors="pt")
+        enc = self.encoder_tokenizer(
+            texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+        )
         return {"input_ids": enc["input_ids"].to(self.device), "attention_mask": enc["attention_mask"].to(self.device)}
 
-    def tokenize_for_decoder(self, texts: list[str], add_eos: bool = True, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    def tokenize_for_decoder(
+        self, texts: list[str], add_eos: bool = True, padding_side: str = "right"
+    ) -> dict[str, torch.Tensor]:
         """<bos> text [<eos>], padded; the targets the decoder reconstructs (the reference's format)."""
-        ids = self.decoder_tokenizer(texts, add_special_tokens=False, truncation=True,
-                                     max_length=self.cfg.max_length - 2)["input_ids"]
+        ids = self.decoder_tokenizer(
+            texts, add_special_tokens=False, truncation=True, max_length=self.cfg.max_length - 2
+        )["input_ids"]
         seqs = [[self.bos_id, *x, *([self.eos_id] if add_eos else [])] for x in ids]
         return pad(seqs, self.decoder_tokenizer.pad_token_id, padding_side, self.device)
 
@@ -154,7 +170,9 @@ class LarimarModel(nn.Module):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(..., T) -> (..., C); leading dims are flattened through the encoder and restored."""
         lead = input_ids.shape[:-1]
-        z = self.encoder(input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1]))
+        z = self.encoder(
+            input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1])
+        )
         return z.reshape(*lead, -1)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -169,8 +187,9 @@ class LarimarModel(nn.Module):
         """Key and query latents: the latent head on pooled outputs."""
         return self.encoder.head(pooled)
 
-    def values_from_pooled(self, pooled_text: torch.Tensor, pooled_target: torch.Tensor | None,
-                           target_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def values_from_pooled(
+        self, pooled_text: torch.Tensor, pooled_target: torch.Tensor | None, target_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Value latents: the fact's latent, plus the target terms of ``value_target`` (pooled encoder
         output of the target) and ``value_target_tokens`` (`target_token_features`) models."""
         z = self.encoder.head(pooled_text)
@@ -185,7 +204,7 @@ class LarimarModel(nn.Module):
         return z
 
     def tokenize_targets_for_decoder(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """" target" as the decoder tokenizes a continuation (`tokenize_continuations`), right-padded."""
+        """ " target" as the decoder tokenizes a continuation (`tokenize_continuations`), right-padded."""
         tok = self.decoder_tokenizer
         seqs = [continuation_ids(tok, t)[: self.cfg.max_length] or [self.eos_id] for t in texts]
         return pad(seqs, tok.pad_token_id, "right", self.device)
@@ -204,22 +223,38 @@ class LarimarModel(nn.Module):
     def shares_scope_embedder(self, scope_model: str | None) -> bool:
         """True when the scope detector's sentence embedding is the frozen encoder backbone's own
         mean-pooled output (MiniLM-L6 for both), so one pass yields latents and scope vectors."""
-        return (scope_model is not None and scope_model == self.cfg.encoder == "minilm-l6"
-                and self.cfg.pooling == "mean" and self.cfg.encoder_trainable_layers == 0)
+        return (
+            scope_model is not None
+            and scope_model == self.cfg.encoder == "minilm-l6"
+            and self.cfg.pooling == "mean"
+            and self.cfg.encoder_trainable_layers == 0
+        )
 
     def _pooled_episodes(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, T) -> (B, N, E) pooled encoder outputs."""
         lead = input_ids.shape[:-1]
-        p = self.encoder.pooled(input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1]))
+        p = self.encoder.pooled(
+            input_ids.reshape(-1, input_ids.shape[-1]), attention_mask.reshape(-1, attention_mask.shape[-1])
+        )
         return p.reshape(*lead, -1)
 
-    def forward(self, enc_input_ids: torch.Tensor, enc_attention_mask: torch.Tensor, dec_input_ids: torch.Tensor,
-                dec_attention_mask: torch.Tensor, beta: float = 0.0, key_input_ids: torch.Tensor | None = None,
-                key_attention_mask: torch.Tensor | None = None, query_input_ids: torch.Tensor | None = None,
-                query_attention_mask: torch.Tensor | None = None, target_input_ids: torch.Tensor | None = None,
-                target_attention_mask: torch.Tensor | None = None, target_dec_ids: torch.Tensor | None = None,
-                target_dec_mask: torch.Tensor | None = None,
-                dec_loss_weight: torch.Tensor | None = None) -> LarimarOutput:
+    def forward(
+        self,
+        enc_input_ids: torch.Tensor,
+        enc_attention_mask: torch.Tensor,
+        dec_input_ids: torch.Tensor,
+        dec_attention_mask: torch.Tensor,
+        beta: float = 0.0,
+        key_input_ids: torch.Tensor | None = None,
+        key_attention_mask: torch.Tensor | None = None,
+        query_input_ids: torch.Tensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        target_input_ids: torch.Tensor | None = None,
+        target_attention_mask: torch.Tensor | None = None,
+        target_dec_ids: torch.Tensor | None = None,
+        target_dec_mask: torch.Tensor | None = None,
+        dec_loss_weight: torch.Tensor | None = None,
+    ) -> LarimarOutput:
         """Episodes: enc_* (B, N, Te), dec_* (B, N, Td) -> the weighted loss of paper Eq. 1.
 
         Plain episodes (the paper): each text is written, read back with its own latent and decoded.
@@ -237,10 +272,12 @@ class LarimarModel(nn.Module):
             read = self.memory.read(z, M)  # z: (B, N, C)
             read_z, kl = read.z.reshape(B * N, -1), read.kl
         else:
-            pooled_t = (self._pooled_episodes(target_input_ids, target_attention_mask)
-                        if target_input_ids is not None else None)
-            tokens_t = (self.target_token_features(target_dec_ids, target_dec_mask)
-                        if target_dec_ids is not None else None)
+            pooled_t = (
+                self._pooled_episodes(target_input_ids, target_attention_mask) if target_input_ids is not None else None
+            )
+            tokens_t = (
+                self.target_token_features(target_dec_ids, target_dec_mask) if target_dec_ids is not None else None
+            )
             z = self.values_from_pooled(self._pooled_episodes(enc_input_ids, enc_attention_mask), pooled_t, tokens_t)
             keys = self.latents_from_pooled(self._pooled_episodes(key_input_ids, key_attention_mask))
             queries = self.latents_from_pooled(self._pooled_episodes(query_input_ids, query_attention_mask))
@@ -270,31 +307,45 @@ class LarimarModel(nn.Module):
         terms["kl"] = kl
         if w.latent_l2 > 0 and read is not None:
             terms["latent_l2"] = ((read.z - z) ** 2).sum(-1).mean()
-        weights = {"reconstruction": w.reconstruction, "autoencoder": w.autoencoder, "lm": w.lm,
-                   "kl": beta, "latent_l2": w.latent_l2}
+        weights = {
+            "reconstruction": w.reconstruction,
+            "autoencoder": w.autoencoder,
+            "lm": w.lm,
+            "kl": beta,
+            "latent_l2": w.latent_l2,
+        }
         loss = sum(weights[k] * v for k, v in terms.items())
         return LarimarOutput(loss=loss, terms={k: float(v.detach()) for k, v in terms.items()})
 
     # -- decoding with given latents ----------------------------------------------------------
 
     @torch.no_grad()
-    def generate_text(self, prompts: list[str], z: torch.Tensor, max_new_tokens: int | None = None,
-                      temperature: float = 0.0, **kwargs) -> list[tuple[str, int]]:
+    def generate_text(
+        self, prompts: list[str], z: torch.Tensor, max_new_tokens: int | None = None, temperature: float = 0.0, **kwargs
+    ) -> list[tuple[str, int]]:
         """Continue each prompt conditioned on its latent (rows of z; 0 = plain decoder) -> (text, new tokens).
         max_new_tokens: default the saved `generation_config.json`'s."""
         max_new_tokens = max_new_tokens or self.generation_config.max_new_tokens
         batch = self.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
         sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-        out = self.decoder.generate(batch["input_ids"], batch["attention_mask"], z.to(self.device),
-                                    max_new_tokens=max_new_tokens, eos_token_id=self.eos_id, **sampling, **kwargs)
-        new = out[:, batch["input_ids"].shape[1]:]
+        out = self.decoder.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            z.to(self.device),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.eos_id,
+            **sampling,
+            **kwargs,
+        )
+        new = out[:, batch["input_ids"].shape[1] :]
         texts = self.decoder_tokenizer.batch_decode(new, skip_special_tokens=True)
         lengths = (new != self.decoder_tokenizer.pad_token_id).sum(1).tolist()
         return [(t.strip(), int(n)) for t, n in zip(texts, lengths)]
 
-    def tokenize_edits(self, prompts: list[str], targets: list[str], context_weight: float
-                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """"<bos> prompt" + " target" + "<eos>" as `tokenize_continuations` cuts them (ROME's convention,
+    def tokenize_edits(
+        self, prompts: list[str], targets: list[str], context_weight: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """ "<bos> prompt" + " target" + "<eos>" as `tokenize_continuations` cuts them (ROME's convention,
         the one evaluation scores), right-padded, and per-token loss weights: 1 on the target's tokens,
         `context_weight` elsewhere. A long prompt keeps its end (the part the target continues)."""
         tok = self.decoder_tokenizer
@@ -302,7 +353,7 @@ class LarimarModel(nn.Module):
         for p, t in zip(prompts, targets):
             t_ids = continuation_ids(tok, t)[: self.cfg.max_length - 3]
             p_ids = tok(p, add_special_tokens=False)["input_ids"]
-            p_ids = p_ids[max(0, len(p_ids) - (self.cfg.max_length - 2 - len(t_ids))):]
+            p_ids = p_ids[max(0, len(p_ids) - (self.cfg.max_length - 2 - len(t_ids))) :]
             seqs.append([self.bos_id, *p_ids, *t_ids, self.eos_id])
             weights.append([context_weight] * (1 + len(p_ids)) + [1.0] * len(t_ids) + [context_weight])
         batch = pad(seqs, tok.pad_token_id, "right", self.device)
@@ -311,9 +362,10 @@ class LarimarModel(nn.Module):
             w[i, : len(row)] = torch.tensor(row)
         return batch, w.to(self.device)
 
-    def tokenize_continuations(self, prompts: list[str], continuations: list[str]
-                               ) -> tuple[dict[str, torch.Tensor], list[tuple[int, list[int]]]]:
-        """"<bos> prompt" + " continuation", right-padded, and per pair (start index, continuation ids).
+    def tokenize_continuations(
+        self, prompts: list[str], continuations: list[str]
+    ) -> tuple[dict[str, torch.Tensor], list[tuple[int, list[int]]]]:
+        """ "<bos> prompt" + " continuation", right-padded, and per pair (start index, continuation ids).
 
         Prompt and continuation are tokenized apart (ROME's convention), so the continuation's
         tokens are the same whatever the prompt.
@@ -330,8 +382,9 @@ class LarimarModel(nn.Module):
         return pad(seqs, self.decoder_tokenizer.pad_token_id, "right", self.device), spans
 
     @torch.no_grad()
-    def score_continuations(self, prompts: list[str], continuations: list[str],
-                            z: torch.Tensor) -> list[tuple[float, float, int]]:
+    def score_continuations(
+        self, prompts: list[str], continuations: list[str], z: torch.Tensor
+    ) -> list[tuple[float, float, int]]:
         """log p(" " + continuation | prompt, z) -> (sum of token log-probs, mean NLL, tokens) per pair.
 
         The pairs are left-padded so every continuation ends at the right edge; the vocabulary
@@ -340,8 +393,12 @@ class LarimarModel(nn.Module):
         batch, spans = self.tokenize_continuations(prompts, continuations)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         lengths = mask.sum(1).tolist()
-        batch = pad([ids[i, :n].tolist() for i, n in enumerate(lengths)], self.decoder_tokenizer.pad_token_id,
-                    "left", self.device)
+        batch = pad(
+            [ids[i, :n].tolist() for i, n in enumerate(lengths)],
+            self.decoder_tokenizer.pad_token_id,
+            "left",
+            self.device,
+        )
         k = max(len(c) for _, c in spans) + 1
         logits = self.decoder(batch["input_ids"], batch["attention_mask"], z.to(self.device), logits_to_keep=k).float()
         logp = torch.log_softmax(logits[:, :-1], -1)  # position j predicts the token at T - k + j + 1
@@ -385,8 +442,13 @@ class LarimarModel(nn.Module):
         """config.json and generation_config.json (the weights untouched)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, "architectures": ["LarimarModel"],
-                  "encoder": self.cfg.encoder, "decoder": self.cfg.decoder, "larimar": to_dict(self.cfg)}
+        config = {
+            "model_type": MODEL_TYPE,
+            "architectures": ["LarimarModel"],
+            "encoder": self.cfg.encoder,
+            "decoder": self.cfg.decoder,
+            "larimar": to_dict(self.cfg),
+        }
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         self.generation_config.save_pretrained(directory)
         return directory
@@ -397,8 +459,10 @@ class LarimarModel(nn.Module):
         directory = resolve_model_dir(directory)
         data = json.loads((directory / CONFIG_NAME).read_text())
         if data.get("model_type", MODEL_TYPE) != MODEL_TYPE or "larimar" not in data:
-            raise ValueError(f"{directory / CONFIG_NAME} is not a Larimar config (model_type "
-                             f"{data.get('model_type')!r}, expected {MODEL_TYPE!r} with a 'larimar' section)")
+            raise ValueError(
+                f"{directory / CONFIG_NAME} is not a Larimar config (model_type "
+                f"{data.get('model_type')!r}, expected {MODEL_TYPE!r} with a 'larimar' section)"
+            )
         return from_dict(LarimarConfig, data["larimar"])
 
     def init_from(self, directory: str | Path) -> list[str]:
@@ -423,8 +487,10 @@ class LarimarModel(nn.Module):
         skip = model._reloadable_prefixes()
         missing = [m for m in missing if m not in tied and not any(m.startswith(p) for p in skip)]
         if missing or unexpected:
-            raise ValueError(f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
         if (directory / GENERATION_CONFIG_NAME).exists():
             model.generation_config = GenerationConfig.from_pretrained(directory)
         return model.to(map_location).eval()

@@ -68,8 +68,12 @@ class ScopeDetector:
     index, which is how the serving memory actor uses it: embeddings are computed elsewhere.
     """
 
-    def __init__(self, embedder: "str | SentenceTransformer | None" = "minilm-l6", threshold: float = 0.7,
-                 subject_threshold: float = 0.3):
+    def __init__(
+        self,
+        embedder: "str | SentenceTransformer | None" = "minilm-l6",
+        threshold: float = 0.7,
+        subject_threshold: float = 0.3,
+    ):
         """embedder: a loaded SentenceTransformer (shared between memories), a name to load, or None.
         threshold: cosine at or above which a query is in scope for a fact without a subject;
         subject_threshold: the cosine a query that names a fact's subject needs."""
@@ -151,8 +155,13 @@ class ScopeDetector:
         return out
 
     def state_dict(self) -> dict:
-        return {"ids": list(self._ids), "vectors": self._vectors, "subjects": list(self._subjects),
-                "threshold": self.threshold, "subject_threshold": self.subject_threshold}
+        return {
+            "ids": list(self._ids),
+            "vectors": self._vectors,
+            "subjects": list(self._subjects),
+            "threshold": self.threshold,
+            "subject_threshold": self.subject_threshold,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self._ids = list(state["ids"])

@@ -34,15 +34,17 @@ def resolve_source(source: str) -> Path | str:
     path = Path(source).expanduser()
     candidates = [path] if path.is_absolute() else [Path.cwd() / path]
     if source.startswith(SHARED_DATA_PREFIX):
-        rest = source[len(SHARED_DATA_PREFIX):]
+        rest = source[len(SHARED_DATA_PREFIX) :]
         if os.environ.get("LARIMAR_DATA_DIR"):
             candidates.insert(0, Path(os.environ["LARIMAR_DATA_DIR"]) / rest)
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
     tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"data.source: {source!r} not found (tried {tried}); pass data.source=/absolute/path "
-                      f"or set LARIMAR_DATA_DIR to the directory that ../shared/data stands for")
+    raise ConfigError(
+        f"data.source: {source!r} not found (tried {tried}); pass data.source=/absolute/path "
+        f"or set LARIMAR_DATA_DIR to the directory that ../shared/data stands for"
+    )
 
 
 def is_paragraph(line: str) -> bool:
@@ -64,7 +66,9 @@ def read_paragraphs(path: Path, text_field: str = "text") -> list[str]:
                     continue
                 record = json.loads(line)
                 if text_field not in record:
-                    raise ConfigError(f"data.text_field: {path}:{i} has no {text_field!r} field (keys: {sorted(record)})")
+                    raise ConfigError(
+                        f"data.text_field: {path}:{i} has no {text_field!r} field (keys: {sorted(record)})"
+                    )
                 out.extend(p for p in str(record[text_field]).splitlines() if is_paragraph(p))
         return out
     with path.open(encoding="utf-8") as fh:
@@ -95,13 +99,13 @@ def chunk_paragraphs(paragraphs: list[str], tokenizer, chunk_tokens: int, min_ch
         enc = tokenizer(paragraphs, add_special_tokens=False, return_offsets_mapping=True)
         for text, offsets in zip(paragraphs, enc["offset_mapping"]):
             for i in range(0, len(offsets), chunk_tokens):
-                piece = offsets[i:i + chunk_tokens]
+                piece = offsets[i : i + chunk_tokens]
                 if len(piece) >= min_chunk_tokens:
-                    chunks.append(text[piece[0][0]:piece[-1][1]].strip())
+                    chunks.append(text[piece[0][0] : piece[-1][1]].strip())
     else:  # slow tokenizers have no offsets: decode the token pieces instead
         for ids in tokenizer(paragraphs, add_special_tokens=False)["input_ids"]:
             for i in range(0, len(ids), chunk_tokens):
-                piece = ids[i:i + chunk_tokens]
+                piece = ids[i : i + chunk_tokens]
                 if len(piece) >= min_chunk_tokens:
                     chunks.append(tokenizer.decode(piece).strip())
     return [c for c in chunks if c]

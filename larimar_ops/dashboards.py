@@ -130,8 +130,15 @@ def to_promql(expr: str, rate_interval: str = "1m", range_: str = "1h", values: 
 
 
 def datasource_payload(prometheus_url: str, name: str = DATASOURCE_NAME, uid: str = DATASOURCE_UID) -> dict:
-    return {"name": name, "uid": uid, "type": "prometheus", "access": "proxy", "url": prometheus_url,
-            "isDefault": False, "jsonData": {"httpMethod": "POST", "timeInterval": "10s"}}
+    return {
+        "name": name,
+        "uid": uid,
+        "type": "prometheus",
+        "access": "proxy",
+        "url": prometheus_url,
+        "isDefault": False,
+        "jsonData": {"httpMethod": "POST", "timeInterval": "10s"},
+    }
 
 
 def dashboard_payload(board: dict, folder_uid: str = FOLDER_UID, datasource_uid: str = DATASOURCE_UID) -> dict:
@@ -142,8 +149,12 @@ def dashboard_payload(board: dict, folder_uid: str = FOLDER_UID, datasource_uid:
     for v in board["templating"]["list"]:
         if v.get("type") == "datasource":
             v["current"] = {"selected": True, "text": DATASOURCE_NAME, "value": datasource_uid}
-    return {"dashboard": board, "folderUid": folder_uid, "overwrite": True,
-            "message": "provisioned by python -m larimar_ops.dashboards"}
+    return {
+        "dashboard": board,
+        "folderUid": folder_uid,
+        "overwrite": True,
+        "message": "provisioned by python -m larimar_ops.dashboards",
+    }
 
 
 def provision(api: Any, prometheus_url: str, boards: dict[str, dict], folder_title: str = "Larimar") -> dict:
@@ -176,10 +187,14 @@ def provision(api: Any, prometheus_url: str, boards: dict[str, dict], folder_tit
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--grafana-url", default=os.environ.get("GRAFANA_URL"),
-                        help="e.g. http://grafana:3000 (env GRAFANA_URL)")
-    parser.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"),
-                        help="service-account token (env GRAFANA_TOKEN); or --user/--password")
+    parser.add_argument(
+        "--grafana-url", default=os.environ.get("GRAFANA_URL"), help="e.g. http://grafana:3000 (env GRAFANA_URL)"
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("GRAFANA_TOKEN"),
+        help="service-account token (env GRAFANA_TOKEN); or --user/--password",
+    )
     parser.add_argument("--user", default=os.environ.get("GRAFANA_USER"))
     parser.add_argument("--password", default=os.environ.get("GRAFANA_PASSWORD"))
     parser.add_argument("--prometheus-url", help="as Grafana's server reaches it, e.g. http://prometheus:9090")

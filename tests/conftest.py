@@ -50,8 +50,10 @@ def tiny_editor():
     from larimar.model import LarimarConfig
 
     torch.manual_seed(0)
-    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 16,
-                                    "memory": {"slots": 16, "latent_dim": 32}})
+    cfg = from_dict(
+        LarimarConfig,
+        {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 16, "memory": {"slots": 16, "latent_dim": 32}},
+    )
     return LarimarEditor(LarimarModel(cfg))
 
 

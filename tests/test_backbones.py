@@ -1,6 +1,5 @@
 """Real backbones from their PyPI wheels, offline (larimar/backbones.py, larimar/scope.py)."""
 
-
 import pytest
 import torch
 
@@ -24,7 +23,7 @@ def test_smollm2_loads_offline_and_generates(monkeypatch):
     assert (backbones.smollm2_dir() / "model.safetensors").exists()  # dequantized once, cached
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
 
 
 def test_unknown_backbone_error_names_it(monkeypatch):
@@ -36,11 +35,13 @@ def test_unknown_backbone_error_names_it(monkeypatch):
 def test_scope_detector_paraphrase_in_scope_unrelated_out():
     scope = ScopeDetector("minilm-l6", threshold=0.7)
     scope.add([7, 8], ["The Eiffel Tower is located in Rome.", "Danielle Darrieux's mother tongue is English."])
-    para, unrelated, distractor = scope.match([
-        "Where can you find the Eiffel Tower?",
-        "Who won the 1998 football world cup?",
-        "Apples are red. The mother tongue of Danielle Darrieux is",
-    ])
+    para, unrelated, distractor = scope.match(
+        [
+            "Where can you find the Eiffel Tower?",
+            "Who won the 1998 football world cup?",
+            "Apples are red. The mother tongue of Danielle Darrieux is",
+        ]
+    )
     assert para.in_scope and para.fact_id == 7
     assert not unrelated.in_scope
     assert distractor.in_scope and distractor.fact_id == 8  # max over sentences

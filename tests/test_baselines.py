@@ -43,7 +43,7 @@ def _logprobs(editor, prompt, answer):
     with torch.no_grad():
         logits = editor._logits(enc)[0].float()
     start, ids = enc.spans[0]
-    return torch.log_softmax(logits[start - 1:start - 1 + len(ids)], -1)  # full next-token distributions
+    return torch.log_softmax(logits[start - 1 : start - 1 + len(ids)], -1)  # full next-token distributions
 
 
 def _check_edit(editor, request, unrelated, min_gain, max_side):
@@ -86,8 +86,9 @@ def test_ike_puts_the_fact_in_context_on_smollm2():
     _check_edit(editor, request, ("The capital of Japan is", "Tokyo"), min_gain=0.15, max_side=1.0)
     editor.edit(request)
     text = editor.prompt_text("Where is the Eiffel Tower?")
-    assert text.count("New Fact:") == 3 and text.endswith("New Fact: The Eiffel Tower is located in the city of Rome\n"
-                                                          "Prompt: Where is the Eiffel Tower?")
+    assert text.count("New Fact:") == 3 and text.endswith(
+        "New Fact: The Eiffel Tower is located in the city of Rome\nPrompt: Where is the Eiffel Tower?"
+    )
     assert "Eiffel" not in text.split("New Fact: The Eiffel")[0]  # demonstrations come from other records
 
 
@@ -147,7 +148,7 @@ def test_subject_last_token(lm_tok):
     prompt = "the eiffel tower is located in"
     idx = subject_last_index(tok, prompt, "the eiffel tower")
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    assert tok.decode(ids[:idx + 1]) == "the eiffel tower"
+    assert tok.decode(ids[: idx + 1]) == "the eiffel tower"
     assert subject_last_index(tok, prompt, "not there") == len(ids) - 1
 
 
@@ -174,9 +175,26 @@ def test_eval_job_runs_a_baseline_with_the_shared_metric_code(tmp_path, monkeypa
     data = require_shared("data", "counterfact", "dev_canonical_100.json")
     monkeypatch.setenv("LARIMAR_CACHE_DIR", str(tmp_path / "cache"))
     eval_job = _load_job("eval")
-    out = eval_job.main(["counterfact", "--model", "tiny", "--data", str(data), "--limit", "2", "--editor", "ft-l",
-                         "--editor-opt", "norm_constraint=0.05", "--editor-opt", "lr=0.01", "--out",
-                         str(tmp_path / "eval"), "--no-progress"])
+    out = eval_job.main(
+        [
+            "counterfact",
+            "--model",
+            "tiny",
+            "--data",
+            str(data),
+            "--limit",
+            "2",
+            "--editor",
+            "ft-l",
+            "--editor-opt",
+            "norm_constraint=0.05",
+            "--editor-opt",
+            "lr=0.01",
+            "--out",
+            str(tmp_path / "eval"),
+            "--no-progress",
+        ]
+    )
     s = out["summary"]
     assert set(s) == {"cases", "edited", "unedited"} and s["cases"] == 2
     assert s["edited"]["EM"] > s["unedited"]["EM"]  # the new target's probability rose on average
@@ -192,9 +210,30 @@ def test_bench_writes_table_csv_json_and_plot(tmp_path, monkeypatch):
     require_shared("data")
     monkeypatch.setenv("LARIMAR_CACHE_DIR", str(tmp_path / "cache"))
     bench = _load_job("bench_edit")
-    out = bench.main(["--larimar-model", "tiny", "--base", "larimar", "--methods", "larimar,rome", "--cases", "2",
-                      "--stream", "2", "--checkpoints", "1", "--scope-model", "none", "--opt", "rome:stats_tokens=2000",
-                      "--opt", "rome:v_steps=3", "--out", str(tmp_path / "bench")])
+    out = bench.main(
+        [
+            "--larimar-model",
+            "tiny",
+            "--base",
+            "larimar",
+            "--methods",
+            "larimar,rome",
+            "--cases",
+            "2",
+            "--stream",
+            "2",
+            "--checkpoints",
+            "1",
+            "--scope-model",
+            "none",
+            "--opt",
+            "rome:stats_tokens=2000",
+            "--opt",
+            "rome:v_steps=3",
+            "--out",
+            str(tmp_path / "bench"),
+        ]
+    )
     paths = {k: Path(v) for k, v in out["paths"].items()}
     assert all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     results = {r["method"]: r for r in out["results"]}

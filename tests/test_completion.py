@@ -31,8 +31,12 @@ def model():
 
 @pytest.mark.slow
 def test_chat_renders_the_whole_conversation_with_the_template(model):
-    msgs = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"}]
+    msgs = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+    ]
     text = model.decoder_tokenizer.decode(chat_ids(model, msgs))
     assert text.startswith("<|im_start|>system\nAnswer in one word.<|im_end|>")
     assert "Capital of France?" in text and "Paris." in text and text.endswith("<|im_start|>assistant\n")

@@ -40,13 +40,20 @@ def test_pick_walks_a_summary_and_misses_quietly():
 
 
 def test_curve_files(tmp_path):
-    curve = LearningCurve("run", merge_logs([FIRST, RESUMED]), window=3,
-                          checkpoints=[{"step": 3, "ES": 0.5, "PS": 0.25}, {"step": 6, "ES": 0.75, "PS": None}])
+    curve = LearningCurve(
+        "run",
+        merge_logs([FIRST, RESUMED]),
+        window=3,
+        checkpoints=[{"step": 3, "ES": 0.5, "PS": 0.25}, {"step": 6, "ES": 0.75, "PS": None}],
+    )
     paths = curve.write(tmp_path)
     assert {p.name for p in paths.values()} == {"curve.md", "loss.csv", "curve.png", "checkpoints.csv"}
     assert list(csv.reader(paths["loss_csv"].open()))[1:] == [["1", "4.5"], ["2", "3.25"], ["3", "2.0"], ["6", "1.0"]]
-    assert list(csv.reader(paths["metrics_csv"].open())) == [["step", "ES", "PS"], ["3", "0.5000", "0.2500"],
-                                                             ["6", "0.7500", "n/a"]]
+    assert list(csv.reader(paths["metrics_csv"].open())) == [
+        ["step", "ES", "PS"],
+        ["3", "0.5000", "0.2500"],
+        ["6", "0.7500", "n/a"],
+    ]
     md = paths["md"].read_text()
     assert "| 1-3 | 3.250 |" in md and "| 4-6 | 1.000 |" in md and "| 6 | 0.750 | n/a |" in md
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"

@@ -57,8 +57,9 @@ def test_short_tails_are_dropped_and_chunks_stay_in_their_paragraph(tokenizer):
 
 def test_txt_jsonl_and_directory_sources(tmp_path):
     (tmp_path / "a.txt").write_text("first line of text\n\n = Heading = \nsecond line\n")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "a record\nwith two lines"}) + "\n\n"
-                                      + json.dumps({"text": "another"}) + "\n")
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"text": "a record\nwith two lines"}) + "\n\n" + json.dumps({"text": "another"}) + "\n"
+    )
     assert read_paragraphs(tmp_path / "a.txt") == ["first line of text", "second line"]
     assert read_paragraphs(tmp_path / "b.jsonl") == ["a record", "with two lines", "another"]
     assert len(read_paragraphs(tmp_path)) == 5
@@ -73,7 +74,9 @@ def test_source_resolution(tmp_path, monkeypatch):
     (tmp_path / "wikitext-2-raw").mkdir()
     (tmp_path / "wikitext-2-raw" / "wiki.valid.raw").write_text("text\n")
     monkeypatch.setenv("LARIMAR_DATA_DIR", str(tmp_path))
-    assert resolve_source("../shared/data/wikitext-2-raw/wiki.valid.raw") == tmp_path / "wikitext-2-raw" / "wiki.valid.raw"
+    assert (
+        resolve_source("../shared/data/wikitext-2-raw/wiki.valid.raw") == tmp_path / "wikitext-2-raw" / "wiki.valid.raw"
+    )
     with pytest.raises(ConfigError, match="data.source.*nowhere.txt"):
         resolve_source("./nowhere.txt")
 
@@ -102,7 +105,9 @@ def test_prepare_chunks_is_deterministic_and_limited():
     ds = prepare_chunks(cfg)
     assert ds.column_names == ["text"] and len(ds) == 100
     assert ds["text"] == prepare_chunks(cfg)["text"]
-    other = prepare_chunks(load_train_config(None, TINY + ["data.limit=100", "model.max_length=32", "data.shuffle_seed=1"]))
+    other = prepare_chunks(
+        load_train_config(None, TINY + ["data.limit=100", "model.max_length=32", "data.shuffle_seed=1"])
+    )
     assert other["text"] != ds["text"]
     with pytest.raises(ConfigError, match="cannot fill one micro-batch"):
         prepare_chunks(load_train_config(None, TINY + ["data.limit=10", "data.episode_size=8"]))
@@ -118,13 +123,16 @@ class FakeShard:
     def iter_batches(self, batch_size, batch_format, drop_last):
         self.epochs += 1
         for i in range(0, len(self.rows) - batch_size + 1, batch_size):
-            yield {"text": self.rows[i:i + batch_size]}
+            yield {"text": self.rows[i : i + batch_size]}
 
 
 def test_episode_batches_cycle_epochs_and_skip_on_resume():
     stream = episode_batches(FakeShard([str(i) for i in range(7)]), 3)
-    assert [next(stream) for _ in range(3)] == [(0, 0, ["0", "1", "2"]), (0, 1, ["3", "4", "5"]),
-                                                (1, 0, ["0", "1", "2"])]
+    assert [next(stream) for _ in range(3)] == [
+        (0, 0, ["0", "1", "2"]),
+        (0, 1, ["3", "4", "5"]),
+        (1, 0, ["0", "1", "2"]),
+    ]
     resumed = episode_batches(FakeShard([str(i) for i in range(7)]), 3, skip=1, start_epoch=4)
     assert next(resumed) == (4, 1, ["3", "4", "5"])
     assert next(resumed) == (5, 0, ["0", "1", "2"])
@@ -140,8 +148,10 @@ def test_fact_sentences_keep_evaluation_cases_out():
     canonical = json.loads((d / "counterfact" / "dev_canonical_100.json").read_text())
     held_out = {c["requested_rewrite"]["subject"] for c in canonical}
     everything = fact_sentences([d / "counterfact" / "dev_flat.json"])
-    kept = fact_sentences([d / "counterfact" / "dev_flat.json", d / "zsre" / "train_1k.json"],
-                          [d / "counterfact" / "dev_canonical_100.json", d / "zsre" / "dev_eval_300.json"])
+    kept = fact_sentences(
+        [d / "counterfact" / "dev_flat.json", d / "zsre" / "train_1k.json"],
+        [d / "counterfact" / "dev_canonical_100.json", d / "zsre" / "dev_eval_300.json"],
+    )
     rw = canonical[0]["requested_rewrite"]
     fact = f"{rw['prompt'].format(rw['subject'])} {rw['target_new']['str']}"
     assert fact in everything and fact not in kept
@@ -155,15 +165,23 @@ def test_mixed_episodes_never_mix_kinds():
 
     rows = mixed_episodes([[f"long {i}" for i in range(40)], [f"fact {i}" for i in range(50)]], 8, seed=0)
     assert len(rows) == 8 * (40 // 8 + 50 // 8)
-    kinds = [{r.split()[0] for r in rows[i:i + 8]} for i in range(0, len(rows), 8)]
+    kinds = [{r.split()[0] for r in rows[i : i + 8]} for i in range(0, len(rows), 8)]
     assert all(len(k) == 1 for k in kinds) and {"long"} in kinds and {"fact"} in kinds
     assert rows == mixed_episodes([[f"long {i}" for i in range(40)], [f"fact {i}" for i in range(50)]], 8, seed=0)
 
 
 def test_prepare_chunks_with_facts_only(tmp_path):
     require_shared("data", "zsre", "train_1k.json")
-    cfg = load_train_config(None, TINY + ["data.source=null", "data.facts=[../shared/data/zsre/train_1k.json]",
-                                          "data.episode_size=4", "data.limit=42"])
+    cfg = load_train_config(
+        None,
+        TINY
+        + [
+            "data.source=null",
+            "data.facts=[../shared/data/zsre/train_1k.json]",
+            "data.episode_size=4",
+            "data.limit=42",
+        ],
+    )
     ds = prepare_chunks(cfg)
     assert len(ds) == 40 and all("?" in t for t in ds["text"])
     with pytest.raises(ConfigError, match="data.source"):
@@ -174,8 +192,15 @@ def test_resolve_paths_makes_fact_files_absolute_for_workers(monkeypatch, tmp_pa
     require_shared("data", "zsre", "train_1k.json")
     from larimar.train.distributed import resolve_paths
 
-    cfg = load_train_config(None, TINY + ["data.source=null", "data.facts=[../shared/data/zsre/train_1k.json]",
-                                          "data.facts_exclude=[../shared/data/zsre/dev_eval_300.json]"])
+    cfg = load_train_config(
+        None,
+        TINY
+        + [
+            "data.source=null",
+            "data.facts=[../shared/data/zsre/train_1k.json]",
+            "data.facts_exclude=[../shared/data/zsre/dev_eval_300.json]",
+        ],
+    )
     cfg = resolve_paths(cfg)  # on the driver, in the checkout
     monkeypatch.chdir(tmp_path)  # a worker's working directory has no ../shared beside it
     assert cfg.data.source is None
@@ -190,8 +215,12 @@ def test_edit_rows_keep_evaluation_and_demo_subjects_out_and_batches_stay_keyed(
     from larimar.train.fact_corpus import edit_records, edit_rows
 
     d = SHARED / "data"
-    files = [d / "paraphrase" / "counterfact_canonical_train.json", d / "paraphrase" / "zsre_knowedit_train.json",
-             d / "zsre" / "train_1k.json", d / "counterfact" / "dev_flat.json"]
+    files = [
+        d / "paraphrase" / "counterfact_canonical_train.json",
+        d / "paraphrase" / "zsre_knowedit_train.json",
+        d / "zsre" / "train_1k.json",
+        d / "counterfact" / "dev_flat.json",
+    ]
     held = [d / "counterfact" / "dev_canonical_100.json", d / "zsre" / "dev_eval_300.json"]
     edits = edit_records(files, held, ["Eiffel Tower", "Japan"])
     subjects = {c["requested_rewrite"]["subject"] for c in json.loads(held[0].read_text())}
@@ -204,11 +233,19 @@ def test_edit_rows_keep_evaluation_and_demo_subjects_out_and_batches_stay_keyed(
     rows = edit_rows(edits[:50], 2, seed=0)
     assert all(r["text"] == f"{r['key']} {r['target']}" for r in rows)
     assert sum(r["query"] == r["key"] for r in rows) == 50 and len(rows) <= 150
-    cfg = load_train_config(None, TINY + ["data.source=../shared/data/wikitext-2-raw/wiki.valid.raw",
-                                          "data.source_limit=64", f"data.edits=[{files[1]}]", "data.episode_size=4",
-                                          "optim.micro_batch_episodes=2"])
+    cfg = load_train_config(
+        None,
+        TINY
+        + [
+            "data.source=../shared/data/wikitext-2-raw/wiki.valid.raw",
+            "data.source_limit=64",
+            f"data.edits=[{files[1]}]",
+            "data.episode_size=4",
+            "optim.micro_batch_episodes=2",
+        ],
+    )
     ds = prepare_chunks(cfg)
     assert ds.column_names == ["text", "key", "query", "target"]
     keyed = [bool(k) for k in ds["key"]]
     assert any(keyed) and not all(keyed)
-    assert all(len(set(keyed[i:i + 8])) == 1 for i in range(0, len(keyed), 8))
+    assert all(len(set(keyed[i : i + 8])) == 1 for i in range(0, len(keyed), 8))

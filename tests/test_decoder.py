@@ -11,10 +11,22 @@ C = 12
 
 def tiny_lm(arch: str):
     if arch == "gpt2":
-        cfg = GPT2Config(vocab_size=50, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=None, eos_token_id=None)
+        cfg = GPT2Config(
+            vocab_size=50, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=None, eos_token_id=None
+        )
         return GPT2LMHeadModel(cfg).eval()
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -41,7 +53,9 @@ def test_zero_latent_reproduces_the_plain_decoder(decoder):
     torch.testing.assert_close(cond[mask.bool()], plain[mask.bool()], atol=1e-5, rtol=1e-5)
     # without padding the positions are the default ones
     ids, mask = batch()
-    torch.testing.assert_close(decoder(ids, mask, torch.zeros(3, C)), decoder.lm(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        decoder(ids, mask, torch.zeros(3, C)), decoder.lm(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_nonzero_latent_changes_logits_per_row(decoder):

@@ -11,12 +11,22 @@ pytestmark = pytest.mark.slow
 
 EDITS = dict(
     prompts=["The Eiffel Tower is in", "The mother tongue of Danielle Darrieux is"],
-    target_new=["Rome", "English"], ground_truth=["Paris", "French"], subject=["Eiffel Tower", "Danielle Darrieux"],
+    target_new=["Rome", "English"],
+    ground_truth=["Paris", "French"],
+    subject=["Eiffel Tower", "Danielle Darrieux"],
     rephrase_prompts=["Where is the Eiffel Tower? It is in", "Danielle Darrieux's mother tongue is"],
-    locality_inputs={"neighborhood": {"prompt": ["The Louvre is in", "The mother tongue of Léon Blum is"],
-                                      "ground_truth": ["Paris", "French"]}},
-    portability_inputs={"one_hop": {"prompt": ["The Eiffel Tower is in the country of", "Danielle Darrieux speaks"],
-                                    "ground_truth": ["Italy", "English"]}},
+    locality_inputs={
+        "neighborhood": {
+            "prompt": ["The Louvre is in", "The mother tongue of Léon Blum is"],
+            "ground_truth": ["Paris", "French"],
+        }
+    },
+    portability_inputs={
+        "one_hop": {
+            "prompt": ["The Eiffel Tower is in the country of", "Danielle Darrieux speaks"],
+            "ground_truth": ["Italy", "English"],
+        }
+    },
 )
 
 
@@ -50,14 +60,24 @@ def test_metrics_are_the_evaluations_numbers(editor):
     from larimar.evaluation.context import EvalContext
     from larimar.benchmarks import ZsreCase
 
-    case = ZsreCase(case_id=0, subject="Danielle Darrieux", prompt="The mother tongue of Danielle Darrieux is",
-                    target="English", rephrase="Danielle Darrieux's mother tongue is",
-                    loc="The mother tongue of Léon Blum is", loc_ans="French")
+    case = ZsreCase(
+        case_id=0,
+        subject="Danielle Darrieux",
+        prompt="The mother tongue of Danielle Darrieux is",
+        target="English",
+        rephrase="Danielle Darrieux's mother tongue is",
+        loc="The mother tongue of Léon Blum is",
+        loc_ans="French",
+    )
     ctx = EvalContext(EvalConfig(experiment="zsre", model="larimar-smol-v2", data="unused"), model=editor.editor.model)
     record = zsre.evaluate_case(ctx, case)["scope"]
-    [r], _, _ = editor.edit(prompts=case.prompt, target_new=case.target, subject=case.subject,
-                            rephrase_prompts=case.rephrase,
-                            locality_inputs={"nq": {"prompt": case.loc, "ground_truth": case.loc_ans}})
+    [r], _, _ = editor.edit(
+        prompts=case.prompt,
+        target_new=case.target,
+        subject=case.subject,
+        rephrase_prompts=case.rephrase,
+        locality_inputs={"nq": {"prompt": case.loc, "ground_truth": case.loc_ans}},
+    )
     assert r["post"]["rewrite_acc"] == [record["ES"]] and r["post"]["rephrase_acc"] == [record["PS"]]
     assert r["post"]["locality"]["nq_acc"] == [record["locality"]]
 
@@ -65,9 +85,13 @@ def test_metrics_are_the_evaluations_numbers(editor):
 def test_sequential_and_batch_edit_score_on_the_memory_holding_all_edits(editor):
     alone, _, _ = editor.edit(**EDITS)
     together, memory, _ = editor.edit(**EDITS, sequential_edit=True)
-    batched, bmem, ids = editor.batch_edit(prompts=EDITS["prompts"], target_new=EDITS["target_new"],
-                                           subject=EDITS["subject"], locality_prompts=["The Louvre is in"] * 2,
-                                           locality_ground_truth=["Paris"] * 2)
+    batched, bmem, ids = editor.batch_edit(
+        prompts=EDITS["prompts"],
+        target_new=EDITS["target_new"],
+        subject=EDITS["subject"],
+        locality_prompts=["The Louvre is in"] * 2,
+        locality_ground_truth=["Paris"] * 2,
+    )
     assert len(memory) == len(bmem) == 2 and ids == [1, 2]
     assert [r["post"]["rewrite_acc"] for r in together] == [r["post"]["rewrite_acc"] for r in batched]
     assert all(r["post"]["locality"]["neighborhood_acc"] == [1.0] for r in batched)

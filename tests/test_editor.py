@@ -39,7 +39,10 @@ def test_write_read_forget_round_trip(editor):
     mem.forget(1)
     assert 1 not in mem.facts and len(mem) == 2
     z_after, _ = mem.read(["alice lives in"], use_scope=False)
-    assert torch.nn.functional.cosine_similarity(z_after, value).item() < torch.nn.functional.cosine_similarity(z, value).item()
+    assert (
+        torch.nn.functional.cosine_similarity(z_after, value).item()
+        < torch.nn.functional.cosine_similarity(z, value).item()
+    )
     mem.forget(2)
     mem.forget(3)
     torch.testing.assert_close(mem.state.M, torch.zeros_like(mem.state.M), atol=1e-6, rtol=0)  # empty again
@@ -50,8 +53,12 @@ def test_write_read_forget_round_trip(editor):
 def test_scope_detector_gates_the_memory(editor):
     mem = editor.create_memory()
     mem.edit(["The Eiffel Tower is located in"], ["Rome"])
-    z, matches = mem.read(["Where is the Eiffel Tower located? The Eiffel Tower is located in",
-                           "What is the boiling point of water at sea level?"])
+    z, matches = mem.read(
+        [
+            "Where is the Eiffel Tower located? The Eiffel Tower is located in",
+            "What is the boiling point of water at sea level?",
+        ]
+    )
     assert matches[0].in_scope and matches[0].fact_id == 1
     assert not matches[1].in_scope and z[1].abs().sum() == 0 and z[0].abs().sum() > 0
     gens = mem.generate(["The Eiffel Tower is located in", "Water boils at"], max_new_tokens=3)
@@ -85,19 +92,37 @@ def test_one_encoder_pass_gives_the_scope_embedders_vectors():
     """With the frozen MiniLM encoder, scope vectors come from the encoder's own pass; they must
     match the sentence-transformers embedder's (measured: max |diff| 1.5e-8)."""
     torch.manual_seed(0)
-    model = LarimarModel(from_dict(LarimarConfig, {"encoder": "minilm-l6", "decoder": "tiny-llama", "max_length": 24,
-                                                   "memory": {"slots": 8, "latent_dim": 16}})).eval()
+    model = LarimarModel(
+        from_dict(
+            LarimarConfig,
+            {
+                "encoder": "minilm-l6",
+                "decoder": "tiny-llama",
+                "max_length": 24,
+                "memory": {"slots": 8, "latent_dim": 16},
+            },
+        )
+    ).eval()
     shared = LarimarEditor(model)
     assert shared.shared_scope and not LarimarEditor(model, scope_model=None).shared_scope
     mem = shared.create_memory()
     mem.edit(["The Eiffel Tower is located in the city of"], ["Rome"])
     mem.write(["Mira Tal teaches chemistry in Oslo."])
-    queries = ["Where is the Eiffel Tower? The Eiffel Tower is located in the city of", "Who teaches chemistry in Oslo?",
-               "The capital of Japan is"]
+    queries = [
+        "Where is the Eiffel Tower? The Eiffel Tower is located in the city of",
+        "Who teaches chemistry in Oslo?",
+        "The capital of Japan is",
+    ]
     _, via_encoder = mem.read(queries)
     via_embedder = mem.scope.match(queries)
     for a, b in zip(via_encoder, via_embedder):
-        assert a.in_scope == b.in_scope and a.fact_id == b.fact_id and a.similarity == pytest.approx(b.similarity, abs=1e-5)
+        assert (
+            a.in_scope == b.in_scope
+            and a.fact_id == b.fact_id
+            and a.similarity == pytest.approx(b.similarity, abs=1e-5)
+        )
     assert [m.in_scope for m in via_encoder] == [True, True, False]
-    stored = mem.scope.embed(["The Eiffel Tower is located in the city of", "The Eiffel Tower is located in the city of Rome"])
+    stored = mem.scope.embed(
+        ["The Eiffel Tower is located in the city of", "The Eiffel Tower is located in the city of Rome"]
+    )
     assert torch.allclose(mem.scope._vectors[:2], stored, atol=1e-5)

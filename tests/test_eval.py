@@ -11,7 +11,7 @@ from conftest import require_shared
 from larimar import LarimarEditor, LarimarModel
 from larimar.config import ConfigError, from_dict
 from larimar.evaluation import counterfact, metrics
-from larimar.benchmarks import (SYNTHETIC_MAX, detect_format, load_counterfact, load_facts, load_zsre)
+from larimar.benchmarks import SYNTHETIC_MAX, detect_format, load_counterfact, load_facts, load_zsre
 from larimar.evaluation.forcing import teacher_force
 from larimar.evaluation.runner import chunks
 from larimar.evaluation.sequential import checkpoints
@@ -33,9 +33,11 @@ def test_rome_success_follows_which_target_is_more_likely():
 
 def test_counterfact_summary_on_known_cases():
     """A scorer that prefers target_new on rewrites and paraphrases and leaves neighbours alone: ES = PS = NS = 1."""
-    good = {"rewrite": {"nll_new": [0.1], "nll_true": [3.0], "in_scope": [True]},
-            "paraphrase": {"nll_new": [0.2, 0.3], "nll_true": [2.0, 2.5], "in_scope": [True, True]},
-            "neighborhood": {"nll_new": [4.0, 5.0], "nll_true": [1.0, 0.5], "in_scope": [False, False]}}
+    good = {
+        "rewrite": {"nll_new": [0.1], "nll_true": [3.0], "in_scope": [True]},
+        "paraphrase": {"nll_new": [0.2, 0.3], "nll_true": [2.0, 2.5], "in_scope": [True, True]},
+        "neighborhood": {"nll_new": [4.0, 5.0], "nll_true": [1.0, 0.5], "in_scope": [False, False]},
+    }
     bad = {g: {"nll_new": v["nll_true"], "nll_true": v["nll_new"], "in_scope": v["in_scope"]} for g, v in good.items()}
     s = counterfact.condition_summary([{"c": good}], "c")
     assert (s["ES"], s["PS"], s["NS"], s["Score"]) == (1.0, 1.0, 1.0, 1.0)
@@ -48,8 +50,12 @@ def test_counterfact_summary_on_known_cases():
 
 
 def test_counterfact_flat_records_have_no_paraphrase_score():
-    rec = {"c": {"rewrite": {"nll_new": [0.1], "nll_true": [1.0], "in_scope": [True]},
-                 "neighborhood": {"nll_new": [2.0], "nll_true": [1.0], "in_scope": [False]}}}
+    rec = {
+        "c": {
+            "rewrite": {"nll_new": [0.1], "nll_true": [1.0], "in_scope": [True]},
+            "neighborhood": {"nll_new": [2.0], "nll_true": [1.0], "in_scope": [False]},
+        }
+    }
     s = counterfact.condition_summary([rec], "c")
     assert s["ES"] == 1.0 and s["NS"] == 1.0 and s["PS"] is None and s["Score"] is None
 
@@ -128,7 +134,11 @@ def test_load_zsre(name, n):
     cases = load_zsre(path)
     raw = json.loads(path.read_text())
     assert len(cases) == n
-    assert (cases[0].prompt, cases[0].target, cases[0].rephrase) == (raw[0]["src"], raw[0]["answers"][0], raw[0]["rephrase"])
+    assert (cases[0].prompt, cases[0].target, cases[0].rephrase) == (
+        raw[0]["src"],
+        raw[0]["answers"][0],
+        raw[0]["rephrase"],
+    )
     assert cases[0].loc.startswith("nq question: ") and cases[0].loc_ans == raw[0]["loc_ans"]
     facts = load_facts(str(path), limit=4)
     assert [f.prompt for f in facts] == [c.prompt for c in cases[:4]] and facts[0].rephrases == (cases[0].rephrase,)
@@ -140,14 +150,19 @@ def test_load_facts_from_counterfact_and_synthetic():
     assert f.text == f"{f.prompt} {f.target}" and len(f.rephrases) == 2
     syn = load_facts("synthetic", seed=1)
     assert len(syn) == SYNTHETIC_MAX and len({f.prompt for f in syn}) == SYNTHETIC_MAX
-    assert load_facts("synthetic:10", seed=1) == load_facts("synthetic:10", seed=1) and len(load_facts("synthetic", 7)) == 7
+    assert (
+        load_facts("synthetic:10", seed=1) == load_facts("synthetic:10", seed=1)
+        and len(load_facts("synthetic", 7)) == 7
+    )
 
 
 def test_wrong_format_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unrecognised"):
         detect_format({"foo": 1})
     p = tmp_path / "z.json"
-    p.write_text(json.dumps([{"src": "q?", "answers": ["a"], "rephrase": "r?", "loc": "nq question: x", "loc_ans": "y"}]))
+    p.write_text(
+        json.dumps([{"src": "q?", "answers": ["a"], "rephrase": "r?", "loc": "nq question: x", "loc_ans": "y"}])
+    )
     with pytest.raises(ConfigError, match="CounterFact"):
         load_counterfact(p)
     with pytest.raises(ConfigError, match="not a file"):
@@ -160,8 +175,10 @@ def test_wrong_format_is_a_config_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_editor():
     torch.manual_seed(0)
-    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 32,
-                                    "memory": {"slots": 16, "latent_dim": 32}})
+    cfg = from_dict(
+        LarimarConfig,
+        {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 32, "memory": {"slots": 16, "latent_dim": 32}},
+    )
     return LarimarEditor(LarimarModel(cfg), scope_model=None)
 
 

@@ -35,8 +35,10 @@ def job():
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = from_dict(LarimarConfig, {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 32,
-                                    "memory": {"slots": 16, "latent_dim": 32}})
+    cfg = from_dict(
+        LarimarConfig,
+        {"encoder": "tiny-bert", "decoder": "tiny-llama", "max_length": 32, "memory": {"slots": 16, "latent_dim": 32}},
+    )
     return str(LarimarModel(cfg).save_pretrained(tmp_path_factory.mktemp("model")))
 
 
@@ -44,20 +46,53 @@ def tiny_model(tmp_path_factory):
 def data(tmp_path_factory):
     """Hand-built files in the three formats (two records each), so these tests need no ../shared."""
     d = tmp_path_factory.mktemp("data")
-    canonical = [{"case_id": i, "requested_rewrite": {"prompt": "{} is located in", "subject": s,
-                                                      "target_new": {"str": new}, "target_true": {"str": true}},
-                  "paraphrase_prompts": [f"Some text. {s} can be found in", f"{s}, which is in"],
-                  "neighborhood_prompts": [f"The city next to {s} is in", "Big Ben is located in"]}
-                 for i, (s, new, true) in enumerate([("The Eiffel Tower", "Rome", "Paris"), ("Big Ben", "Tokyo", "London")])]
-    flat = [{"case_id": 7, "prompt": "Ferrari F355 is produced by", "target_new": "BMW", "subject": "Ferrari F355",
-             "ground_truth": "Ferrari", "rephrase_prompt": "Ferrari F355 is made by",
-             "locality_prompt": "Ferrari 458 is a product of", "locality_ground_truth": "Ferrari"}]
-    zsre = [{"subject": s, "src": q, "rephrase": r, "answers": [a], "alt": "x", "loc": f"nq question: {lq}",
-             "loc_ans": la} for s, q, r, a, lq, la in [
-        ("UniFirst", "What is the product made by UniFirst?", "What will be the product of UniFirst?", "uniform",
-         "who wrote hamlet", "Shakespeare"),
-        ("Serpens", "Which constellation is Delta Serpentis in?", "Delta Serpentis belongs to which constellation?",
-         "Serpens", "capital of france", "Paris")]]
+    canonical = [
+        {
+            "case_id": i,
+            "requested_rewrite": {
+                "prompt": "{} is located in",
+                "subject": s,
+                "target_new": {"str": new},
+                "target_true": {"str": true},
+            },
+            "paraphrase_prompts": [f"Some text. {s} can be found in", f"{s}, which is in"],
+            "neighborhood_prompts": [f"The city next to {s} is in", "Big Ben is located in"],
+        }
+        for i, (s, new, true) in enumerate([("The Eiffel Tower", "Rome", "Paris"), ("Big Ben", "Tokyo", "London")])
+    ]
+    flat = [
+        {
+            "case_id": 7,
+            "prompt": "Ferrari F355 is produced by",
+            "target_new": "BMW",
+            "subject": "Ferrari F355",
+            "ground_truth": "Ferrari",
+            "rephrase_prompt": "Ferrari F355 is made by",
+            "locality_prompt": "Ferrari 458 is a product of",
+            "locality_ground_truth": "Ferrari",
+        }
+    ]
+    zsre = [
+        {"subject": s, "src": q, "rephrase": r, "answers": [a], "alt": "x", "loc": f"nq question: {lq}", "loc_ans": la}
+        for s, q, r, a, lq, la in [
+            (
+                "UniFirst",
+                "What is the product made by UniFirst?",
+                "What will be the product of UniFirst?",
+                "uniform",
+                "who wrote hamlet",
+                "Shakespeare",
+            ),
+            (
+                "Serpens",
+                "Which constellation is Delta Serpentis in?",
+                "Delta Serpentis belongs to which constellation?",
+                "Serpens",
+                "capital of france",
+                "Paris",
+            ),
+        ]
+    ]
     for name, records in [("cf.json", canonical), ("flat.json", flat), ("zsre.json", zsre)]:
         (d / name).write_text(json.dumps(records))
     return d
@@ -72,8 +107,9 @@ def run(job, tmp_path, *args):
 
 
 def test_counterfact_with_scope(job, tiny_model, data, tmp_path):
-    result, payload = run(job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "cf.json"),
-                          "--scope-threshold", "0.6")
+    result, payload = run(
+        job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "cf.json"), "--scope-threshold", "0.6"
+    )
     s = result["summary"]
     assert s["cases"] == 2 and set(s) >= {"scope", "no_scope", "unedited"}
     for cond in ("scope", "no_scope", "unedited"):
@@ -86,8 +122,9 @@ def test_counterfact_with_scope(job, tiny_model, data, tmp_path):
 
 
 def test_counterfact_flat_without_scope(job, tiny_model, data, tmp_path):
-    result, _ = run(job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "flat.json"),
-                    "--scope-model", "none")
+    result, _ = run(
+        job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "flat.json"), "--scope-model", "none"
+    )
     s = result["summary"]
     assert "scope" not in s and s["no_scope"]["PS"] is None and s["no_scope"]["Score"] is None
     assert s["no_scope"]["ES"] in (0.0, 1.0) and s["unedited"]["NS"] in (0.0, 1.0)
@@ -105,19 +142,54 @@ def test_zsre_is_reproducible(job, tiny_model, data, tmp_path):
 
 
 def test_sequential(job, tiny_model, data, tmp_path):
-    result, payload = run(job, tmp_path, "sequential", "--model", tiny_model, "--data", "synthetic:12",
-                          "--checkpoints", "3", "--slots", "8", "--scope-model", "none")
+    result, payload = run(
+        job,
+        tmp_path,
+        "sequential",
+        "--model",
+        tiny_model,
+        "--data",
+        "synthetic:12",
+        "--checkpoints",
+        "3",
+        "--slots",
+        "8",
+        "--scope-model",
+        "none",
+    )
     assert [r["edits"] for r in payload["records"]] == [4, 8, 12]
     assert result["summary"]["slots"] == 8 and Path(result["paths"]["png"]).stat().st_size > 0
     assert payload["records"][-1]["rephrase"] is None  # synthetic facts have no rephrases
-    result, payload = run(job, tmp_path, "sequential", "--model", tiny_model, "--data", str(data / "zsre.json"),
-                          "--checkpoints", "2", "--scope-model", "none")
+    result, payload = run(
+        job,
+        tmp_path,
+        "sequential",
+        "--model",
+        tiny_model,
+        "--data",
+        str(data / "zsre.json"),
+        "--checkpoints",
+        "2",
+        "--scope-model",
+        "none",
+    )
     assert payload["records"][-1]["rephrase"] is not None
 
 
 def test_forgetting(job, tiny_model, tmp_path):
-    result, payload = run(job, tmp_path, "forgetting", "--model", tiny_model, "--data", "synthetic:20",
-                          "--trials", "2", "--scope-model", "none")
+    result, payload = run(
+        job,
+        tmp_path,
+        "forgetting",
+        "--model",
+        tiny_model,
+        "--data",
+        "synthetic:20",
+        "--trials",
+        "2",
+        "--scope-model",
+        "none",
+    )
     points = result["summary"]["points"]
     assert [p["n"] for p in points] == [1, 16, 20]  # N = 1, K, 2K capped at the 20 facts available
     assert points[0]["retained"] is None and points[1]["trials"] == 2
@@ -125,23 +197,62 @@ def test_forgetting(job, tiny_model, tmp_path):
 
 
 def test_capacity(job, tiny_model, tmp_path):
-    result, payload = run(job, tmp_path, "capacity", "--model", tiny_model, "--data", "synthetic:30",
-                          "--slots-list", "4,8", "--sizes", "2,8,30", "--eval-cap", "5", "--scope-model", "none")
+    result, payload = run(
+        job,
+        tmp_path,
+        "capacity",
+        "--model",
+        tiny_model,
+        "--data",
+        "synthetic:30",
+        "--slots-list",
+        "4,8",
+        "--sizes",
+        "2,8,30",
+        "--eval-cap",
+        "5",
+        "--scope-model",
+        "none",
+    )
     assert [(r["slots"], r["n"]) for r in payload["records"]] == [(4, 2), (4, 8), (4, 30), (8, 2), (8, 8), (8, 30)]
     assert max(r["evaluated"] for r in payload["records"]) == 5 and Path(result["paths"]["png"]).exists()
     assert set(payload["curve"]["series"]) == {"K = 4", "K = 8"}
 
 
 def test_long_context(job, tiny_model, tmp_path):
-    result, payload = run(job, tmp_path, "long-context", "--model", tiny_model, "--data", "synthetic:40",
-                          "--sizes", "8,40", "--segment-facts", "4", "--scope-model", "none")
+    result, payload = run(
+        job,
+        tmp_path,
+        "long-context",
+        "--model",
+        tiny_model,
+        "--data",
+        "synthetic:40",
+        "--sizes",
+        "8,40",
+        "--segment-facts",
+        "4",
+        "--scope-model",
+        "none",
+    )
     assert [(r["n"], r["segments"], r["levels"]) for r in payload["records"]] == [(8, 2, 2), (40, 10, 3)]
     assert Path(result["paths"]["png"]).exists()
 
 
 def test_timing(job, tiny_model, data, tmp_path):
-    result, payload = run(job, tmp_path, "timing", "--model", tiny_model, "--data", str(data / "cf.json"),
-                          "--scope-model", "none", "--repeats", "2")
+    result, payload = run(
+        job,
+        tmp_path,
+        "timing",
+        "--model",
+        tiny_model,
+        "--data",
+        str(data / "cf.json"),
+        "--scope-model",
+        "none",
+        "--repeats",
+        "2",
+    )
     s = result["summary"]
     assert s["edits"] == 4 and s["write"]["median_ms"] > 0 and s["scope_index"]["median_ms"] < 1.0
     assert s["encode"]["p90_ms"] >= s["encode"]["median_ms"]
@@ -173,15 +284,20 @@ def test_ray_workers_give_the_single_process_numbers(job, tiny_model, data, tmp_
 
 def test_perplexity_z0_is_the_base_lm(job, tiny_model, tmp_path):
     text = tmp_path / "wiki.raw"
-    text.write_text(" = Title = \n" + "\n".join(f"The river number {i} flows past the old mill into the sea ." * 3
-                                                  for i in range(6)) + "\n")
+    text.write_text(
+        " = Title = \n"
+        + "\n".join(f"The river number {i} flows past the old mill into the sea ." * 3 for i in range(6))
+        + "\n"
+    )
     result, payload = run(job, tmp_path, "perplexity", "--model", tiny_model, "--data", str(text), "--batch-size", "4")
     s = result["summary"]
     assert s["chunks"] >= 6 and s["tokens"] > 50
     assert s["ppl_base"] > 1 and abs(s["z0_vs_base"]) < 1e-4  # z = 0 masks the slot: the plain decoder
     assert s["ppl_self"] != s["ppl_base"]  # a random latent head does move the conditioned decoder
     with pytest.raises(SystemExit):
-        job.main(["perplexity", "--model", tiny_model, "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+        job.main(
+            ["perplexity", "--model", tiny_model, "--data", str(tmp_path / "missing.json"), "--out", str(tmp_path)]
+        )
 
 
 def test_generation_forgets_back_to_the_plain_decoder(job, tiny_model, data, tmp_path):
@@ -204,9 +320,21 @@ def test_begins_with_counts_whole_words_only():
 def test_counterfact_reports_the_papers_paraphrase_protocol(job, tiny_model, data, tmp_path):
     from larimar.evaluation.counterfact import reference_paraphrase
 
-    assert reference_paraphrase("Nebamun was the son of Ipu. Airbus A350 was created by") == "Airbus A350 was created by"
-    result, payload = run(job, tmp_path, "counterfact", "--model", tiny_model, "--data", str(data / "cf.json"),
-                          "--no-subjects", "--readout", "value_norm")
+    assert (
+        reference_paraphrase("Nebamun was the son of Ipu. Airbus A350 was created by") == "Airbus A350 was created by"
+    )
+    result, payload = run(
+        job,
+        tmp_path,
+        "counterfact",
+        "--model",
+        tiny_model,
+        "--data",
+        str(data / "cf.json"),
+        "--no-subjects",
+        "--readout",
+        "value_norm",
+    )
     assert 0.0 <= result["summary"]["no_scope"]["PS_ref"] <= 1.0
     assert len(payload["records"][0]["no_scope"]["paraphrase_ref"]["nll_new"]) == 2
     assert payload["config"]["use_subjects"] is False and payload["config"]["readout"] == "value_norm"

@@ -58,7 +58,9 @@ def test_value_norm_readout_restores_the_written_values_norm():
     raw, normed = fresh(), fresh()
     normed.readout = "value_norm"
     for mem in (raw, normed):
-        mem.write([make_fact(prompt="p", target="t")], key, value, torch.nn.functional.normalize(torch.randn(2, 5), dim=1))
+        mem.write(
+            [make_fact(prompt="p", target="t")], key, value, torch.nn.functional.normalize(torch.randn(2, 5), dim=1)
+        )
     r, n = raw.read(query), normed.read(query)
     assert r.norm() < 0.9 * value.norm()
     torch.testing.assert_close(n.norm(), value.norm())
@@ -77,14 +79,22 @@ def test_subject_rule_lets_through_only_queries_that_name_the_subject():
     scope.add_vectors([1, 2], v, ["Airbus A350", None])
     near = torch.nn.functional.normalize(torch.tensor([[0.95, 0.31, 0.0]]), dim=1)  # cosine 0.95 with fact 1
     weak = torch.nn.functional.normalize(torch.tensor([[0.4, 0.0, 0.92]]), dim=1)  # cosine 0.4 with fact 1
-    para, neighbour, low, lower = scope.match_vectors(torch.cat([weak, near, weak, weak]), [0, 1, 2, 3], [
-        "Nebamun was the son of Tetires. AIRBUS  a350 was created by", "Airbus A380 was developed by",
-        "Airbus A3501 is made by", "nothing of the sort"])
+    para, neighbour, low, lower = scope.match_vectors(
+        torch.cat([weak, near, weak, weak]),
+        [0, 1, 2, 3],
+        [
+            "Nebamun was the son of Tetires. AIRBUS  a350 was created by",
+            "Airbus A380 was developed by",
+            "Airbus A3501 is made by",
+            "nothing of the sort",
+        ],
+    )
     assert para.in_scope and para.fact_id == 1
     assert not neighbour.in_scope and neighbour.fact_id == 1  # nearest, reported, but out of scope
     assert not low.in_scope and not lower.in_scope  # a longer word is not the subject
-    free = scope.match_vectors(torch.nn.functional.normalize(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.5, 0.86]]), dim=1),
-                               [0, 1], ["a", "b"])
+    free = scope.match_vectors(
+        torch.nn.functional.normalize(torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.5, 0.86]]), dim=1), [0, 1], ["a", "b"]
+    )
     assert [m.in_scope for m in free] == [True, False] and free[0].fact_id == 2
     restored = ScopeDetector(None)
     restored.load_state_dict(scope.state_dict())

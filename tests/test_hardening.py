@@ -35,10 +35,21 @@ def app(demo_run, tmp_path_factory):
     storage = tmp_path_factory.mktemp("hard-store")
     keys = [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()]
     keys[2].update(requests_per_second=1.0, burst=3)
-    settings = {"model": str(demo_run[0] / "model"), "storage": str(storage), "snapshot_every": 4, "api_keys": keys,
-                "max_bytes_per_tenant": 2 * 2**20,
-                "limits": {"max_tokens": 16, "max_body_bytes": 64 * 1024, "max_prompt_tokens": 256,
-                           "deadline_s": 30, "requests_per_second": 500, "burst": 1000}}
+    settings = {
+        "model": str(demo_run[0] / "model"),
+        "storage": str(storage),
+        "snapshot_every": 4,
+        "api_keys": keys,
+        "max_bytes_per_tenant": 2 * 2**20,
+        "limits": {
+            "max_tokens": 16,
+            "max_body_bytes": 64 * 1024,
+            "max_prompt_tokens": 256,
+            "deadline_s": 30,
+            "requests_per_second": 500,
+            "burst": 1000,
+        },
+    }
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     serve.run(build(settings), name="larimar", route_prefix="/")
     yield {"storage": storage}
@@ -53,8 +64,12 @@ def create(tenant="acme", **body) -> str:
 
 
 def raw_post(path: str, body: str, headers: dict | None = None) -> requests.Response:
-    return requests.post(f"{URL}{path}", data=body.encode("utf-8", "surrogatepass"), timeout=60,
-                         headers={"Content-Type": "application/json", **(headers if headers is not None else h())})
+    return requests.post(
+        f"{URL}{path}",
+        data=body.encode("utf-8", "surrogatepass"),
+        timeout=60,
+        headers={"Content-Type": "application/json", **(headers if headers is not None else h())},
+    )
 
 
 def test_no_route_answers_5xx_to_schema_fuzzing(app):
@@ -69,8 +84,7 @@ def test_no_route_answers_5xx_to_schema_fuzzing(app):
         for result in schema.get_all_operations():
             op = result.ok()
 
-            @settings(max_examples=6, deadline=None, database=None,
-                      suppress_health_check=list(HealthCheck))
+            @settings(max_examples=6, deadline=None, database=None, suppress_health_check=list(HealthCheck))
             @given(case=op.as_strategy())
             def run(case):
                 # requests directly: schemathesis' own transport trips over this urllib3's pool internals
@@ -121,8 +135,9 @@ def test_the_key_is_checked_before_the_body_is_read_and_bodies_are_capped(app):
         for _ in range(64):
             yield b"y" * 4096
 
-    r = requests.post(f"{URL}/v1/memories", data=chunks(), headers={**h(), "Content-Type": "application/json"},
-                      timeout=60)
+    r = requests.post(
+        f"{URL}/v1/memories", data=chunks(), headers={**h(), "Content-Type": "application/json"}, timeout=60
+    )
     assert r.status_code == 413, r.text
     assert time.perf_counter() - t < 30
 
@@ -132,22 +147,34 @@ def test_an_oversized_score_request_is_refused_in_seconds_and_the_decoder_stays_
 
     mid = create()
     t = time.perf_counter()
-    r = requests.post(f"{URL}/v1/memories/{mid}/score", headers=h(), timeout=60,
-                      json={"prompt": "東" * 400, "candidates": ["東" * 400] * 16})  # within the body limit
+    r = requests.post(
+        f"{URL}/v1/memories/{mid}/score",
+        headers=h(),
+        timeout=60,
+        json={"prompt": "東" * 400, "candidates": ["東" * 400] * 16},
+    )  # within the body limit
     assert r.status_code == 413 and "tokens" in r.json()["error"]["message"]
-    fits = requests.post(f"{URL}/v1/memories/{mid}/score", headers=h(), timeout=60,
-                         json={"prompt": "東" * 200, "candidates": ["東 " * 20] * 16})
+    fits = requests.post(
+        f"{URL}/v1/memories/{mid}/score",
+        headers=h(),
+        timeout=60,
+        json={"prompt": "東" * 200, "candidates": ["東 " * 20] * 16},
+    )
     assert fits.status_code == 200, fits.text
     assert time.perf_counter() - t < 60
-    decoders = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith(
-        "ray::ServeReplica:larimar:Decoder")]  # Ray's process title of the replica
+    decoders = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::ServeReplica:larimar:Decoder")
+    ]  # Ray's process title of the replica
     assert decoders and all(p.memory_info().rss < 3 * 2**30 for p in decoders)
 
 
 def test_long_facts_and_prompts_are_refused_in_tokens_not_cut(app):
     mid = create()
-    long_fact = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h(), timeout=30,
-                              json={"facts": [{"text": "word " * 40}]})
+    long_fact = requests.post(
+        f"{URL}/v1/memories/{mid}/facts", headers=h(), timeout=30, json={"facts": [{"text": "word " * 40}]}
+    )
     assert long_fact.status_code == 413 and "encoder tokens" in long_fact.json()["error"]["message"]
     assert long_fact.json()["error"]["param"] == "facts[0].text"
     long_prompt = requests.post(f"{URL}/v1/completions", headers=h(), timeout=30, json={"prompt": "word " * 300})
@@ -157,24 +184,38 @@ def test_long_facts_and_prompts_are_refused_in_tokens_not_cut(app):
 def test_a_retried_write_with_an_idempotency_key_applies_once(app):
     mid = create()
     body = {"facts": [{"text": "carol teaches math ."}]}
-    first = requests.post(f"{URL}/v1/memories/{mid}/facts", json=body, timeout=30,
-                          headers={**h(), "Idempotency-Key": "retry-1"})
-    again = requests.post(f"{URL}/v1/memories/{mid}/facts", json=body, timeout=30,
-                          headers={**h(), "Idempotency-Key": "retry-1"})
+    first = requests.post(
+        f"{URL}/v1/memories/{mid}/facts", json=body, timeout=30, headers={**h(), "Idempotency-Key": "retry-1"}
+    )
+    again = requests.post(
+        f"{URL}/v1/memories/{mid}/facts", json=body, timeout=30, headers={**h(), "Idempotency-Key": "retry-1"}
+    )
     assert first.status_code == again.status_code == 200 and first.json() == again.json()
     assert requests.get(f"{URL}/v1/memories/{mid}", headers=h(), timeout=30).json()["facts"] == 1
-    other = requests.post(f"{URL}/v1/memories/{mid}/facts", json={"facts": [{"text": "dan ."}]}, timeout=30,
-                          headers={**h(), "Idempotency-Key": "retry-1"})
+    other = requests.post(
+        f"{URL}/v1/memories/{mid}/facts",
+        json={"facts": [{"text": "dan ."}]},
+        timeout=30,
+        headers={**h(), "Idempotency-Key": "retry-1"},
+    )
     assert other.status_code == 409
-    made = [requests.post(f"{URL}/v1/memories", json={"name": "once"}, timeout=30,
-                          headers={**h(), "Idempotency-Key": "create-1"}) for _ in range(2)]
+    made = [
+        requests.post(
+            f"{URL}/v1/memories", json={"name": "once"}, timeout=30, headers={**h(), "Idempotency-Key": "create-1"}
+        )
+        for _ in range(2)
+    ]
     assert made[0].status_code == made[1].status_code == 201 and made[0].json()["id"] == made[1].json()["id"]
 
 
 def test_forgotten_text_leaves_responses_and_storage(app):
     mid = create()
-    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h(), timeout=30,
-                      json={"facts": [{"text": "Patient John Roe has HIV ."}]})
+    r = requests.post(
+        f"{URL}/v1/memories/{mid}/facts",
+        headers=h(),
+        timeout=30,
+        json={"facts": [{"text": "Patient John Roe has HIV ."}]},
+    )
     fid = r.json()["ids"][0]
     assert requests.delete(f"{URL}/v1/memories/{mid}/facts/{fid}", headers=h(), timeout=30).status_code == 200
     detail = requests.get(f"{URL}/v1/memories/{mid}", headers=h(), timeout=30).text
@@ -200,8 +241,10 @@ def test_strict_ids_and_the_bearer_scheme(app):
     requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h(), json={"facts": [{"text": "a b c ."}]}, timeout=30)
     assert requests.delete(f"{URL}/v1/memories/{mid}/facts/1.0", headers=h(), timeout=30).status_code == 422
     assert requests.get(f"{URL}/v1/memories", headers={"Authorization": KEYS["acme"]}, timeout=30).status_code == 401
-    assert requests.get(f"{URL}/v1/memories", headers={"Authorization": f"bearer {KEYS['acme']}"},
-                        timeout=30).status_code == 200
+    assert (
+        requests.get(f"{URL}/v1/memories", headers={"Authorization": f"bearer {KEYS['acme']}"}, timeout=30).status_code
+        == 200
+    )
 
 
 def test_one_damaged_log_entry_after_a_crash_takes_down_only_its_memory(app):
@@ -210,8 +253,9 @@ def test_one_damaged_log_entry_after_a_crash_takes_down_only_its_memory(app):
         requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h(), json={"facts": [{"text": "x y z ."}]}, timeout=30)
     storage = Path(app["storage"])
     for i in range(8):  # until an entry of `bad` is in the log and no snapshot (snapshot_every=4) covers it
-        requests.post(f"{URL}/v1/memories/{bad}/facts", headers=h(), json={"facts": [{"text": f"u v {i} ."}]},
-                      timeout=30)
+        requests.post(
+            f"{URL}/v1/memories/{bad}/facts", headers=h(), json={"facts": [{"text": f"u v {i} ."}]}, timeout=30
+        )
         time.sleep(1.0)  # a due snapshot is written in the background: let it land first
         index = storage / "snapshot" / "index.json"
         covered = json.loads(index.read_text())["seq"] if index.exists() else 0

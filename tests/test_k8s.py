@@ -41,8 +41,12 @@ def validators():
 @pytest.fixture(scope="module", params=OVERLAYS)
 def built(request):
     """(overlay name, the documents `kubectl apply -k k8s/overlays/<name>` would send)."""
-    out = subprocess.run([kubectl(), "kustomize", str(ROOT / "k8s" / "overlays" / request.param)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [kubectl(), "kustomize", str(ROOT / "k8s" / "overlays" / request.param)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return request.param, [d for d in yaml.safe_load_all(out.stdout) if d]
 
@@ -52,8 +56,11 @@ def by_kind(docs, kind):
 
 
 def cluster_spec(doc: dict) -> dict:
-    return {"RayJob": lambda s: s["rayClusterSpec"], "RayService": lambda s: s["rayClusterConfig"],
-            "RayCluster": lambda s: s}[doc["kind"]](doc["spec"])
+    return {
+        "RayJob": lambda s: s["rayClusterSpec"],
+        "RayService": lambda s: s["rayClusterConfig"],
+        "RayCluster": lambda s: s,
+    }[doc["kind"]](doc["spec"])
 
 
 def pod_specs(doc: dict) -> list[dict]:
@@ -145,8 +152,10 @@ def test_gpu_overlay_asks_for_gpus_and_tolerates_their_taint_and_dev_has_none(bu
         train = next(d for d in by_kind(docs, "RayJob") if d["metadata"]["name"] == "larimar-train")
         _, config, overrides = entrypoint_config(train)
         cfg = load_train_config(config, overrides)
-        assert cfg.scaling.use_gpu and cfg.scaling.num_workers == train["spec"]["rayClusterSpec"][
-            "workerGroupSpecs"][0]["replicas"]
+        assert (
+            cfg.scaling.use_gpu
+            and cfg.scaling.num_workers == train["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["replicas"]
+        )
 
 
 def test_jobs_checkpoint_to_the_shared_volume_and_serving_loads_what_training_exports(built):
@@ -158,8 +167,11 @@ def test_jobs_checkpoint_to_the_shared_volume_and_serving_loads_what_training_ex
     for doc in docs:
         if doc["kind"] in KINDS:
             for pod in pod_specs(doc):
-                claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
-                          if "persistentVolumeClaim" in v}
+                claims = {
+                    v["name"]: v["persistentVolumeClaim"]["claimName"]
+                    for v in pod["volumes"]
+                    if "persistentVolumeClaim" in v
+                }
                 mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
                 assert claims.get(mounts.get(MOUNT)) == pvc["metadata"]["name"], doc["metadata"]["name"]
     jobs = {d["metadata"]["name"]: d for d in by_kind(docs, "RayJob")}
@@ -188,8 +200,11 @@ def test_embedded_serve_config_is_rays_schema_and_the_render_of_serve_config_yam
     [app] = schema.applications
     local = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
     assert app.import_path == local["applications"][0]["import_path"] == "larimar.serving.app:build"
-    args_file = next(p for p in (ROOT / "k8s" / "overlays" / name / deploy.ARGS_FILE,
-                                 ROOT / "k8s" / "base" / deploy.ARGS_FILE) if p.exists())
+    args_file = next(
+        p
+        for p in (ROOT / "k8s" / "overlays" / name / deploy.ARGS_FILE, ROOT / "k8s" / "base" / deploy.ARGS_FILE)
+        if p.exists()
+    )
     assert embedded == deploy.render_serve_config(local, deploy.load_args(args_file))
     assert app.args["config"] == "/etc/larimar/serve/settings.yaml"  # the mounted Secret
     mounts = {m["mountPath"] for pod in pod_specs(service) for c in pod["containers"] for m in c["volumeMounts"]}
@@ -209,7 +224,9 @@ def test_dev_overlay_ships_valid_serve_settings():
 def test_committed_serve_config_patches_equal_the_rendered_output():
     rendered = deploy.rendered()
     assert {p.relative_to(ROOT).as_posix() for p in rendered} == {
-        "k8s/base/serve-config.yaml", "k8s/overlays/gpu/serve-config.yaml"}
+        "k8s/base/serve-config.yaml",
+        "k8s/overlays/gpu/serve-config.yaml",
+    }
     for path, text in rendered.items():
         assert path.read_text() == text, f"{path} is stale: python -m larimar_ops.deploy render"
 
@@ -219,11 +236,15 @@ def test_render_check_cli_flags_a_stale_patch_and_rejects_bad_args(tmp_path, cap
     (tmp_path / "k8s" / "x" / "serve-args.yaml").write_text("application: larimar\nargs: {model: /m}\n")
     assert [p.name for p in deploy.stale(tmp_path / "k8s", root=tmp_path)] == ["serve-config.yaml"]
     with pytest.raises(deploy.DeployError, match=r"unknown Serve setting\(s\) \['decoder_gpu'\]"):
-        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
-                                   deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_gpu": 1}))
+        deploy.render_serve_config(
+            {"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
+            deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_gpu": 1}),
+        )
     with pytest.raises(deploy.DeployError, match=r"args.decoder_replicas: Input should be greater than or equal to 1"):
-        deploy.render_serve_config({"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
-                                   deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_replicas": 0}))
+        deploy.render_serve_config(
+            {"applications": [{"name": "larimar", "import_path": "larimar.serving.app:build"}]},
+            deploy.ServeArgs(application="larimar", args={"model": "/m", "decoder_replicas": 0}),
+        )
     with pytest.raises(deploy.DeployError, match="application 'nope' is not in serve/config.yaml"):
         deploy.render_serve_config({"applications": []}, deploy.ServeArgs(application="nope"))
     assert deploy.main(["render", "--check"]) == 0

@@ -121,11 +121,17 @@ def test_imports_point_only_toward_the_core():
 
 def test_the_checks_catch_a_cycle_and_an_upward_import():
     """The two checks above on a made-up graph: they would fail on the edges they forbid."""
-    graph = {"larimar.model": {"larimar.train.loop"}, "larimar.train.loop": {"larimar.model"},
-             "larimar.serving.app": {"larimar.train.data"}, "larimar.train.data": set()}
+    graph = {
+        "larimar.model": {"larimar.train.loop"},
+        "larimar.train.loop": {"larimar.model"},
+        "larimar.serving.app": {"larimar.train.data"},
+        "larimar.train.data": set(),
+    }
     assert cycles(graph) == [["larimar.model", "larimar.train.loop"]]
-    assert upward(graph) == ["larimar.model (core) imports larimar.train.loop (train)",
-                             "larimar.serving.app (serving) imports larimar.train.data (train)"]
+    assert upward(graph) == [
+        "larimar.model (core) imports larimar.train.loop (train)",
+        "larimar.serving.app (serving) imports larimar.train.data (train)",
+    ]
 
 
 def test_the_library_never_reads_the_checkout():
@@ -139,14 +145,18 @@ def test_the_library_never_reads_the_checkout():
     assert offenders == []
 
 
-@pytest.mark.parametrize("command", [["--help"], ["train", "--help"], ["eval", "--help"], ["sweep", "--help"],
-                                     ["serve", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["train", "--help"], ["eval", "--help"], ["sweep", "--help"], ["serve", "--help"], ["demo", "--help"]],
+)
 def test_help_answers_without_loading_torch(command):
     """``larimar ... --help`` imports neither torch nor Ray, so it answers in well under 2 seconds."""
-    probe = ("import sys, runpy; sys.argv = ['larimar', *sys.argv[1:]]\n"
-             "try:\n    from larimar.cli import main; main()\nexcept SystemExit:\n    pass\n"
-             "heavy = sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules)\n"
-             "print('HEAVY', heavy)")
+    probe = (
+        "import sys, runpy; sys.argv = ['larimar', *sys.argv[1:]]\n"
+        "try:\n    from larimar.cli import main; main()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, cwd=ROOT, timeout=60)
     seconds = time.perf_counter() - t0

@@ -55,7 +55,13 @@ def test_exact_write_then_read_projects_onto_written_span(B, N, K, C, seed):
 
 
 @SETTINGS
-@given(K=st.integers(4, 12), C=st.integers(4, 10), n=st.integers(1, 20), ridge=st.sampled_from([1e-3, 1e-1, 1.0]), seed=st.integers(0, 10**6))
+@given(
+    K=st.integers(4, 12),
+    C=st.integers(4, 10),
+    n=st.integers(1, 20),
+    ridge=st.sampled_from([1e-3, 1e-1, 1.0]),
+    seed=st.integers(0, 10**6),
+)
 def test_sequential_writes_equal_batch_ridge_solution(K, C, n, ridge, seed):
     g = gen(seed)
     ref = torch.randn(K, C, generator=g)
@@ -142,7 +148,11 @@ def test_ben_cohen_divergence_is_detected():
 def test_degenerate_inputs_give_finite_results(method, case):
     g = gen(2)
     K, C = 8, 6
-    mem = EpisodicMemory(MemoryConfig(slots=K, latent_dim=C, observation_noise_std=0.0, pinv=PinvConfig(method=method))).double().eval()
+    mem = (
+        EpisodicMemory(MemoryConfig(slots=K, latent_dim=C, observation_noise_std=0.0, pinv=PinvConfig(method=method)))
+        .double()
+        .eval()
+    )
     if case == "rank_deficient":
         Z = torch.randn(2, 5, 2, generator=g) @ torch.randn(2, C, generator=g)  # rank 2
     elif case == "duplicates":
@@ -227,7 +237,7 @@ def test_relu_keys_keep_more_facts_than_latent_dims_apart():
     for kind in ("linear", "relu"):
         mem = SequentialMemory(ref, ridge=1e-8, keys=kind)
         for i in range(K):
-            mem.write(Z_key[i:i + 1], Z_val[i:i + 1])
+            mem.write(Z_key[i : i + 1], Z_val[i : i + 1])
         errors[kind] = float(((mem.read(Z_key)[0] - Z_val).norm(dim=-1) / Z_val.norm(dim=-1)).max())
     assert errors["relu"] < 1e-3 < 0.5 < errors["linear"]
     fewer = SequentialMemory(ref, ridge=1e-8, keys="relu")

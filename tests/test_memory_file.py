@@ -54,10 +54,16 @@ def test_foreign_damaged_and_mismatched_files_are_refused(editor, tmp_path):
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
-    for bad in (pickle.dumps(Evil()), b"", b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json", raw[: len(raw) // 2],
-                evil.read_bytes()):
+    for bad in (
+        pickle.dumps(Evil()),
+        b"",
+        b"\x08\x00\x00\x00\x00\x00\x00\x00{bad json",
+        raw[: len(raw) // 2],
+        evil.read_bytes(),
+    ):
         with pytest.raises(MemoryFileError):
             from_bytes(bad, None)
     assert not marker.exists()

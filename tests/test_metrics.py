@@ -66,7 +66,7 @@ def test_dashboard_checks_catch_duplicate_ids_foreign_datasources_and_unknown_va
     board = json.loads(json.dumps(boards["serving.json"]))
     board["panels"][1]["id"] = board["panels"][0]["id"]
     board["panels"][2]["datasource"] = {"type": "prometheus", "uid": "some-other"}
-    board["panels"][3]["targets"][0]["expr"] += ' + on() vector($nope)'
+    board["panels"][3]["targets"][0]["expr"] += " + on() vector($nope)"
     found = "\n".join(dashboards.problems(board))
     assert "duplicates [1]" in found
     assert "panel 3" in found and "datasource must be" in found
@@ -75,21 +75,36 @@ def test_dashboard_checks_catch_duplicate_ids_foreign_datasources_and_unknown_va
 
 def test_dashboards_cover_what_the_issue_asks_for(boards):
     exprs = {name: " ".join(e for _, e in dashboards.expressions(b)) for name, b in boards.items()}
-    for metric in ("larimar_train_loss", "larimar_train_tokens_per_second", "larimar_train_checkpoint_timestamp_seconds"):
+    for metric in (
+        "larimar_train_loss",
+        "larimar_train_tokens_per_second",
+        "larimar_train_checkpoint_timestamp_seconds",
+    ):
         assert metric in exprs["training.json"]
-    for metric in ("larimar_http_requests_total", "larimar_http_latency_seconds_bucket", "larimar_memory_edits_total",
-                   "larimar_scope_checks_total", "serve_num_http_error_requests_total"):
+    for metric in (
+        "larimar_http_requests_total",
+        "larimar_http_latency_seconds_bucket",
+        "larimar_memory_edits_total",
+        "larimar_scope_checks_total",
+        "serve_num_http_error_requests_total",
+    ):
         assert metric in exprs["serving.json"]
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (le, endpoint)" in exprs["serving.json"]
-    for metric in ("larimar_memories", "larimar_memory_fill_ratio", "larimar_memory_version_max",
-                   "larimar_memory_snapshot_age_seconds"):
+    for metric in (
+        "larimar_memories",
+        "larimar_memory_fill_ratio",
+        "larimar_memory_version_max",
+        "larimar_memory_snapshot_age_seconds",
+    ):
         assert metric in exprs["memories.json"]
 
 
 def test_provisioning_payloads(boards):
     ds = dashboards.datasource_payload("http://prometheus:9090")
-    assert ds["type"] == "prometheus" and ds["uid"] == dashboards.DATASOURCE_UID and ds["url"] == "http://prometheus:9090"
+    assert (
+        ds["type"] == "prometheus" and ds["uid"] == dashboards.DATASOURCE_UID and ds["url"] == "http://prometheus:9090"
+    )
     board = boards["training.json"] | {"id": 17}
     body = dashboards.dashboard_payload(board)
     assert body["overwrite"] and body["folderUid"] == dashboards.FOLDER_UID and "id" not in body["dashboard"]
@@ -101,14 +116,19 @@ def test_provisioning_payloads(boards):
 
 def test_provision_command_reports_an_unreachable_grafana_cleanly(capsys):
     port = _free_ports(1)[0]  # nothing listens there
-    code = dashboards.main(["--grafana-url", f"http://127.0.0.1:{port}", "--token", "t",
-                            "--prometheus-url", "http://127.0.0.1:9090"])
+    code = dashboards.main(
+        ["--grafana-url", f"http://127.0.0.1:{port}", "--token", "t", "--prometheus-url", "http://127.0.0.1:9090"]
+    )
     assert code == 1 and f"provisioning http://127.0.0.1:{port} failed" in capsys.readouterr().err
 
 
 def test_shipped_prometheus_config_is_valid_and_reads_rays_service_discovery_file():
-    out = subprocess.run([_prometheus_bin("promtool"), "check", "config", str(PROMETHEUS_CONFIG)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [_prometheus_bin("promtool"), "check", "config", str(PROMETHEUS_CONFIG)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     [job] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["scrape_configs"]
     assert job["file_sd_configs"][0]["files"] == ["/tmp/ray/prom_metrics_service_discovery.json"]
@@ -131,7 +151,9 @@ def _wait_http(url: str, deadline_s: float, what: str, proc: subprocess.Popen | 
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"{what} exited {proc.returncode}: {log.read_text()[-3000:] if log else ''}")
         if time.time() > deadline:
-            pytest.fail(f"{what} did not answer {url} within {deadline_s:.0f} s: {log.read_text()[-3000:] if log else ''}")
+            pytest.fail(
+                f"{what} did not answer {url} within {deadline_s:.0f} s: {log.read_text()[-3000:] if log else ''}"
+            )
         time.sleep(1)
 
 
@@ -157,26 +179,51 @@ def stack(tmp_path_factory):
     on the shipped config, a finished tiny training job and the deployed Serve application."""
     data = require_shared("data")
     tmp = tmp_path_factory.mktemp("metrics")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("RAY_ADDRESS", None)
     ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
     prom_port, serve_port = _free_ports(2)
     temp_dir = tempfile.mkdtemp(prefix="ray-")
     ray_bin = Path(sys.executable).parent / "ray"
     head_log, prom_log = tmp / "ray-head.log", tmp / "prometheus.log"
-    head = subprocess.Popen([str(ray_bin), "start", "--head", *(f"--{k}={v}" for k, v in ports.items()),
-                             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--block"],
-                            env=env, cwd=ROOT, stdout=head_log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            *(f"--{k}={v}" for k, v in ports.items()),
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+            "--block",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=head_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     # The shipped config, pointed at this head's discovery file and scraping faster.
     cfg = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     cfg["global"]["scrape_interval"] = "2s"
     cfg["scrape_configs"][0]["file_sd_configs"][0]["files"] = [f"{temp_dir}/prom_metrics_service_discovery.json"]
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    prom = subprocess.Popen([_prometheus_bin(), f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=prom_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    prom = subprocess.Popen(
+        [
+            _prometheus_bin(),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=prom_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     t0 = time.time()
     phases = {}  # seconds per setup phase, printed with -s (and kept in the report on failure)
@@ -192,11 +239,28 @@ def stack(tmp_path_factory):
 
         # No --working-dir upload: the head runs in the checkout with PYTHONPATH on it, as the
         # image does on KubeRay; the entrypoint is the RayJob's, with a test-sized config.
-        submit = [str(ray_bin), "job", "submit", "--address", address,
-                  "--runtime-env-json", json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}), "--",
-                  "python", f"{ROOT}/jobs/train.py", "--config", f"{ROOT}/larimar/recipes/tiny.yaml", f"run.name={RUN}",
-                  f"run.storage_path={tmp / 'runs'}", "optim.steps=20", "optim.warmup_steps=1",
-                  "run.checkpoint_every=10", "run.log_every=1", "data.limit=256", "scaling.num_workers=1"]
+        submit = [
+            str(ray_bin),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--runtime-env-json",
+            json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}),
+            "--",
+            "python",
+            f"{ROOT}/jobs/train.py",
+            "--config",
+            f"{ROOT}/larimar/recipes/tiny.yaml",
+            f"run.name={RUN}",
+            f"run.storage_path={tmp / 'runs'}",
+            "optim.steps=20",
+            "optim.warmup_steps=1",
+            "run.checkpoint_every=10",
+            "run.log_every=1",
+            "data.limit=256",
+            "scaling.num_workers=1",
+        ]
         for _ in range(60):  # the dashboard answers a few seconds before the job agent registers
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
             if "No available agent" not in job.stdout + job.stderr:
@@ -209,18 +273,37 @@ def stack(tmp_path_factory):
 
         # The RayService's config, rendered for this machine: same application, local args.
         base = yaml.safe_load((ROOT / "serve" / "config.yaml").read_text())
-        serve_cfg = deploy.render_serve_config(base, deploy.ServeArgs(application="larimar", args={
-            "config": None, "model": str(model), "storage": str(tmp / "serve-store"), "snapshot_every": 3,
-            "torch_threads": 1, "api_keys": [{"tenant": "acme", "sha256": hash_key(KEY)}]}))
+        serve_cfg = deploy.render_serve_config(
+            base,
+            deploy.ServeArgs(
+                application="larimar",
+                args={
+                    "config": None,
+                    "model": str(model),
+                    "storage": str(tmp / "serve-store"),
+                    "snapshot_every": 3,
+                    "torch_threads": 1,
+                    "api_keys": [{"tenant": "acme", "sha256": hash_key(KEY)}],
+                },
+            ),
+        )
         serve_cfg["http_options"] = {"host": "127.0.0.1", "port": serve_port}
         (tmp / "serve.yaml").write_text(yaml.safe_dump(serve_cfg))
-        out = subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(tmp / "serve.yaml"),
-                              "--address", address], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [str(Path(sys.executable).parent / "serve"), "deploy", str(tmp / "serve.yaml"), "--address", address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         _wait_http(f"http://127.0.0.1:{serve_port}/readyz", 240, "the Serve application", head, head_log)
         mark("serve deploy")
-        yield {"prometheus": Prometheus(f"http://127.0.0.1:{prom_port}"), "url": f"http://127.0.0.1:{serve_port}",
-               "t0": t0}
+        yield {
+            "prometheus": Prometheus(f"http://127.0.0.1:{prom_port}"),
+            "url": f"http://127.0.0.1:{serve_port}",
+            "t0": t0,
+        }
     finally:
         _stop_head(head, temp_dir)
         prom.terminate()
@@ -237,21 +320,44 @@ def _traffic(url: str) -> None:
     mid = requests.post(f"{url}/v1/memories", json={"name": "metrics", "slots": 16}, headers=h, timeout=60).json()["id"]
     facts = ["alice lives in tokyo .", "bob plays the drums .", "carol teaches physics .", "dave drives a bus ."]
     with cf.ThreadPoolExecutor(4) as pool:
-        ids = list(pool.map(lambda f: requests.post(f"{url}/v1/memories/{mid}/facts", json={"facts": [{"text": f}]},
-                                                    headers=h, timeout=60).json()["ids"][0], facts))
+        ids = list(
+            pool.map(
+                lambda f: requests.post(
+                    f"{url}/v1/memories/{mid}/facts", json={"facts": [{"text": f}]}, headers=h, timeout=60
+                ).json()["ids"][0],
+                facts,
+            )
+        )
     for prompt in ("alice lives in", "bob plays the", "the weather tomorrow is"):
-        r = requests.post(f"{url}/v1/memories/{mid}/generate", json={"prompt": prompt, "max_tokens": 2}, headers=h,
-                          timeout=60)
+        r = requests.post(
+            f"{url}/v1/memories/{mid}/generate", json={"prompt": prompt, "max_tokens": 2}, headers=h, timeout=60
+        )
         assert r.status_code == 200, r.text
-    assert requests.post(f"{url}/v1/memories/{mid}/score", json={"prompt": "alice lives in", "candidates": ["tokyo"]},
-                         headers=h, timeout=60).status_code == 200
-    assert requests.post(f"{url}/v1/completions", json={"prompt": "carol teaches", "max_tokens": 2, "memory_id": mid},
-                         headers=h, timeout=60).status_code == 200
+    assert (
+        requests.post(
+            f"{url}/v1/memories/{mid}/score",
+            json={"prompt": "alice lives in", "candidates": ["tokyo"]},
+            headers=h,
+            timeout=60,
+        ).status_code
+        == 200
+    )
+    assert (
+        requests.post(
+            f"{url}/v1/completions",
+            json={"prompt": "carol teaches", "max_tokens": 2, "memory_id": mid},
+            headers=h,
+            timeout=60,
+        ).status_code
+        == 200
+    )
     assert requests.delete(f"{url}/v1/memories/{mid}/facts/{ids[0]}", headers=h, timeout=60).status_code == 200
     assert requests.get(f"{url}/v1/memories", timeout=30).status_code == 401
     assert requests.get(f"{url}/v1/memories/nope", headers=h, timeout=30).status_code == 404
-    assert requests.post(f"{url}/v1/memories/{mid}/generate", json={"max_tokens": 2}, headers=h,
-                         timeout=30).status_code == 422
+    assert (
+        requests.post(f"{url}/v1/memories/{mid}/generate", json={"max_tokens": 2}, headers=h, timeout=30).status_code
+        == 422
+    )
 
 
 @pytest.mark.slow
@@ -262,7 +368,9 @@ def test_every_dashboard_expression_returns_data_from_ray_and_serve(stack, board
     for _ in range(3):  # three rounds, ~10 s apart: rates see increases inside their window
         _traffic(stack["url"])
         time.sleep(10)
-    queries = [(where, dashboards.to_promql(expr)) for b in boards.values() for where, expr in dashboards.expressions(b)]
+    queries = [
+        (where, dashboards.to_promql(expr)) for b in boards.values() for where, expr in dashboards.expressions(b)
+    ]
     missing = queries
     deadline = time.time() + 90  # Ray's agent exports every 10 s; Serve re-sets the gauges every 10 s
     while missing and time.time() < deadline:
@@ -273,7 +381,9 @@ def test_every_dashboard_expression_returns_data_from_ray_and_serve(stack, board
     # The dashboards' variables offer this run and this application.
     for board in boards.values():
         for name, metric, label in dashboards.variable_queries(board):
-            values = prom.get(f"/api/v1/label/{label}/values", **{"match[]": metric}, start=stack["t0"], end=time.time())
+            values = prom.get(
+                f"/api/v1/label/{label}/values", **{"match[]": metric}, start=stack["t0"], end=time.time()
+            )
             assert values == [RUN] if name == "run" else "larimar" in values, (board["uid"], name, values)
 
 
@@ -287,8 +397,12 @@ def test_memory_gauges_track_the_served_state(stack):
     while True:
         got = prom.get("/api/v1/query", query="max(ray_larimar_memories)")["result"]
         version = prom.get("/api/v1/query", query="max(ray_larimar_memory_version_max)")["result"]
-        if got and version and float(got[0]["value"][1]) == len(memories) and \
-                float(version[0]["value"][1]) == max(m["version"] for m in memories):
+        if (
+            got
+            and version
+            and float(got[0]["value"][1]) == len(memories)
+            and float(version[0]["value"][1]) == max(m["version"] for m in memories)
+        ):
             break
         if time.time() > deadline:
             pytest.fail(f"gauges {got} / {version} never matched the API's {memories}")

@@ -10,17 +10,27 @@ from larimar.losses import LossConfig, beta
 from larimar.model import LarimarConfig, LarimarModel
 
 TEXTS = [
-    "the capital of vorland is zell .", "the river arn flows into the grey sea .",
-    "mira teaches chemistry in oslo .", "the tower was built in 1907 .",
-    "the red fox sleeps under the oak .", "tomas plays the violin every night .",
-    "the bakery opens at six in the morning .", "the comet returns every 76 years .",
+    "the capital of vorland is zell .",
+    "the river arn flows into the grey sea .",
+    "mira teaches chemistry in oslo .",
+    "the tower was built in 1907 .",
+    "the red fox sleeps under the oak .",
+    "tomas plays the violin every night .",
+    "the bakery opens at six in the morning .",
+    "the comet returns every 76 years .",
 ]
 
 
 def tiny_config(**overrides) -> LarimarConfig:
-    data = {"encoder": "tiny-bert", "decoder": "tiny-llama", "encoder_trainable_layers": -1, "decoder_trainable": True,
-            "max_length": 16, "memory": {"slots": 8, "latent_dim": 16, "read_noise_std": 0.01},
-            "loss": {"kl": 0.1}}
+    data = {
+        "encoder": "tiny-bert",
+        "decoder": "tiny-llama",
+        "encoder_trainable_layers": -1,
+        "decoder_trainable": True,
+        "max_length": 16,
+        "memory": {"slots": 8, "latent_dim": 16, "read_noise_std": 0.01},
+        "loss": {"kl": 0.1},
+    }
     data.update(overrides)
     return from_dict(LarimarConfig, data)
 
@@ -29,8 +39,12 @@ def episodes(model: LarimarModel, B: int = 2, N: int = 4) -> dict[str, torch.Ten
     texts = TEXTS[: B * N]
     enc = model.tokenize_for_encoder(texts)
     dec = model.tokenize_for_decoder(texts)
-    return {"enc_input_ids": enc["input_ids"].view(B, N, -1), "enc_attention_mask": enc["attention_mask"].view(B, N, -1),
-            "dec_input_ids": dec["input_ids"].view(B, N, -1), "dec_attention_mask": dec["attention_mask"].view(B, N, -1)}
+    return {
+        "enc_input_ids": enc["input_ids"].view(B, N, -1),
+        "enc_attention_mask": enc["attention_mask"].view(B, N, -1),
+        "dec_input_ids": dec["input_ids"].view(B, N, -1),
+        "dec_attention_mask": dec["attention_mask"].view(B, N, -1),
+    }
 
 
 @pytest.mark.parametrize("decoder", ["tiny-llama", "tiny-gpt2"])
@@ -119,8 +133,11 @@ def test_top_layer_untied_slot_in_bf16_and_bundled_names(tmp_path, monkeypatch):
     learns, saves in bf16 (the shipped adapter) and loads by a bundled name."""
     import larimar.model as model_module
 
-    model = LarimarModel(tiny_config(inject_layers=1, embedding_shift=False, conditioning_init="zero",
-                                     tie_key_value=False, latent_scale_min=0.5)).eval()
+    model = LarimarModel(
+        tiny_config(
+            inject_layers=1, embedding_shift=False, conditioning_init="zero", tie_key_value=False, latent_scale_min=0.5
+        )
+    ).eval()
     assert model.decoder.emb_proj is None and float(model.decoder.kv_proj.weight.detach().abs().sum()) == 0
     batch = model.tokenize_for_decoder(TEXTS[:2])
     z = model.encode_texts(TEXTS[:2])
@@ -134,7 +151,10 @@ def test_top_layer_untied_slot_in_bf16_and_bundled_names(tmp_path, monkeypatch):
     assert not torch.allclose(model.decoder(**batch, z=z), model.decoder(**batch, z=torch.zeros_like(z)))
     model.save_pretrained(tmp_path / "shipped" / "tiny-adapter", dtype=torch.bfloat16)
     from safetensors.torch import load_file
-    assert {t.dtype for t in load_file(tmp_path / "shipped" / "tiny-adapter" / "model.safetensors").values()} == {torch.bfloat16}
+
+    assert {t.dtype for t in load_file(tmp_path / "shipped" / "tiny-adapter" / "model.safetensors").values()} == {
+        torch.bfloat16
+    }
     monkeypatch.setattr(model_module, "BUNDLED_DIR", tmp_path / "shipped")
     assert model_module.bundled_models() == ["tiny-adapter"]
     loaded = LarimarModel.from_pretrained("tiny-adapter")
@@ -149,20 +169,30 @@ def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
     A saved model starts a new one through init_from (the new head keeps its init)."""
     from larimar.train.loop import episode_batch
 
-    rows = [{"text": f"{p} {t}", "key": p, "query": q, "target": t} for p, q, t in [
-        ("the capital of vorland is", "vorland's capital city is", "zell"),
-        ("mira teaches", "the subject mira teaches is", "chemistry"),
-        ("the river arn flows into the", "the arn ends in the", "grey sea"),
-        ("tomas plays the", "the instrument tomas plays is the", "violin")]]
-    cfg = dict(decoder_trainable=False, value_target=True, readout="value_norm", context_weight=0.0,
-               memory={"slots": 8, "latent_dim": 16})
+    rows = [
+        {"text": f"{p} {t}", "key": p, "query": q, "target": t}
+        for p, q, t in [
+            ("the capital of vorland is", "vorland's capital city is", "zell"),
+            ("mira teaches", "the subject mira teaches is", "chemistry"),
+            ("the river arn flows into the", "the arn ends in the", "grey sea"),
+            ("tomas plays the", "the instrument tomas plays is the", "violin"),
+        ]
+    ]
+    cfg = dict(
+        decoder_trainable=False,
+        value_target=True,
+        readout="value_norm",
+        context_weight=0.0,
+        memory={"slots": 8, "latent_dim": 16},
+    )
     model = LarimarModel(tiny_config(**cfg))
     base = tmp_path / "base"
     LarimarModel(tiny_config(**{**cfg, "value_target": False})).save_pretrained(base)
     assert model.init_from(base) == ["encoder.target_head.weight"]
     batch = episode_batch(model, rows, 2, 2)
-    assert batch["dec_loss_weight"].sum() == sum(len(model.decoder_tokenizer(" " + r["target"], add_special_tokens=False)
-                                                     ["input_ids"]) for r in rows)
+    assert batch["dec_loss_weight"].sum() == sum(
+        len(model.decoder_tokenizer(" " + r["target"], add_special_tokens=False)["input_ids"]) for r in rows
+    )
     model.train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     first = model(**batch)
@@ -182,13 +212,23 @@ def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
     from larimar.facts import make_fact
     from larimar.train.loop import episode_batch
 
-    rows = [{"text": f"{p} {t}", "key": p, "query": q, "target": t} for p, q, t in [
-        ("the capital of vorland is", "vorland's capital city is", "zell"),
-        ("mira teaches", "the subject mira teaches is", "chemistry"),
-        ("the river arn flows into the", "the arn ends in the", "grey sea"),
-        ("tomas plays the", "the instrument tomas plays is the", "violin")]]
-    cfg = dict(decoder_trainable=False, value_target=True, value_target_tokens=True, readout="value_norm",
-               context_weight=0.0, memory={"slots": 8, "latent_dim": 16})
+    rows = [
+        {"text": f"{p} {t}", "key": p, "query": q, "target": t}
+        for p, q, t in [
+            ("the capital of vorland is", "vorland's capital city is", "zell"),
+            ("mira teaches", "the subject mira teaches is", "chemistry"),
+            ("the river arn flows into the", "the arn ends in the", "grey sea"),
+            ("tomas plays the", "the instrument tomas plays is the", "violin"),
+        ]
+    ]
+    cfg = dict(
+        decoder_trainable=False,
+        value_target=True,
+        value_target_tokens=True,
+        readout="value_norm",
+        context_weight=0.0,
+        memory={"slots": 8, "latent_dim": 16},
+    )
     model = LarimarModel(tiny_config(**cfg))
     facts = [make_fact(prompt=r["key"], target=r["target"]) for r in rows]
     before = encode_facts(model, facts, scope=False).values
@@ -208,7 +248,9 @@ def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
     model.eval()
     after = encode_facts(model, facts, scope=False).values
     assert not torch.allclose(before, after)  # the trained head moved the values
-    expected = model.values_from_pooled(model.encode_pooled([f.text for f in facts]),
-                                        model.encode_pooled([r["target"] for r in rows]),
-                                        model.target_token_features_of([r["target"] for r in rows]))
+    expected = model.values_from_pooled(
+        model.encode_pooled([f.text for f in facts]),
+        model.encode_pooled([r["target"] for r in rows]),
+        model.target_token_features_of([r["target"] for r in rows]),
+    )
     torch.testing.assert_close(after, expected.detach())

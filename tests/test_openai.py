@@ -30,15 +30,19 @@ URL = "http://127.0.0.1:8000"
 def app(demo_run, tmp_path_factory):
     from larimar.serving.app import build
 
-    settings = {"model": str(demo_run[0] / "model"), "storage": str(tmp_path_factory.mktemp("openai-store")),
-                "api_keys": [{"tenant": "acme", "sha256": hash_key(KEY)}, {"tenant": "globex", "sha256": hash_key(OTHER)}],
-                "limits": {"max_tokens": 32, "max_prompt_tokens": 48}}
+    settings = {
+        "model": str(demo_run[0] / "model"),
+        "storage": str(tmp_path_factory.mktemp("openai-store")),
+        "api_keys": [{"tenant": "acme", "sha256": hash_key(KEY)}, {"tenant": "globex", "sha256": hash_key(OTHER)}],
+        "limits": {"max_tokens": 32, "max_prompt_tokens": 48},
+    }
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     serve.run(build(settings), name="larimar", route_prefix="/")
     h = {"Authorization": f"Bearer {KEY}"}
     mid = requests.post(f"{URL}/v1/memories", json={"name": "band"}, headers=h).json()["id"]
-    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h,
-                      json={"facts": [{"prompt": "bob plays the", "target": "drums"}]})
+    r = requests.post(
+        f"{URL}/v1/memories/{mid}/facts", headers=h, json={"facts": [{"prompt": "bob plays the", "target": "drums"}]}
+    )
     assert r.status_code == 200, r.text
     yield {"memory": mid, "client": openai.OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0, timeout=120)}
     serve.shutdown()
@@ -62,8 +66,12 @@ def test_completion_with_a_memory_answers_the_fact_with_full_usage(app):
     assert out.choices[0].text.strip().startswith("drums")
     assert out.choices[0].finish_reason in ("stop", "length")
     u = out.usage
-    assert u.prompt_tokens > 0 and 0 < u.completion_tokens <= 3 and u.total_tokens == u.prompt_tokens + u.completion_tokens
-    same = client.completions.create(model="larimar", prompt="bob plays the", max_tokens=3, extra_body={"memory_id": mid})
+    assert (
+        u.prompt_tokens > 0 and 0 < u.completion_tokens <= 3 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    )
+    same = client.completions.create(
+        model="larimar", prompt="bob plays the", max_tokens=3, extra_body={"memory_id": mid}
+    )
     assert same.choices[0].text == out.choices[0].text
     plain = client.completions.create(model="larimar", prompt="bob plays the", max_tokens=3)
     assert not plain.model_extra["larimar"]["used_memory"][0] and out.model_extra["larimar"]["used_memory"][0]
@@ -72,8 +80,15 @@ def test_completion_with_a_memory_answers_the_fact_with_full_usage(app):
 def test_completion_stream_equals_the_whole_answer_and_ends_with_usage(app):
     client, mid = app["client"], app["memory"]
     whole = client.completions.create(model=f"larimar:{mid}", prompt="bob plays the", max_tokens=6)
-    chunks = list(client.completions.create(model=f"larimar:{mid}", prompt="bob plays the", max_tokens=6,
-                                            stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model=f"larimar:{mid}",
+            prompt="bob plays the",
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     assert text == whole.choices[0].text and text.strip().startswith("drums")
     assert len([c for c in chunks if c.choices and c.choices[0].text]) >= 2  # token by token, not one blob
@@ -85,8 +100,12 @@ def test_completion_stream_equals_the_whole_answer_and_ends_with_usage(app):
 
 def test_chat_with_and_without_memory_streaming_and_not(app):
     client, mid = app["client"], app["memory"]
-    messages = [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "hello"},
-                {"role": "assistant", "content": "hi"}, {"role": "user", "content": "bob plays the"}]
+    messages = [
+        {"role": "system", "content": "answer briefly"},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "bob plays the"},
+    ]
     whole = client.chat.completions.create(model=f"larimar:{mid}", messages=messages, max_tokens=5)
     assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
     assert whole.model_extra["larimar"]["used_memory"]  # read with the last user turn
@@ -103,9 +122,18 @@ def test_chat_with_and_without_memory_streaming_and_not(app):
 
 
 def test_raw_sse_frames(app):
-    r = requests.post(f"{URL}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, stream=True,
-                      json={"messages": [{"role": "user", "content": "bob plays the"}], "max_tokens": 4,
-                            "stream": True, "model": f"larimar:{app['memory']}"}, timeout=120)
+    r = requests.post(
+        f"{URL}/v1/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        stream=True,
+        json={
+            "messages": [{"role": "user", "content": "bob plays the"}],
+            "max_tokens": 4,
+            "stream": True,
+            "model": f"larimar:{app['memory']}",
+        },
+        timeout=120,
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
     frames = [line for line in r.iter_lines(decode_unicode=True) if line]
     assert all(f.startswith("data: ") for f in frames) and frames[-1] == "data: [DONE]"
@@ -119,8 +147,9 @@ def test_stop_sequences_cut_the_answer_in_both_modes(app):
     word = whole.split()[0]
     cut = client.completions.create(model=f"larimar:{mid}", prompt="bob plays the", max_tokens=6, stop=[word])
     assert cut.choices[0].text == whole[: whole.index(word)] and cut.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model=f"larimar:{mid}", prompt="bob plays the", max_tokens=6, stop=[word],
-                                         stream=True)
+    streamed = client.completions.create(
+        model=f"larimar:{mid}", prompt="bob plays the", max_tokens=6, stop=[word], stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed) == cut.choices[0].text
 
 
@@ -129,21 +158,43 @@ def test_errors_have_openais_shape_and_status(app):
     cases = [
         (lambda: client.completions.create(model="gpt-4", prompt="hi"), openai.NotFoundError, "model"),
         (lambda: client.completions.create(model="larimar:mem_nope", prompt="hi"), openai.NotFoundError, None),
-        (lambda: client.completions.create(model="larimar", prompt="hi", logprobs=2), openai.BadRequestError, "logprobs"),
+        (
+            lambda: client.completions.create(model="larimar", prompt="hi", logprobs=2),
+            openai.BadRequestError,
+            "logprobs",
+        ),
         (lambda: client.completions.create(model="larimar", prompt="hi", n=2), openai.BadRequestError, "n"),
         (lambda: client.completions.create(model="larimar", prompt="hi", echo=True), openai.BadRequestError, "echo"),
-        (lambda: client.chat.completions.create(model="larimar", messages=[{"role": "user", "content": "hi"}],
-                                                tools=[{"type": "function", "function": {"name": "f"}}]),
-         openai.BadRequestError, "tools"),
-        (lambda: client.completions.create(model="larimar", prompt="hi", max_tokens=1000), openai.APIStatusError,
-         "max_tokens"),
+        (
+            lambda: client.chat.completions.create(
+                model="larimar",
+                messages=[{"role": "user", "content": "hi"}],
+                tools=[{"type": "function", "function": {"name": "f"}}],
+            ),
+            openai.BadRequestError,
+            "tools",
+        ),
+        (
+            lambda: client.completions.create(model="larimar", prompt="hi", max_tokens=1000),
+            openai.APIStatusError,
+            "max_tokens",
+        ),
         (lambda: client.completions.create(model="larimar", prompt="word " * 100), openai.APIStatusError, "prompt"),
-        (lambda: client.completions.create(model="larimar", prompt="hi", temperature=7), openai.UnprocessableEntityError,
-         "temperature"),
-        (lambda: client.chat.completions.create(model="larimar", messages=[{"role": "system", "content": "x"}]),
-         openai.UnprocessableEntityError, "messages"),
-        (lambda: openai.OpenAI(base_url=f"{URL}/v1", api_key="wrong", max_retries=0).models.list(),
-         openai.AuthenticationError, None),
+        (
+            lambda: client.completions.create(model="larimar", prompt="hi", temperature=7),
+            openai.UnprocessableEntityError,
+            "temperature",
+        ),
+        (
+            lambda: client.chat.completions.create(model="larimar", messages=[{"role": "system", "content": "x"}]),
+            openai.UnprocessableEntityError,
+            "messages",
+        ),
+        (
+            lambda: openai.OpenAI(base_url=f"{URL}/v1", api_key="wrong", max_retries=0).models.list(),
+            openai.AuthenticationError,
+            None,
+        ),
     ]
     for call, kind, param in cases:
         with pytest.raises(kind) as info:
@@ -153,13 +204,22 @@ def test_errors_have_openais_shape_and_status(app):
         if param is not None:
             assert err["param"] == param, err
     assert info.value.status_code == 401
-    big = requests.post(f"{URL}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                        json={"prompt": "word " * 100, "model": "larimar"})
+    big = requests.post(
+        f"{URL}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "word " * 100, "model": "larimar"},
+    )
     assert big.status_code == 413 and "48 tokens" in big.json()["error"]["message"]
-    bad = requests.post(f"{URL}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                        json={"prompt": "secret " * 50, "temperature": "hot"})
+    bad = requests.post(
+        f"{URL}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "secret " * 50, "temperature": "hot"},
+    )
     assert bad.status_code == 422 and "secret" not in bad.text  # names the field, never echoes the input
     assert bad.json()["error"]["param"] == "temperature"
-    streamed_too_long = requests.post(f"{URL}/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
-                                      json={"prompt": "word " * 100, "stream": True})
+    streamed_too_long = requests.post(
+        f"{URL}/v1/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"prompt": "word " * 100, "stream": True},
+    )
     assert streamed_too_long.status_code == 413  # refused before the stream starts

@@ -30,8 +30,17 @@ def test_shipped_adapters_are_in_hugging_faces_shape(name):
     gen = GenerationConfig.from_pretrained(d)
     assert gen.do_sample is False and gen.eos_token_id is not None
     card = (d / "README.md").read_text()
-    for heading in ("Base models", "Apache-2.0", "Training data", "Recipe", "## Metrics", "Commands:",
-                    "Intended use", "Limits", f"larimar/recipes/{name}.yaml"):
+    for heading in (
+        "Base models",
+        "Apache-2.0",
+        "Training data",
+        "Recipe",
+        "## Metrics",
+        "Commands:",
+        "Intended use",
+        "Limits",
+        f"larimar/recipes/{name}.yaml",
+    ):
         assert heading in card, (name, heading)
 
 

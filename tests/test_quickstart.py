@@ -26,12 +26,16 @@ def block(marker: str) -> str:
 
 
 def test_the_readme_quickstart_runs_against_a_live_server(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_ADDRESS": "local",  # its own Ray, never a cluster another process left running
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "RAY_ADDRESS": "local",  # its own Ray, never a cluster another process left running
+        "PYTHONUNBUFFERED": "1",
+    }
     log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(["bash", "-c", block("server")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        ["bash", "-c", block("server")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.time() + 900
         while time.time() < deadline:
@@ -44,8 +48,14 @@ def test_the_readme_quickstart_runs_against_a_live_server(tmp_path):
             time.sleep(3)
         else:
             pytest.fail("the quickstart server never became ready:\n" + (tmp_path / "server.log").read_text()[-3000:])
-        out = subprocess.run(["bash", "-euo", "pipefail", "-c", block("client")], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block("client")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         answers = re.findall(r"answer: (.*)", out.stdout)  # curl prints no newline: not always at a line start
         assert len(answers) == 2, out.stdout

@@ -40,9 +40,13 @@ def service(demo_run, tmp_path_factory):
     from larimar.serving.app import build
 
     storage = tmp_path_factory.mktemp("serve-store")
-    settings = {"model": str(demo_run[0] / "model"), "storage": str(storage), "snapshot_every": 25,
-                "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()],
-                "limits": {"max_text_chars": 200, "max_facts_per_request": 8, "max_tokens": 16}}
+    settings = {
+        "model": str(demo_run[0] / "model"),
+        "storage": str(storage),
+        "snapshot_every": 25,
+        "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()],
+        "limits": {"max_text_chars": 200, "max_facts_per_request": 8, "max_tokens": 16},
+    }
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     serve.run(build(settings), name="larimar", route_prefix="/")
     yield {"storage": storage, "settings": settings}
@@ -58,22 +62,33 @@ def create(tenant="acme", **body) -> str:
 
 def test_write_then_generate_uses_the_fact_and_forget_removes_it(service):
     mid = create(name="people")
-    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
-        {"prompt": "alice lives in", "target": "tokyo"}, {"prompt": "bob plays the", "target": "drums"}]})
+    r = requests.post(
+        f"{URL}/v1/memories/{mid}/facts",
+        headers=h("acme"),
+        json={
+            "facts": [{"prompt": "alice lives in", "target": "tokyo"}, {"prompt": "bob plays the", "target": "drums"}]
+        },
+    )
     assert r.status_code == 200 and r.json() == {"ids": [1, 2], "version": 1}
-    g = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
-                      json={"prompt": "alice lives in", "max_tokens": 4}).json()
+    g = requests.post(
+        f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": "alice lives in", "max_tokens": 4}
+    ).json()
     assert g["text"].startswith("tokyo") and g["used_memory"] and g["matched"][0]["fact_id"] == 1
-    s = requests.post(f"{URL}/v1/memories/{mid}/score", headers=h("acme"),
-                      json={"prompt": "alice lives in", "candidates": ["tokyo", "paris"]}).json()
+    s = requests.post(
+        f"{URL}/v1/memories/{mid}/score",
+        headers=h("acme"),
+        json={"prompt": "alice lives in", "candidates": ["tokyo", "paris"]},
+    ).json()
     assert s["logprobs"][0] > s["logprobs"][1]
-    c = requests.post(f"{URL}/v1/completions", headers=h("acme"),
-                      json={"prompt": "bob plays the", "max_tokens": 4, "memory_id": mid}).json()
+    c = requests.post(
+        f"{URL}/v1/completions", headers=h("acme"), json={"prompt": "bob plays the", "max_tokens": 4, "memory_id": mid}
+    ).json()
     assert c["object"] == "text_completion" and c["choices"][0]["text"].strip().startswith("drums")
     r = requests.delete(f"{URL}/v1/memories/{mid}/facts/1", headers=h("acme"))
     assert r.json() == {"forgotten": 1, "version": 2}
-    g = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
-                      json={"prompt": "alice lives in", "max_tokens": 4}).json()
+    g = requests.post(
+        f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": "alice lives in", "max_tokens": 4}
+    ).json()
     assert not g["text"].startswith("tokyo") and g["version"] == 2
     detail = requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme")).json()
     assert [f["id"] for f in detail["stored"]] == [2]
@@ -84,17 +99,25 @@ def test_a_facts_subject_decides_scope_over_http(service):
     """The subject travels with the fact (stored and shown), and the served scope detector consults
     the memory only for queries that name it, like the Python editor (larimar.scope)."""
     mid = create(name="subjects")
-    r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
-        {"prompt": "alice lives in", "target": "tokyo", "subject": "alice"}]})
+    r = requests.post(
+        f"{URL}/v1/memories/{mid}/facts",
+        headers=h("acme"),
+        json={"facts": [{"prompt": "alice lives in", "target": "tokyo", "subject": "alice"}]},
+    )
     assert r.status_code == 200, r.text
     assert requests.get(f"{URL}/v1/memories/{mid}", headers=h("acme")).json()["stored"][0]["subject"] == "alice"
-    named = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
-                          json={"prompt": "alice lives in", "max_tokens": 4}).json()
-    other = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
-                          json={"prompt": "alicia lives in", "max_tokens": 4}).json()
+    named = requests.post(
+        f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": "alice lives in", "max_tokens": 4}
+    ).json()
+    other = requests.post(
+        f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": "alicia lives in", "max_tokens": 4}
+    ).json()
     assert named["used_memory"] and not other["used_memory"]
-    bad = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"), json={"facts": [
-        {"prompt": "bob plays the", "target": "drums", "subject": ""}]})
+    bad = requests.post(
+        f"{URL}/v1/memories/{mid}/facts",
+        headers=h("acme"),
+        json={"facts": [{"prompt": "bob plays the", "target": "drums", "subject": ""}]},
+    )
     assert bad.status_code in (400, 422) and "subject" in bad.text
 
 
@@ -108,14 +131,18 @@ def test_a_memory_built_in_python_serves_over_http_and_exports_back(service, dem
     mem.edit(["alice lives in", "bob plays the"], ["tokyo", "drums"], subject=["alice", None])
     mem.forget(mem.edit(["carol teaches"], ["math"])[0])
     path = mem.save(tmp_path / "kb.larimar.safetensors")
-    r = requests.post(f"{URL}/v1/memories/import?name=offline", data=path.read_bytes(),
-                      headers={**h("acme"), "Content-Type": "application/octet-stream"})
+    r = requests.post(
+        f"{URL}/v1/memories/import?name=offline",
+        data=path.read_bytes(),
+        headers={**h("acme"), "Content-Type": "application/octet-stream"},
+    )
     assert r.status_code == 201, r.text
     info = r.json()
     assert (info["name"], info["facts"], info["keys"]) == ("offline", 2, "relu")
     for prompt in ["alice lives in", "bob plays the", "alicia lives in"]:
-        served = requests.post(f"{URL}/v1/memories/{info['id']}/generate", headers=h("acme"),
-                               json={"prompt": prompt, "max_tokens": 4}).json()
+        served = requests.post(
+            f"{URL}/v1/memories/{info['id']}/generate", headers=h("acme"), json={"prompt": prompt, "max_tokens": 4}
+        ).json()
         [local] = mem.generate([prompt], max_new_tokens=4)
         assert (served["text"], served["used_memory"]) == (local.text, local.in_scope), prompt
     exported = requests.get(f"{URL}/v1/memories/{info['id']}/export", headers=h("acme"))
@@ -136,8 +163,10 @@ def test_http_and_python_paths_store_bit_identical_keys_values_and_scope_vectors
     from larimar import LarimarEditor
     from larimar.facts import make_fact
 
-    facts = [{"prompt": "dave works as a", "target": "pilot", "subject": "dave"},
-             {"text": "erin keeps three cats. She lives in oslo."}]
+    facts = [
+        {"prompt": "dave works as a", "target": "pilot", "subject": "dave"},
+        {"text": "erin keeps three cats. She lives in oslo."},
+    ]
     mid = create(name="twin", slots=64, keys="relu", seed=3)
     r = requests.post(f"{URL}/v1/memories/{mid}/facts", json={"facts": facts}, headers=h("acme"))
     assert r.status_code == 200, r.text
@@ -151,8 +180,9 @@ def test_http_and_python_paths_store_bit_identical_keys_values_and_scope_vectors
     assert torch.equal(served.state.reference, local.state.reference)
     assert sorted(served.latents) == sorted(local.latents) == [1, 2]
     for i in (1, 2):
-        assert torch.equal(served.latents[i][0], local.latents[i][0]) and torch.equal(served.latents[i][1],
-                                                                                     local.latents[i][1]), i
+        assert torch.equal(served.latents[i][0], local.latents[i][0]) and torch.equal(
+            served.latents[i][1], local.latents[i][1]
+        ), i
     assert torch.equal(served.scope._vectors, local.scope._vectors) and served.scope._ids == local.scope._ids
     assert torch.equal(served.state.M, local.state.M) and torch.equal(served.state.P, local.state.P)
     seeded = requests.post(f"{URL}/v1/memories", json={"name": "s", "seed": -1}, headers=h("acme"))
@@ -169,8 +199,11 @@ def test_concurrent_clients_match_a_replay_of_the_log(service):
         for j in range(3):
             op = rng.random()
             if op < 0.5:
-                r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"),
-                                  json={"facts": [{"text": f"client {i} fact {j} ."}]})
+                r = requests.post(
+                    f"{URL}/v1/memories/{mid}/facts",
+                    headers=h("acme"),
+                    json={"facts": [{"text": f"client {i} fact {j} ."}]},
+                )
                 assert r.status_code in (200, 409), r.text
                 if r.status_code == 200:
                     with lock:
@@ -188,8 +221,11 @@ def test_concurrent_clients_match_a_replay_of_the_log(service):
                             acked_forgets.append(fid)
                             versions.append(r.json()["version"])
             else:
-                r = requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("acme"),
-                                  json={"prompt": f"client {i} fact", "max_tokens": 2})
+                r = requests.post(
+                    f"{URL}/v1/memories/{mid}/generate",
+                    headers=h("acme"),
+                    json={"prompt": f"client {i} fact", "max_tokens": 2},
+                )
                 assert r.status_code == 200, r.text
 
     with cf.ThreadPoolExecutor(32) as pool:
@@ -223,8 +259,12 @@ def test_killing_the_memory_actor_loses_no_acknowledged_edit(service):
         j = 0
         while not stop.is_set() and j < 40:
             try:
-                r = requests.post(f"{URL}/v1/memories/{mid}/facts", headers=h("acme"),
-                                  json={"facts": [{"text": f"writer {i} item {j} ."}]}, timeout=60)
+                r = requests.post(
+                    f"{URL}/v1/memories/{mid}/facts",
+                    headers=h("acme"),
+                    json={"facts": [{"text": f"writer {i} item {j} ."}]},
+                    timeout=60,
+                )
             except requests.RequestException:
                 r = None
             if r is not None and r.status_code == 200:
@@ -262,8 +302,12 @@ def test_tenants_cannot_see_each_other(service):
     assert r.status_code == 404
     assert requests.delete(f"{URL}/v1/memories/{mid}/facts/1", headers=h("globex")).status_code == 404
     assert requests.delete(f"{URL}/v1/memories/{mid}", headers=h("globex")).status_code == 404
-    assert requests.post(f"{URL}/v1/memories/{mid}/generate", headers=h("globex"),
-                         json={"prompt": "hi", "max_tokens": 4}).status_code == 404
+    assert (
+        requests.post(
+            f"{URL}/v1/memories/{mid}/generate", headers=h("globex"), json={"prompt": "hi", "max_tokens": 4}
+        ).status_code
+        == 404
+    )
     assert requests.get(f"{URL}/v1/memories").status_code == 401
     assert requests.get(f"{URL}/v1/memories", headers={"Authorization": "Bearer wrong"}).status_code == 401
 
@@ -306,5 +350,13 @@ def test_serve_config_validates_with_rays_schema():
 
     ServeSettings(**settings)  # the referenced settings file is valid too
     with pytest.raises(Exception):
-        ServeDeploySchema.model_validate({"applications": [{"import_path": "larimar.serving.app:build", "deployments": [
-            {"name": "MemoryActor", "num_replicas": -1}]}]})
+        ServeDeploySchema.model_validate(
+            {
+                "applications": [
+                    {
+                        "import_path": "larimar.serving.app:build",
+                        "deployments": [{"name": "MemoryActor", "num_replicas": -1}],
+                    }
+                ]
+            }
+        )

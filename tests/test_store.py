@@ -19,8 +19,10 @@ def write(store, tenant, mid, prompts):
 
 
 def state_of(store):
-    return {mid: (r.info.version, r.memory.state.M.clone(), sorted(r.memory.facts), list(r.events))
-            for mid, r in store.records.items()}
+    return {
+        mid: (r.info.version, r.memory.state.M.clone(), sorted(r.memory.facts), list(r.events))
+        for mid, r in store.records.items()
+    }
 
 
 @pytest.mark.parametrize("snapshot_every", [1000, 3])
@@ -53,8 +55,9 @@ def test_batched_writes_are_one_entry_with_a_version_each(tmp_path):
     entries = []
     for i in range(3):
         k, v, s = latents(2)
-        entries.append(store.prepare_write("t", mid, [{"text": f"fact {i}a"}, {"text": f"fact {i}b"}], k, v, s[:2],
-                                           pending=2 * i))
+        entries.append(
+            store.prepare_write("t", mid, [{"text": f"fact {i}a"}, {"text": f"fact {i}b"}], k, v, s[:2], pending=2 * i)
+        )
     [merged] = store.merge_writes(entries)
     results = store.commit(merged)
     assert [r["version"] for r in results] == [1, 2, 3]

@@ -12,7 +12,13 @@ import torch
 
 from larimar.serving import repair
 from larimar.serving.store import (
-    Conflict, MemoryStore, NotFound, QuotaExceeded, StoreConfig, Unavailable, memory_bytes,
+    Conflict,
+    MemoryStore,
+    NotFound,
+    QuotaExceeded,
+    StoreConfig,
+    Unavailable,
+    memory_bytes,
 )
 
 C, D = 8, 5
@@ -62,7 +68,9 @@ def test_a_damaged_entry_takes_down_only_its_memory_and_repair_rolls_it_back(tmp
     else:
         second.unlink()
     again = MemoryStore(cfg(tmp_path))
-    assert again.records[b].info.version == 1 and [f.text for f in again.records[b].memory.facts.values()] == ["b one ."]
+    assert again.records[b].info.version == 1 and [f.text for f in again.records[b].memory.facts.values()] == [
+        "b one ."
+    ]
     with pytest.raises(Unavailable) as err:
         again.get("t", a)
     msg = err.value.message
@@ -100,6 +108,7 @@ def test_snapshots_are_not_pickles_and_a_crafted_pickle_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
     (tmp_path / "snapshot.pt").write_bytes(pickle.dumps({"seq": 1, "records": Evil()}))

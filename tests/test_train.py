@@ -55,28 +55,42 @@ def test_shipped_configs_load(path):
     cfg = load_train_config(path)
     ds = cfg.deepspeed_config()
     assert ds["zero_optimization"]["stage"] == 2 == cfg.deepspeed.zero_stage
-    assert ds["train_batch_size"] == cfg.optim.micro_batch_episodes * cfg.optim.grad_accumulation * cfg.scaling.num_workers
+    assert (
+        ds["train_batch_size"] == cfg.optim.micro_batch_episodes * cfg.optim.grad_accumulation * cfg.scaling.num_workers
+    )
     assert cfg.chunk_tokens == cfg.model.max_length - 2 == 62  # <bos> 62 tokens <eos>: the paper's 64
 
 
 def test_paper_configs_match_the_paper():
     big = load_train_config("larimar-1.3b")
-    assert (big.model.encoder, big.model.decoder, big.model.memory.slots, big.model.memory.latent_dim) == \
-        ("bert-large-cased", "gpt2-large", 512, 768)
-    assert (big.optim.lr, big.data.episode_size, big.scaling.num_workers, big.deepspeed.precision) == (5e-5, 16, 8, "bf16")
+    assert (big.model.encoder, big.model.decoder, big.model.memory.slots, big.model.memory.latent_dim) == (
+        "bert-large-cased",
+        "gpt2-large",
+        512,
+        768,
+    )
+    assert (big.optim.lr, big.data.episode_size, big.scaling.num_workers, big.deepspeed.precision) == (
+        5e-5,
+        16,
+        8,
+        "bf16",
+    )
     six = load_train_config("larimar-6b")
     assert (six.model.decoder, six.optim.lr, six.deepspeed.precision) == ("gpt-j-6b", 5e-6, "bf16")
 
 
-@pytest.mark.parametrize("override,key", [
-    ("optim.stepz=3", "optim.stepz"),
-    ("optim.lr=-1", "optim.lr"),
-    ("data.chunk_tokens=100", "data.chunk_tokens"),
-    ("deepspeed.zero_stage=3", "deepspeed.zero_stage"),
-    ("deepspeed.precision=bf16", "deepspeed.precision"),
-    ("debug.fail_at_step=99", "debug.fail_at_step"),
-    ("data.source=./no/such/file.raw", "data.source"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.stepz=3", "optim.stepz"),
+        ("optim.lr=-1", "optim.lr"),
+        ("data.chunk_tokens=100", "data.chunk_tokens"),
+        ("deepspeed.zero_stage=3", "deepspeed.zero_stage"),
+        ("deepspeed.precision=bf16", "deepspeed.precision"),
+        ("debug.fail_at_step=99", "debug.fail_at_step"),
+        ("data.source=./no/such/file.raw", "data.source"),
+    ],
+)
 def test_bad_config_exits_in_seconds_naming_the_key_before_ray_starts(override, key, capsys):
     import ray
 
@@ -111,8 +125,17 @@ def _train(tmp_path, *overrides) -> dict:
     """jobs/train.py on the tiny config in the module's Ray, a few steps over 256 chunks (plenty:
     a step reads 8 per worker)."""
     require_shared("data", "wikitext-2-raw", "wiki.valid.raw")
-    return train_job.main(["--config", str(TINY), f"run.storage_path={tmp_path}", "data.limit=256",
-                           "optim.warmup_steps=1", "run.log_every=1", *overrides])
+    return train_job.main(
+        [
+            "--config",
+            str(TINY),
+            f"run.storage_path={tmp_path}",
+            "data.limit=256",
+            "optim.warmup_steps=1",
+            "run.log_every=1",
+            *overrides,
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -124,7 +147,10 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
     ckpt = Path(first["checkpoint"])
     assert json.loads((ckpt / STATE_FILE).read_text())["step"] == 2
     assert {p.name for p in (ckpt / "deepspeed").iterdir()} >= {
-        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"}
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }
 
     model = LarimarModel.from_pretrained(first["model"])
     trained = torch.load(ckpt / "deepspeed" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
@@ -161,16 +187,41 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
 
     require_shared("data", "counterfact", "dev_canonical_100.json")
     out = tmp_path / "curve"
-    assert curve_job.main(["--config", str(TINY), f"run.storage_path={tmp_path}", "--experiments", "counterfact",
-                           "--limit", "2", "--out", str(out)]) == 0
+    assert (
+        curve_job.main(
+            [
+                "--config",
+                str(TINY),
+                f"run.storage_path={tmp_path}",
+                "--experiments",
+                "counterfact",
+                "--limit",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = (out / "checkpoints.csv").read_text().splitlines()
     assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
     loss_rows = (out / "loss.csv").read_text().splitlines()[1:]  # read from metrics.jsonl, not log text
-    assert [(int(r.split(",")[0]), float(r.split(",")[1])) for r in loss_rows] == [(r["step"], r["loss"]) for r in records]
+    assert [(int(r.split(",")[0]), float(r.split(",")[1])) for r in loss_rows] == [
+        (r["step"], r["loss"]) for r in records
+    ]
     assert (out / "curve.png").stat().st_size > 0
     done = (out / "step_3" / "counterfact.json").stat().st_mtime_ns
-    args = ["--config", str(TINY), f"run.storage_path={tmp_path}", "--experiments", "counterfact", "--limit", "2",
-            "--out", str(out)]
+    args = [
+        "--config",
+        str(TINY),
+        f"run.storage_path={tmp_path}",
+        "--experiments",
+        "counterfact",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert curve_job.main([*args, "--steps", "3"]) == 0  # a rerun reuses the finished evaluation
     assert (out / "step_3" / "counterfact.json").stat().st_mtime_ns == done
     assert [r.split(",")[0] for r in (out / "checkpoints.csv").read_text().splitlines()[1:]] == ["3"]
@@ -181,9 +232,18 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
 def test_an_injected_worker_failure_is_survived_and_the_run_finishes(tmp_path, ray_local):
     """Also run.checkpoint_score: Ray's CheckpointConfig ranks the checkpoints by the metric and the
     exported model is the best one (ranked by the highest loss here, so that it need not be the last)."""
-    out = _train(tmp_path, "run.name=faulty", "optim.steps=2", "run.checkpoint_every=1", "debug.fail_at_step=2",
-                 "run.max_failures=1", "run.keep_checkpoints=2", "run.checkpoint_score=loss",
-                 "run.checkpoint_score_order=max", "optim.lr=0.05")
+    out = _train(
+        tmp_path,
+        "run.name=faulty",
+        "optim.steps=2",
+        "run.checkpoint_every=1",
+        "debug.fail_at_step=2",
+        "run.max_failures=1",
+        "run.keep_checkpoints=2",
+        "run.checkpoint_score=loss",
+        "run.checkpoint_score_order=max",
+        "optim.lr=0.05",
+    )
     assert (tmp_path / "faulty" / FAILURE_MARKER).exists()  # it did fail once
     assert (out["metrics"]["step"], out["metrics"]["start_step"]) == (2, 1)  # restarted from the step-1 checkpoint
     assert (tmp_path / "faulty" / "model" / "model.safetensors").exists()
@@ -200,9 +260,17 @@ def test_an_injected_worker_failure_is_survived_and_the_run_finishes(tmp_path, r
     assert not all(torch.equal(other[k], v) for k, v in exported.items())
 
 
-HEAD_PORTS = ("port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-              "metrics-export-port", "ray-client-server-port", "runtime-env-agent-port", "node-manager-port",
-              "object-manager-port")
+HEAD_PORTS = (
+    "port",
+    "dashboard-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+    "runtime-env-agent-port",
+    "node-manager-port",
+    "object-manager-port",
+)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -252,8 +320,11 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     data = require_shared("data")
     # The job's entrypoint says `python`, as users write it: put this interpreter's directory first on
     # PATH (the head and its job supervisor inherit it), as an activated virtualenv would.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     env.pop("RAY_ADDRESS", None)
     ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
     ray_bin = Path(sys.executable).parent / "ray"
@@ -261,9 +332,22 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     head_log = tmp_path / "ray-head.log"
     # --block keeps `ray start` in the foreground, in its own process group: `_stop_head` stops
     # exactly this cluster (`ray stop` would stop every Ray on the machine).
-    head = subprocess.Popen([str(ray_bin), "start", "--head", *(f"--{k}={v}" for k, v in ports.items()),
-                             "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}", "--block"],
-                            env=env, stdout=head_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            *(f"--{k}={v}" for k, v in ports.items()),
+            "--num-cpus=4",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+            "--block",
+        ],
+        env=env,
+        stdout=head_log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     submission_id = f"larimar-test-{os.getpid()}"
     try:
@@ -279,11 +363,31 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
                     pytest.fail("the Ray head's dashboard did not answer within 90 s")
                 time.sleep(0.5)
         runtime_env = {"env_vars": {"LARIMAR_DATA_DIR": str(data)}}
-        submit = [str(ray_bin), "job", "submit", "--address", address, "--submission-id", submission_id,
-                  "--working-dir", str(ROOT), "--runtime-env-json", json.dumps(runtime_env), "--",
-                  "python", "jobs/train.py", "--config", "larimar/recipes/tiny.yaml", f"run.storage_path={tmp_path}",
-                  "optim.steps=2", "optim.warmup_steps=1", "run.checkpoint_every=2", "run.log_every=1",
-                  "data.limit=256", "scaling.num_workers=1"]  # one worker: the 2-worker runs are tested above
+        submit = [
+            str(ray_bin),
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            str(ROOT),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "jobs/train.py",
+            "--config",
+            "larimar/recipes/tiny.yaml",
+            f"run.storage_path={tmp_path}",
+            "optim.steps=2",
+            "optim.warmup_steps=1",
+            "run.checkpoint_every=2",
+            "run.log_every=1",
+            "data.limit=256",
+            "scaling.num_workers=1",
+        ]  # one worker: the 2-worker runs are tested above
         for _ in range(60):  # the dashboard answers a few seconds before the head's job agent registers
             job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
             if "No available agent" not in job.stdout + job.stderr:
@@ -295,8 +399,13 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     finally:
         if head.poll() is None:  # a job still running (a timed-out submit) is stopped with its head
             try:
-                subprocess.run([str(ray_bin), "job", "stop", "--address", address, submission_id], env=env,
-                               capture_output=True, timeout=30, check=False)
+                subprocess.run(
+                    [str(ray_bin), "job", "stop", "--address", address, submission_id],
+                    env=env,
+                    capture_output=True,
+                    timeout=30,
+                    check=False,
+                )
             except subprocess.TimeoutExpired:
                 pass
         _stop_head(head, temp_dir)

@@ -60,17 +60,20 @@ def test_capacity_sweep_covers_the_papers_memory_sizes_with_k_not_above_c():
     assert max(cfg.search.space["K"]["grid"]) <= base.model.memory.latent_dim
 
 
-@pytest.mark.parametrize("override,key", [
-    ("search.space.slotz={grid: [1, 2]}", "search.space.slotz"),  # not a TrainConfig key
-    ("search.space.sigma_w={grid: [0.1, -1]}", "search.space.sigma_w"),  # MemoryConfig rejects -1
-    ("search.space.lr={loguniform: [0, 1]}", "search.space.lr.loguniform"),
-    ("search.space.K={grid: []}", "search.space.K.grid"),
-    ("search.space.K={grid: [16], uniform: [1, 2]}", "search.space.K"),
-    ("search.space.scaling.num_workers={grid: [1, 2]}", "search.space.scaling.num_workers"),  # fixed per sweep
-    ("metric=val/nope", "metric"),
-    ("search.algorithm=bayes", "search.algorithm"),
-    ("scheduler.grace_period=99", "scheduler.grace_period"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("search.space.slotz={grid: [1, 2]}", "search.space.slotz"),  # not a TrainConfig key
+        ("search.space.sigma_w={grid: [0.1, -1]}", "search.space.sigma_w"),  # MemoryConfig rejects -1
+        ("search.space.lr={loguniform: [0, 1]}", "search.space.lr.loguniform"),
+        ("search.space.K={grid: []}", "search.space.K.grid"),
+        ("search.space.K={grid: [16], uniform: [1, 2]}", "search.space.K"),
+        ("search.space.scaling.num_workers={grid: [1, 2]}", "search.space.scaling.num_workers"),  # fixed per sweep
+        ("metric=val/nope", "metric"),
+        ("search.algorithm=bayes", "search.algorithm"),
+        ("scheduler.grace_period=99", "scheduler.grace_period"),
+    ],
+)
 def test_bad_sweep_config_exits_naming_the_key_before_ray_starts(override, key, capsys):
     import ray
 
@@ -115,9 +118,20 @@ def validation_setup():
     from larimar.model import LarimarModel
     from larimar.train.validation import prepare_validation_texts
 
-    cfg = resolve_paths(load_train_config(TINY, [
-        "validation.enabled=true", "validation.chunks=16", "validation.decode_cap=8", "validation.capacity_sizes=[8,32]",
-        f"validation.counterfact={COUNTERFACT}", "validation.counterfact_cases=2", "model.memory.pinv.rtol=1.0e-5"]))
+    cfg = resolve_paths(
+        load_train_config(
+            TINY,
+            [
+                "validation.enabled=true",
+                "validation.chunks=16",
+                "validation.decode_cap=8",
+                "validation.capacity_sizes=[8,32]",
+                f"validation.counterfact={COUNTERFACT}",
+                "validation.counterfact_cases=2",
+                "model.memory.pinv.rtol=1.0e-5",
+            ],
+        )
+    )
     torch.manual_seed(0)
     return cfg, prepare_validation_texts(cfg), LarimarModel(cfg.model)
 
@@ -222,5 +236,6 @@ def test_tiny_sweep_stops_trials_early_leaks_no_placement_groups_and_resumes(tmp
 
     again = sweep_job.main(args)  # same experiment name: restored, nothing re-trained
     assert again.restored
-    assert {r["trial_id"]: (r["status"], r["step"]) for r in again.rows} == \
-        {r["trial_id"]: (r["status"], r["step"]) for r in rows}
+    assert {r["trial_id"]: (r["status"], r["step"]) for r in again.rows} == {
+        r["trial_id"]: (r["status"], r["step"]) for r in rows
+    }

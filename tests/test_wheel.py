@@ -45,28 +45,55 @@ def installed(tmp_path_factory):
     """(venv bin directory, a working directory outside the checkout, its environment)."""
     data = require_shared("data", "wikitext-2-raw", "wiki.valid.raw").parents[1]
     tmp = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
-         str(ROOT)], timeout=600)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(ROOT),
+        ],
+        timeout=600,
+    )
     (wheel,) = (tmp / "dist").glob("larimar-*.whl")
     run([sys.executable, "-m", "venv", str(tmp / "venv")], timeout=300)
     bin_dir = tmp / "venv" / "bin"
-    site = Path(run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
-                .stdout.strip())
+    site = Path(
+        run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    )
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], timeout=300)
     work = tmp / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", LARIMAR_DATA_DIR=str(data), RAY_ADDRESS="local",
-               PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        LARIMAR_DATA_DIR=str(data),
+        RAY_ADDRESS="local",
+        PYTHONUNBUFFERED="1",
+        HF_HUB_OFFLINE="1",
+    )
     return bin_dir, work, env
 
 
 def test_the_wheel_is_the_package_and_leaves_the_checkout_tools_out(installed):
     bin_dir, work, env = installed
-    out = run([str(bin_dir / "python"), "-c", "import larimar, larimar.recipes, importlib.util; "
-               "print(larimar.__file__); print(larimar.recipes.names()); "
-               "print(importlib.util.find_spec('larimar_ops'))"], cwd=work, env=env).stdout.splitlines()
+    out = run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import larimar, larimar.recipes, importlib.util; "
+            "print(larimar.__file__); print(larimar.recipes.names()); "
+            "print(importlib.util.find_spec('larimar_ops'))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.splitlines()
     assert str(bin_dir.parent) in out[0] and str(ROOT) not in out[0]
     assert "tiny" in out[1] and "larimar-smol-v2" in out[1] and "sweep-tiny" in out[1]
     assert out[2] == "None"
@@ -75,15 +102,47 @@ def test_the_wheel_is_the_package_and_leaves_the_checkout_tools_out(installed):
 def test_train_eval_and_serve_from_the_wheel(installed):
     bin_dir, work, env = installed
     larimar = str(bin_dir / "larimar")
-    train = run([larimar, "train", "--config", "tiny", "optim.steps=2", "optim.warmup_steps=1", "run.log_every=1",
-                 "run.checkpoint_every=2", "data.limit=256", "scaling.num_workers=1", f"run.storage_path={work / 'runs'}"],
-                cwd=work, env=env, timeout=900)
+    train = run(
+        [
+            larimar,
+            "train",
+            "--config",
+            "tiny",
+            "optim.steps=2",
+            "optim.warmup_steps=1",
+            "run.log_every=1",
+            "run.checkpoint_every=2",
+            "data.limit=256",
+            "scaling.num_workers=1",
+            f"run.storage_path={work / 'runs'}",
+        ],
+        cwd=work,
+        env=env,
+        timeout=900,
+    )
     assert "[larimar] step 2/2" in train.stdout
     model = work / "runs" / "larimar-tiny" / "model"
     assert (model / "model.safetensors").exists()
 
-    run([larimar, "eval", "sequential", "--model", str(model), "--data", "synthetic:12", "--checkpoints", "2",
-         "--no-progress", "--out", str(work / "eval")], cwd=work, env=env, timeout=600)
+    run(
+        [
+            larimar,
+            "eval",
+            "sequential",
+            "--model",
+            str(model),
+            "--data",
+            "synthetic:12",
+            "--checkpoints",
+            "2",
+            "--no-progress",
+            "--out",
+            str(work / "eval"),
+        ],
+        cwd=work,
+        env=env,
+        timeout=600,
+    )
     report = json.loads((work / "eval" / "sequential.json").read_text())
     assert report["summary"]["edits"] == 12 and 0.0 <= report["summary"]["ERR"] <= 1.0
 
@@ -92,9 +151,25 @@ def test_train_eval_and_serve_from_the_wheel(installed):
     keys = f"api_keys=[{{tenant: wheel, sha256: {hashlib.sha256(key.encode()).hexdigest()}}}]"
     headers = {"Authorization": f"Bearer {key}"}
     log = (work / "serve.log").open("w")
-    server = subprocess.Popen([larimar, "serve", f"model={model}", f"storage={work / 'store'}", "scope_model=null", keys,
-                               "--port", str(port), "--num-cpus", "4"], cwd=work, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            larimar,
+            "serve",
+            f"model={model}",
+            f"storage={work / 'store'}",
+            "scope_model=null",
+            keys,
+            "--port",
+            str(port),
+            "--num-cpus",
+            "4",
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 600
@@ -109,12 +184,19 @@ def test_train_eval_and_serve_from_the_wheel(installed):
         else:
             pytest.fail("larimar serve never became ready:\n" + (work / "serve.log").read_text()[-3000:])
         mid = requests.post(f"{url}/v1/memories", json={"name": "wheel"}, headers=headers, timeout=60).json()["id"]
-        wrote = requests.post(f"{url}/v1/memories/{mid}/facts", json={"facts": [{"prompt": "alice lives in",
-                                                                                  "target": "paris"}]},
-                              headers=headers, timeout=60)
+        wrote = requests.post(
+            f"{url}/v1/memories/{mid}/facts",
+            json={"facts": [{"prompt": "alice lives in", "target": "paris"}]},
+            headers=headers,
+            timeout=60,
+        )
         assert wrote.status_code == 200, wrote.text
-        gen = requests.post(f"{url}/v1/memories/{mid}/generate", json={"prompt": "alice lives in", "max_tokens": 3},
-                            headers=headers, timeout=60)
+        gen = requests.post(
+            f"{url}/v1/memories/{mid}/generate",
+            json={"prompt": "alice lives in", "max_tokens": 3},
+            headers=headers,
+            timeout=60,
+        )
         assert gen.status_code == 200 and gen.json()["used_memory"], gen.text
     finally:
         os.killpg(server.pid, signal.SIGINT)

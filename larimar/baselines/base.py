@@ -81,7 +81,7 @@ def subject_last_index(tok: PreTrainedTokenizerBase, prompt: str, subject: str) 
     at = prompt.rfind(subject) if subject else -1
     if at < 0:
         return n - 1
-    upto = len(tok(prompt[:at + len(subject)].rstrip(), add_special_tokens=False)["input_ids"])
+    upto = len(tok(prompt[: at + len(subject)].rstrip(), add_special_tokens=False)["input_ids"])
     return min(max(upto - 1, 0), n - 1)
 
 
@@ -114,8 +114,9 @@ class Editor(ABC):
         """Whether the edits reach each prompt: a weight edit reaches every prompt."""
         return [True] * len(prompts)
 
-    def score_with_scope(self, prompts: Sequence[str], continuations: Sequence[str],
-                         batch_size: int = 16) -> list[tuple[float, bool]]:
+    def score_with_scope(
+        self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16
+    ) -> list[tuple[float, bool]]:
         """(mean NLL, in scope) per pair; an editor whose reach depends on the prompt overrides it
         to decide both from one read."""
         return list(zip(self.score(prompts, continuations, batch_size), self.in_scope(prompts)))
@@ -160,8 +161,8 @@ class LMEditor(Editor):
         ids = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), T), dtype=torch.long)
         for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
+            ids[i, : len(s)] = torch.tensor(s)
+            mask[i, : len(s)] = 1
         return Encoded(ids.to(self.device), mask.to(self.device), spans, torch.tensor(last, device=self.device))
 
     def _logits(self, enc: Encoded) -> torch.Tensor:
@@ -172,8 +173,8 @@ class LMEditor(Editor):
         """Teacher-forced log-probabilities and argmax of each answer after its prompt."""
         out = []
         for s in range(0, len(prompts), batch_size):
-            p = [self.prompt_text(x) for x in prompts[s:s + batch_size]]
-            a = list(answers[s:s + batch_size])
+            p = [self.prompt_text(x) for x in prompts[s : s + batch_size]]
+            a = list(answers[s : s + batch_size])
             enc = self.encode(p, a)
             logits = self._logits(enc).float()
             for i, (start, c_ids) in enumerate(enc.spans):
@@ -182,7 +183,9 @@ class LMEditor(Editor):
                 pos = torch.arange(start - 1, start - 1 + len(c_ids), device=logits.device)
                 row = F.log_softmax(logits[i, pos], -1)
                 tgt = torch.tensor(c_ids, device=logits.device)
-                out.append(Forced(list(c_ids), row.argmax(-1).tolist(), row[torch.arange(len(c_ids)), tgt].tolist(), True))
+                out.append(
+                    Forced(list(c_ids), row.argmax(-1).tolist(), row[torch.arange(len(c_ids)), tgt].tolist(), True)
+                )
         return out
 
     # -- helpers for weight editors -------------------------------------------------------------

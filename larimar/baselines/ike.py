@@ -110,7 +110,7 @@ class IKEEditor(LMEditor):
             order = [int(i) for i in sims.argsort(descending=True)]
             # never the edited fact itself, nor another record about the same subject
             picks = [i for i in order if self.pool[i].fact != fact and self.pool[i].subject != request.subject]
-            for rank, i in enumerate(picks[:self.cfg.demos]):
+            for rank, i in enumerate(picks[: self.cfg.demos]):
                 d = self.pool[i]
                 lines.append(f"New Fact: {d.fact}\nPrompt: {d.kinds[rank % 3]}\n\n")
         self.facts.append(request)
@@ -125,7 +125,7 @@ class IKEEditor(LMEditor):
             chosen = [0]
         else:
             sims = torch.stack(self.fact_vecs) @ self._embed([prompt])[0]
-            chosen = [int(i) for i in sims.argsort(descending=True)[:self.cfg.facts_in_context]]
+            chosen = [int(i) for i in sims.argsort(descending=True)[: self.cfg.facts_in_context]]
         demos = self.contexts[chosen[0]]
         facts = "".join(f"New Fact: {self.facts[i].prompt} {self.facts[i].target_new}\n" for i in reversed(chosen))
         return f"{demos}{facts}Prompt: {prompt}"

@@ -38,7 +38,9 @@ class _Stop(Exception):
     """Raised by the hook once the layer's keys are captured: the rest of the forward is wasted work."""
 
 
-def wikitext_windows(tok: PreTrainedTokenizerBase, source: str, max_tokens: int, seq_len: int, bos_id: int) -> torch.Tensor:
+def wikitext_windows(
+    tok: PreTrainedTokenizerBase, source: str, max_tokens: int, seq_len: int, bos_id: int
+) -> torch.Tensor:
     """(n, seq_len) windows of ``<bos>`` + running text, headings dropped, up to max_tokens tokens in all."""
     path = resolve_source(source)
     if not isinstance(path, Path) or not path.is_file():
@@ -57,7 +59,7 @@ def wikitext_windows(tok: PreTrainedTokenizerBase, source: str, max_tokens: int,
     n = min(len(ids) // body, -(-max_tokens // body))
     if n == 0:
         raise ValueError(f"ROME stats: {path} holds fewer than {body} tokens")
-    rows = torch.tensor(ids[:n * body]).view(n, body)
+    rows = torch.tensor(ids[: n * body]).view(n, body)
     return torch.cat([torch.full((n, 1), bos_id), rows], 1)
 
 
@@ -74,8 +76,17 @@ def _model_key(lm: PreTrainedModel, layer: int) -> str:
 
 
 @torch.no_grad()
-def second_moment(lm: PreTrainedModel, tok: PreTrainedTokenizerBase, layer: int, source: str, max_tokens: int,
-                  bos_id: int, seq_len: int = 128, batch_size: int = 8, cache: bool = True) -> LayerStats:
+def second_moment(
+    lm: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    layer: int,
+    source: str,
+    max_tokens: int,
+    bos_id: int,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    cache: bool = True,
+) -> LayerStats:
     module, transposed = mlp_out(lm, layer)
     d = module.weight.shape[0] if transposed else module.weight.shape[1]
     key = f"{_model_key(lm, layer)}-L{layer}-{Path(str(resolve_source(source))).name}-{max_tokens}-{seq_len}"
@@ -100,7 +111,7 @@ def second_moment(lm: PreTrainedModel, tok: PreTrainedTokenizerBase, layer: int,
     try:
         for s in range(0, len(windows), batch_size):
             try:
-                lm(input_ids=windows[s:s + batch_size].to(device))
+                lm(input_ids=windows[s : s + batch_size].to(device))
             except _Stop:
                 pass
     finally:

@@ -92,8 +92,16 @@ class ROMEEditor(LMEditor):
         if self.inv_moment is None:
             t0 = time.perf_counter()
             c = self.cfg
-            self.stats = second_moment(self.lm, self.tok, self.layer, c.stats_source, c.stats_tokens, self.bos_id,
-                                       c.stats_seq_len, cache=c.stats_cache)
+            self.stats = second_moment(
+                self.lm,
+                self.tok,
+                self.layer,
+                c.stats_source,
+                c.stats_tokens,
+                self.bos_id,
+                c.stats_seq_len,
+                cache=c.stats_cache,
+            )
             self.inv_moment = torch.linalg.inv(self.stats.moment).float().to(self.device)
             costs["layer_stats"] = self.stats.seconds if not self.stats.cached else 0.0
             costs["layer_stats_load_and_invert"] = time.perf_counter() - t0 - costs["layer_stats"]
@@ -109,12 +117,19 @@ class ROMEEditor(LMEditor):
         for length, count in self.cfg.context_templates:
             per = max(1, count // len(TEMPLATE_PREFIXES))
             for prefix in TEMPLATE_PREFIXES:
-                ids = torch.tensor([[self.bos_id, *self.tok(prefix, add_special_tokens=False)["input_ids"]]],
-                                   device=self.device)
+                ids = torch.tensor(
+                    [[self.bos_id, *self.tok(prefix, add_special_tokens=False)["input_ids"]]], device=self.device
+                )
                 for _ in range(per):
-                    new = self.lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                           top_k=5, max_new_tokens=length, min_new_tokens=length,
-                                           pad_token_id=self.pad_id)[0, ids.shape[1]:]
+                    new = self.lm.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        do_sample=True,
+                        top_k=5,
+                        max_new_tokens=length,
+                        min_new_tokens=length,
+                        pad_token_id=self.pad_id,
+                    )[0, ids.shape[1] :]
                     text = (prefix + self.tok.decode(new, skip_special_tokens=True)).replace("{", "").replace("}", "")
                     out.append(" ".join(text.split()) + ". {}")
         return out
@@ -182,7 +197,9 @@ class ROMEEditor(LMEditor):
         read_rows_t, read_pos_t = torch.tensor(read_rows), torch.tensor(read_pos)
         targets = torch.tensor([t for _, c_ids in enc.spans[:n_rw] for t in c_ids], device=self.device)
         row_of = torch.tensor(read_rows[:-1], device=self.device)
-        tokens_per_row = torch.tensor([len(c_ids) for _, c_ids in enc.spans[:n_rw]], device=self.device, dtype=torch.float)
+        tokens_per_row = torch.tensor(
+            [len(c_ids) for _, c_ids in enc.spans[:n_rw]], device=self.device, dtype=torch.float
+        )
 
         d_out = self.module.weight.shape[1] if self.transposed else self.module.weight.shape[0]
         delta = torch.zeros(d_out, device=self.device, requires_grad=True)
@@ -200,7 +217,9 @@ class ROMEEditor(LMEditor):
         try:
             for it in range(c.v_steps):
                 opt.zero_grad()
-                hidden = self.lm.base_model(input_ids=enc.input_ids, attention_mask=enc.attention_mask).last_hidden_state
+                hidden = self.lm.base_model(
+                    input_ids=enc.input_ids, attention_mask=enc.attention_mask
+                ).last_hidden_state
                 logp = F.log_softmax(head(hidden[read_rows_t, read_pos_t]).float(), -1)
                 kl_logp = logp[-1:]
                 if kl_init is None:

@@ -18,12 +18,18 @@ from __future__ import annotations
 
 import argparse
 
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default="demo", help="--train's settings: a DemoConfig YAML or recipe name")
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--model", help="saved model directory or bundled name (default: the shipped "
-                                         "larimar.model.DEFAULT_MODEL, larimar-smol-v2)")
+    parser.add_argument(
+        "--model",
+        help="saved model directory or bundled name (default: the shipped "
+        "larimar.model.DEFAULT_MODEL, larimar-smol-v2)",
+    )
     parser.add_argument("--train", action="store_true", help="train the small synthetic-facts model first and use it")
     parser.add_argument("--serve", action="store_true", help="also run the edits over HTTP against Ray Serve")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=100 model.memory.slots=64")

@@ -15,7 +15,6 @@ from larimar.config import ConfigError, load
 from larimar.model import DEFAULT_MODEL, LarimarConfig
 
 
-
 @dataclass(frozen=True)
 class WorldFact:
     prompt: str
@@ -30,12 +29,14 @@ class WorldFact:
 
 # Counterfactual edits (none is what SmolLM2 believes). Their subjects are kept out of every
 # training text of larimar-smol-v2 (its config's data.exclude_subjects).
-WORLD_FACTS = [WorldFact("The Eiffel Tower is located in the city of", "Rome", "Paris", "Eiffel Tower"),
-               WorldFact("The mother tongue of Angela Merkel is", "Finnish", "German", "Angela Merkel"),
-               WorldFact("The Nile flows into the", "Baltic Sea", "Mediterranean Sea", "Nile"),
-               WorldFact("The inventor of the telephone was", "Nikola Tesla", "Alexander Graham Bell", "telephone"),
-               WorldFact("The currency of Japan is the", "peso", "yen", "Japan"),
-               WorldFact("Mount Kilimanjaro is located in", "Chile", "Tanzania", "Kilimanjaro")]
+WORLD_FACTS = [
+    WorldFact("The Eiffel Tower is located in the city of", "Rome", "Paris", "Eiffel Tower"),
+    WorldFact("The mother tongue of Angela Merkel is", "Finnish", "German", "Angela Merkel"),
+    WorldFact("The Nile flows into the", "Baltic Sea", "Mediterranean Sea", "Nile"),
+    WorldFact("The inventor of the telephone was", "Nikola Tesla", "Alexander Graham Bell", "telephone"),
+    WorldFact("The currency of Japan is the", "peso", "yen", "Japan"),
+    WorldFact("Mount Kilimanjaro is located in", "Chile", "Tanzania", "Kilimanjaro"),
+]
 
 
 @dataclass
@@ -62,8 +63,10 @@ def train(cfg: DemoConfig, out: Path) -> tuple[Path, float, dict]:
         for i in range(sys.maxsize):
             yield episode_batch(model, [f.text for f in sample_facts(E * N, seed=cfg.seed * 100_003 + i)], E, N)
 
-    print(f"training {cfg.model.encoder} + {cfg.model.decoder} for {cfg.steps} steps "
-          f"({E} episodes x {N} facts per step)", flush=True)
+    print(
+        f"training {cfg.model.encoder} + {cfg.model.decoder} for {cfg.steps} steps ({E} episodes x {N} facts per step)",
+        flush=True,
+    )
     start = time.perf_counter()
 
     def progress(log):
@@ -71,8 +74,11 @@ def train(cfg: DemoConfig, out: Path) -> tuple[Path, float, dict]:
             elapsed = time.perf_counter() - start
             eta = elapsed / log.step * (cfg.steps - log.step)
             terms = " ".join(f"{k}={v:.3f}" for k, v in log.terms.items())
-            print(f"  step {log.step:4d}/{cfg.steps}  loss={log.loss:.3f}  {terms}  "
-                  f"elapsed {elapsed:.0f}s, ~{eta:.0f}s left", flush=True)
+            print(
+                f"  step {log.step:4d}/{cfg.steps}  loss={log.loss:.3f}  {terms}  "
+                f"elapsed {elapsed:.0f}s, ~{eta:.0f}s left",
+                flush=True,
+            )
 
     logs = train_plain(model, batches(), cfg.steps, lr=cfg.lr, warmup=cfg.warmup, on_step=progress)
     train_seconds = time.perf_counter() - start
@@ -95,29 +101,50 @@ def serve_demo(model_dir: Path, facts, out: Path, synthetic: bool = True) -> dic
     print("\nstarting the Serve application on a local Ray (encoder, decoder, memory actor, ingress)...", flush=True)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # replicas' request logs stay in Ray's log files
     try:
-        serve.run(build({"model": str(model_dir), "storage": str(out / "serve-store"),
-                         "api_keys": [{"tenant": "demo", "sha256": hash_key("demo-key")}]}),
-                  name="larimar", route_prefix="/")
+        serve.run(
+            build(
+                {
+                    "model": str(model_dir),
+                    "storage": str(out / "serve-store"),
+                    "api_keys": [{"tenant": "demo", "sha256": hash_key("demo-key")}],
+                }
+            ),
+            name="larimar",
+            route_prefix="/",
+        )
         mid = requests.post(f"{url}/v1/memories", json={"name": "demo"}, headers=headers).json()["id"]
         print(f"POST /v1/memories -> {mid}")
         t0 = time.perf_counter()
-        r = requests.post(f"{url}/v1/memories/{mid}/facts", headers=headers,
-                          json={"facts": [{"prompt": f.prompt, "target": f.obj,
-                                           **({} if synthetic else {"subject": f.subject})} for f in facts]}).json()
-        print(f"POST /v1/memories/{mid}/facts ({len(facts)} facts) -> ids {r['ids']}, version {r['version']} "
-              f"in {(time.perf_counter() - t0) * 1000:.0f} ms")
+        r = requests.post(
+            f"{url}/v1/memories/{mid}/facts",
+            headers=headers,
+            json={
+                "facts": [
+                    {"prompt": f.prompt, "target": f.obj, **({} if synthetic else {"subject": f.subject})}
+                    for f in facts
+                ]
+            },
+        ).json()
+        print(
+            f"POST /v1/memories/{mid}/facts ({len(facts)} facts) -> ids {r['ids']}, version {r['version']} "
+            f"in {(time.perf_counter() - t0) * 1000:.0f} ms"
+        )
 
         def ask() -> list[bool]:
             recalled = []
             for f in facts:
-                g = requests.post(f"{url}/v1/memories/{mid}/generate", headers=headers,
-                                  json={"prompt": f.prompt, "max_tokens": 6}).json()
+                g = requests.post(
+                    f"{url}/v1/memories/{mid}/generate", headers=headers, json={"prompt": f.prompt, "max_tokens": 6}
+                ).json()
                 line = f"  {f.prompt} -> {g['text']!r}  (memory used: {g['used_memory']}, version {g['version']})"
                 if synthetic:
                     recalled.append(g["text"].startswith(f.obj))
                 else:  # the new object against the old one, as in CounterFact
-                    sc = requests.post(f"{url}/v1/memories/{mid}/score", headers=headers,
-                                       json={"prompt": f.prompt, "candidates": [f.obj, f.old]}).json()
+                    sc = requests.post(
+                        f"{url}/v1/memories/{mid}/score",
+                        headers=headers,
+                        json={"prompt": f.prompt, "candidates": [f.obj, f.old]},
+                    ).json()
                     recalled.append(sc["mean_nll"][0] < sc["mean_nll"][1])
                     line += f"  NLL {f.obj} {sc['mean_nll'][0]:.2f} vs {f.old} {sc['mean_nll'][1]:.2f}"
                 print(line)
@@ -131,8 +158,11 @@ def serve_demo(model_dir: Path, facts, out: Path, synthetic: bool = True) -> dic
     finally:
         serve.shutdown()
         ray.shutdown()
-    return {"recalled_before": sum(before) / len(facts), "forgotten_recalled_after": after[0],
-            "retained_recall_after": sum(after[1:]) / max(1, len(facts) - 1)}
+    return {
+        "recalled_before": sum(before) / len(facts),
+        "forgotten_recalled_after": after[0],
+        "retained_recall_after": sum(after[1:]) / max(1, len(facts) - 1),
+    }
 
 
 def run(args) -> dict:
@@ -162,11 +192,14 @@ def run(args) -> dict:
     editor = LarimarEditor(model)
     memory = editor.create_memory()
     synthetic = model.cfg.decoder.startswith("tiny-")  # the --train model only knows the synthetic domain
-    facts = distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345) if synthetic else WORLD_FACTS[:cfg.facts_to_write]
+    facts = (
+        distinct_facts(cfg.facts_to_write, seed=cfg.seed + 12345) if synthetic else WORLD_FACTS[: cfg.facts_to_write]
+    )
     print(f"model {model_dir} ({model.cfg.encoder} + {model.cfg.decoder})")
     t0 = time.perf_counter()
-    ids = memory.edit([f.prompt for f in facts], [f.obj for f in facts],
-                      subject=None if synthetic else [f.subject for f in facts])
+    ids = memory.edit(
+        [f.prompt for f in facts], [f.obj for f in facts], subject=None if synthetic else [f.subject for f in facts]
+    )
     write_ms = (time.perf_counter() - t0) * 1000
     print(f"wrote {len(ids)} facts into a fresh memory in {write_ms:.1f} ms (no gradient step):")
     for f in facts:
@@ -174,8 +207,17 @@ def run(args) -> dict:
 
     def ask(fact_list):
         gens = memory.generate([f.prompt for f in fact_list], max_new_tokens=6)
-        out = [{"prompt": f.prompt, "expected": f.obj, "answer": g.text, "recalled": g.text.startswith(f.obj),
-                "generated": begins_with(g.text, f.obj), "in_scope": g.in_scope} for f, g in zip(fact_list, gens)]
+        out = [
+            {
+                "prompt": f.prompt,
+                "expected": f.obj,
+                "answer": g.text,
+                "recalled": g.text.startswith(f.obj),
+                "generated": begins_with(g.text, f.obj),
+                "in_scope": g.in_scope,
+            }
+            for f, g in zip(fact_list, gens)
+        ]
         if not synthetic:  # a 135M decoder rarely *generates* a counterfactual object; score it as CounterFact does
             prompts = [f.prompt for f in fact_list]
             new = memory.score(prompts, [f.obj for f in fact_list])
@@ -188,12 +230,17 @@ def run(args) -> dict:
         if synthetic:
             print(f"  {r['prompt']} -> {r['answer']!r}  [{status}]")
         else:
-            print(f"  {r['prompt']} -> {r['answer']!r}  NLL {r['expected']} {r['nll_new']:.2f} vs {r['old']} "
-                  f"{r['nll_old']:.2f}  [{status}{', generated' if r['generated'] else ''}]")
+            print(
+                f"  {r['prompt']} -> {r['answer']!r}  NLL {r['expected']} {r['nll_new']:.2f} vs {r['old']} "
+                f"{r['nll_old']:.2f}  [{status}{', generated' if r['generated'] else ''}]"
+            )
 
     recalled = ask(facts)
-    print("\nasking about them" + ("" if synthetic else " (generation, and the new object's NLL against the old one's)")
-          + ":")
+    print(
+        "\nasking about them"
+        + ("" if synthetic else " (generation, and the new object's NLL against the old one's)")
+        + ":"
+    )
     for r in recalled:
         show(r, "recalled" if r["recalled"] else "MISSED")
 
@@ -202,22 +249,31 @@ def run(args) -> dict:
     after = ask(facts)
     print(f"\nforgot fact {ids[0]} ({gone.text!r}); asking again:")
     for r in after:
-        status = "forgotten" if r["prompt"] == gone.prompt and not r["recalled"] else ("recalled" if r["recalled"] else "MISSED")
+        status = (
+            "forgotten"
+            if r["prompt"] == gone.prompt and not r["recalled"]
+            else ("recalled" if r["recalled"] else "MISSED")
+        )
         show(r, status)
 
     summary = {
-        "model": str(model_dir), "train_seconds": train_seconds, "steps": cfg.steps if args.train else 0,
+        "model": str(model_dir),
+        "train_seconds": train_seconds,
+        "steps": cfg.steps if args.train else 0,
         "final_terms": final_terms,
-        "write_ms": write_ms, "recall_before": sum(r["recalled"] for r in recalled) / len(recalled),
+        "write_ms": write_ms,
+        "recall_before": sum(r["recalled"] for r in recalled) / len(recalled),
         "generated_before": sum(r["generated"] for r in recalled) / len(recalled),
         "forgotten_recalled_after": after[0]["recalled"],
         "retained_recall_after": sum(r["recalled"] for r in after[1:]) / max(1, len(after) - 1),
-        "before": recalled, "after": after,
+        "before": recalled,
+        "after": after,
     }
     if args.serve:
         summary["http"] = serve_demo(model_dir, facts, out, synthetic)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"\nrecall {summary['recall_before']:.0%} before forgetting; forgotten fact recalled after: "
-          f"{summary['forgotten_recalled_after']}; others recalled after: {summary['retained_recall_after']:.0%}")
+    print(
+        f"\nrecall {summary['recall_before']:.0%} before forgetting; forgotten fact recalled after: "
+        f"{summary['forgotten_recalled_after']}; others recalled after: {summary['retained_recall_after']:.0%}"
+    )
     return summary
-

@@ -55,8 +55,12 @@ def _optional(text: str) -> str | None:
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """One flag per EvalConfig field, typed from its annotation; defaults stay EvalConfig's."""
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                argument_default=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     hints = typing.get_type_hints(EvalConfig)
     for f in dataclasses.fields(EvalConfig):
@@ -76,8 +80,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         else:
             args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
             conv = {int: int, float: float}.get(args[0], _optional if type(None) in typing.get_args(tp) else str)
-            p.add_argument(flag, dest=f.name, type=conv, required=f.default is dataclasses.MISSING and
-                           f.default_factory is dataclasses.MISSING, help=text + default)
+            p.add_argument(
+                flag,
+                dest=f.name,
+                type=conv,
+                required=f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                help=text + default,
+            )
     p.add_argument("overrides", nargs="*", default=[], help="key=value settings of the same fields, e.g. eval_cap=64")
     return p
 

@@ -44,9 +44,13 @@ def main(argv: list[str] | None = None, prog: str | None = None):
         print(f"config error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     if not settings.api_keys:
-        print("[larimar] warning: no api_keys configured, so every request will be refused with 401; add "
-              "api_keys=[{tenant: NAME, sha256: HASH}] (python -m larimar.serving.auth <key> prints HASH) or a "
-              "--config file that lists them", file=sys.stderr, flush=True)
+        print(
+            "[larimar] warning: no api_keys configured, so every request will be refused with 401; add "
+            "api_keys=[{tenant: NAME, sha256: HASH}] (python -m larimar.serving.auth <key> prints HASH) or a "
+            "--config file that lists them",
+            file=sys.stderr,
+            flush=True,
+        )
     import ray
     from ray import serve
 
@@ -55,8 +59,11 @@ def main(argv: list[str] | None = None, prog: str | None = None):
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False)
     serve.start(http_options={"host": args.host, "port": args.port})
-    print(f"[larimar] serving {settings.model} on http://{args.host}:{args.port} (storage {settings.storage}); "
-          "Ctrl-C stops it", flush=True)
+    print(
+        f"[larimar] serving {settings.model} on http://{args.host}:{args.port} (storage {settings.storage}); "
+        "Ctrl-C stops it",
+        flush=True,
+    )
     try:
         serve.run(build(settings.model_dump(mode="json")), name=args.name, route_prefix="/", blocking=True)
     except KeyboardInterrupt:

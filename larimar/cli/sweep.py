@@ -29,11 +29,19 @@ from larimar.config import ConfigError
 
 
 def main(argv: list[str] | None = None, prog: str | None = None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="a bundled sweep (sweep-tiny, ...) or a sweep YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep config")
-    parser.add_argument("-t", "--train", action="append", default=[], metavar="KEY=VALUE",
-                        help="override of the base training config, for every trial (repeatable)")
+    parser.add_argument(
+        "-t",
+        "--train",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override of the base training config, for every trial (repeatable)",
+    )
     parser.add_argument("--fresh", action="store_true", help="do not restore an existing experiment of this name")
     args = parser.parse_args(argv)
     from larimar.train.sweep_config import load_sweep_config
@@ -47,13 +55,15 @@ def main(argv: list[str] | None = None, prog: str | None = None):
         print(f"config error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("finished", "stopped early", "error", "not run")}
-    print(f"[larimar] sweep {summary.experiment_path} {'(restored) ' if summary.restored else ''}done in "
-          f"{summary.seconds:.0f}s: {len(summary.rows)} trials ({counts['finished']} finished, "
-          f"{counts['stopped early']} stopped early, {counts['error']} errored, {counts['not run']} not run), "
-          f"{summary.concurrency} at a time", flush=True)
+    print(
+        f"[larimar] sweep {summary.experiment_path} {'(restored) ' if summary.restored else ''}done in "
+        f"{summary.seconds:.0f}s: {len(summary.rows)} trials ({counts['finished']} finished, "
+        f"{counts['stopped early']} stopped early, {counts['error']} errored, {counts['not run']} not run), "
+        f"{summary.concurrency} at a time",
+        flush=True,
+    )
     print(f"[larimar] best: {json.dumps(summary.best)}", flush=True)
     print(f"[larimar] report: {summary.report_dir}/trials.md, trials.csv, best.json and plots", flush=True)
     if summary.best is None:
         raise SystemExit(1)  # no trial produced the metric
     return summary
-

@@ -30,7 +30,9 @@ from larimar.config import ConfigError
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="a bundled recipe (tiny, larimar-smol-v2, ...) or a YAML file")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.steps=20 run.name=try2")
     args = parser.parse_args(argv)
@@ -44,14 +46,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    print(f"[larimar] {len(chunks)} chunks of <= {cfg.chunk_tokens} tokens from {cfg.data.source}; "
-          f"{cfg.scaling.num_workers} workers x {cfg.optim.micro_batch_episodes} episodes x "
-          f"{cfg.data.episode_size} chunks x {cfg.optim.grad_accumulation} accumulation, {cfg.optim.steps} steps; "
-          f"run {run_dir(cfg)}", flush=True)
+    print(
+        f"[larimar] {len(chunks)} chunks of <= {cfg.chunk_tokens} tokens from {cfg.data.source}; "
+        f"{cfg.scaling.num_workers} workers x {cfg.optim.micro_batch_episodes} episodes x "
+        f"{cfg.data.episode_size} chunks x {cfg.optim.grad_accumulation} accumulation, {cfg.optim.steps} steps; "
+        f"run {run_dir(cfg)}",
+        flush=True,
+    )
     summary = fit(cfg, chunks)
     m = summary["metrics"]
-    print(f"[larimar] done in {summary['seconds']:.0f}s: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
-          f"{m.get('steady_tokens_per_second', 0):,.0f} tokens/s; checkpoint {summary['checkpoint']}", flush=True)
+    print(
+        f"[larimar] done in {summary['seconds']:.0f}s: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
+        f"{m.get('steady_tokens_per_second', 0):,.0f} tokens/s; checkpoint {summary['checkpoint']}",
+        flush=True,
+    )
     print(f"[larimar] trained model: {summary['model']}  (LarimarModel.from_pretrained)", flush=True)
     return summary
-

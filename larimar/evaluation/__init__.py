@@ -28,8 +28,12 @@ import importlib
 
 # Loaded on first use: a submodule (larimar.evaluation.forcing, say) must not drag in the runner
 # and, through it, every experiment and baseline.
-_EXPORTS = {"EvalConfig": "larimar.evaluation.config", "EvalContext": "larimar.evaluation.context",
-            "EXPERIMENTS": "larimar.evaluation.config", "run": "larimar.evaluation.runner"}
+_EXPORTS = {
+    "EvalConfig": "larimar.evaluation.config",
+    "EvalContext": "larimar.evaluation.context",
+    "EXPERIMENTS": "larimar.evaluation.config",
+    "run": "larimar.evaluation.runner",
+}
 __all__ = sorted(_EXPORTS)
 
 

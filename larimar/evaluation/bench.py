@@ -59,7 +59,9 @@ class BenchConfig:
             raise ConfigError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
         for m, opts in self.options.items():
             if m not in self.methods or m == "larimar":
-                raise ConfigError(f"--opt {m}: not a baseline being run ({[x for x in self.methods if x != 'larimar']})")
+                raise ConfigError(
+                    f"--opt {m}: not a baseline being run ({[x for x in self.methods if x != 'larimar']})"
+                )
             editor_config(m, opts)
         if self.cases < 1 or self.stream < 1 or self.checkpoints < 1:
             raise ConfigError("--cases, --stream and --checkpoints must be >= 1")
@@ -70,14 +72,22 @@ def _rss_mib() -> float:
 
 
 def _times(seconds: list[float]) -> dict:
-    return {"median_s": metrics.percentile(seconds, 50), "p90_s": metrics.percentile(seconds, 90),
-            "mean_s": metrics.mean(seconds), "n": len(seconds)}
+    return {
+        "median_s": metrics.percentile(seconds, 50),
+        "p90_s": metrics.percentile(seconds, 90),
+        "mean_s": metrics.mean(seconds),
+        "n": len(seconds),
+    }
 
 
 def _seq_summary(records: list[dict]) -> dict:
     last = records[-1]
-    return {"edits": last["edits"], "retention": last["retention"], "rephrase": last["rephrase"],
-            "curve": [{k: r[k] for k in ("edits", "retention", "rephrase")} for r in records]}
+    return {
+        "edits": last["edits"],
+        "retention": last["retention"],
+        "rephrase": last["rephrase"],
+        "curve": [{k: r[k] for k in ("edits", "retention", "rephrase")} for r in records],
+    }
 
 
 def run_larimar(cfg: BenchConfig) -> dict:
@@ -89,9 +99,17 @@ def run_larimar(cfg: BenchConfig) -> dict:
     from larimar.benchmarks import load_counterfact
 
     t0 = time.perf_counter()
-    ecfg = EvalConfig("counterfact", cfg.larimar_model, cfg.counterfact, limit=cfg.cases, seed=cfg.seed,
-                      batch_size=cfg.batch_size, scope_model=cfg.scope_model, scope_threshold=cfg.scope_threshold,
-                      progress=False)
+    ecfg = EvalConfig(
+        "counterfact",
+        cfg.larimar_model,
+        cfg.counterfact,
+        limit=cfg.cases,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        scope_model=cfg.scope_model,
+        scope_threshold=cfg.scope_threshold,
+        progress=False,
+    )
     ctx = EvalContext(ecfg, needs_scope=cfg.scope_model is not None)
     load_s, rss_loaded = time.perf_counter() - t0, _rss_mib()
     cases = load_counterfact(cfg.counterfact, cfg.cases)
@@ -105,8 +123,17 @@ def run_larimar(cfg: BenchConfig) -> dict:
             t = time.perf_counter()
             mem.edit([case.prompt], [case.target_new])
             edit_s.append(time.perf_counter() - t)
-    scfg = EvalConfig("sequential", cfg.larimar_model, cfg.zsre, limit=cfg.stream, seed=cfg.seed,
-                      batch_size=cfg.batch_size, scope_model=None, checkpoints=cfg.checkpoints, progress=False)
+    scfg = EvalConfig(
+        "sequential",
+        cfg.larimar_model,
+        cfg.zsre,
+        limit=cfg.stream,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        scope_model=None,
+        checkpoints=cfg.checkpoints,
+        progress=False,
+    )
     sctx = EvalContext(scfg, model=ctx.model, needs_scope=False)
     seq = sequential.evaluate(sctx, [{"run": 0}], lambda k: None)
     mem = sctx.memory(capacity=len(sctx.facts), scope=False)
@@ -116,10 +143,18 @@ def run_larimar(cfg: BenchConfig) -> dict:
         mem.edit([f.prompt], [f.target])
         seq_s.append(time.perf_counter() - t)
     main = "scope" if "scope" in conds else "no_scope"
-    return {"method": "larimar", "decoder": ctx.model.cfg.decoder, "counterfact": summaries[main],
-            "counterfact_conditions": summaries, "condition": main, "edit": _times(edit_s),
-            "sequential": _seq_summary(seq), "sequential_edit": _times(seq_s),
-            "one_time_s": {"load_model_and_scope_embedder": load_s}, "rss_loaded_mib": rss_loaded}
+    return {
+        "method": "larimar",
+        "decoder": ctx.model.cfg.decoder,
+        "counterfact": summaries[main],
+        "counterfact_conditions": summaries,
+        "condition": main,
+        "edit": _times(edit_s),
+        "sequential": _seq_summary(seq),
+        "sequential_edit": _times(seq_s),
+        "one_time_s": {"load_model_and_scope_embedder": load_s},
+        "rss_loaded_mib": rss_loaded,
+    }
 
 
 def run_baseline(method: str, cfg: BenchConfig) -> dict:
@@ -143,11 +178,20 @@ def run_baseline(method: str, cfg: BenchConfig) -> dict:
     records = counterfact.evaluate_editor(editor, cases, batch_size=cfg.batch_size)
     facts = load_facts(cfg.zsre, cfg.stream, cfg.seed)
     seq, seq_s = sequential.evaluate_editor(editor, facts, cfg.checkpoints, 256, cfg.seed, batch_size=cfg.batch_size)
-    return {"method": method, "decoder": decoder, "counterfact": counterfact.condition_summary(records, "edited"),
-            "unedited": counterfact.condition_summary(records, "unedited"), "condition": "edited",
-            "edit": _times([r["edit_s"] for r in records]), "sequential": _seq_summary(seq),
-            "sequential_edit": _times(seq_s), "one_time_s": one_time, "rss_loaded_mib": rss_loaded,
-            "settings": asdict(editor.cfg), "layer": getattr(editor, "layer", None)}
+    return {
+        "method": method,
+        "decoder": decoder,
+        "counterfact": counterfact.condition_summary(records, "edited"),
+        "unedited": counterfact.condition_summary(records, "unedited"),
+        "condition": "edited",
+        "edit": _times([r["edit_s"] for r in records]),
+        "sequential": _seq_summary(seq),
+        "sequential_edit": _times(seq_s),
+        "one_time_s": one_time,
+        "rss_loaded_mib": rss_loaded,
+        "settings": asdict(editor.cfg),
+        "layer": getattr(editor, "layer", None),
+    }
 
 
 def run_method(method: str, cfg_dict: dict) -> dict:
@@ -163,8 +207,12 @@ def run_method(method: str, cfg_dict: dict) -> dict:
     rss_start = _rss_mib()
     t0 = time.perf_counter()
     out = run_larimar(cfg) if method == "larimar" else run_baseline(method, cfg)
-    out.update(wall_s=time.perf_counter() - t0, rss_start_mib=rss_start, rss_peak_mib=_rss_mib(),
-               torch_threads=torch.get_num_threads())
+    out.update(
+        wall_s=time.perf_counter() - t0,
+        rss_start_mib=rss_start,
+        rss_peak_mib=_rss_mib(),
+        torch_threads=torch.get_num_threads(),
+    )
     out["rss_over_model_mib"] = out["rss_peak_mib"] - out["rss_loaded_mib"]
     return out
 
@@ -175,16 +223,33 @@ def run(cfg: BenchConfig, log=print) -> tuple[list[dict], dict[str, Path]]:
         log(f"[bench_edit] {method}: {cfg.cases} CounterFact cases, {cfg.stream}-edit zsRE stream ...")
         with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
             res = pool.submit(run_method, method, asdict(cfg)).result()
-        log(f"[bench_edit] {method}: edit median {res['edit']['median_s'] * 1000:.1f} ms, "
-            f"Score {fmt(res['counterfact']['Score'])}, wall {res['wall_s']:.0f} s")
+        log(
+            f"[bench_edit] {method}: edit median {res['edit']['median_s'] * 1000:.1f} ms, "
+            f"Score {fmt(res['counterfact']['Score'])}, wall {res['wall_s']:.0f} s"
+        )
         results.append(res)
     return results, write(results, cfg)
 
 
 # -- report ---------------------------------------------------------------------------------------
 
-COLUMNS = ["method", "decoder", "ES", "PS", "NS", "Score", "seq retention", "seq rephrase", "edit median s",
-           "edit p90 s", "seq edit median s", "one-time s", "peak RSS MiB", "RSS over model MiB", "ROME / method"]
+COLUMNS = [
+    "method",
+    "decoder",
+    "ES",
+    "PS",
+    "NS",
+    "Score",
+    "seq retention",
+    "seq rephrase",
+    "edit median s",
+    "edit p90 s",
+    "seq edit median s",
+    "one-time s",
+    "peak RSS MiB",
+    "RSS over model MiB",
+    "ROME / method",
+]
 
 
 def rows(results: list[dict]) -> list[list]:
@@ -193,15 +258,48 @@ def rows(results: list[dict]) -> list[list]:
     base = next((r for r in results if "unedited" in r), None)
     if base is not None:
         u = base["unedited"]
-        out.append(["unedited", base["decoder"], u["ES"], u["PS"], u["NS"], u["Score"], None, None, None, None,
-                    None, None, None, None, None])
+        out.append(
+            [
+                "unedited",
+                base["decoder"],
+                u["ES"],
+                u["PS"],
+                u["NS"],
+                u["Score"],
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ]
+        )
     for r in results:
         cf, name = r["counterfact"], r["method"] + (f" ({r['condition']})" if r["method"] == "larimar" else "")
         speedup = rome["edit"]["median_s"] / r["edit"]["median_s"] if rome and r["edit"]["median_s"] else None
         one_time = sum(v for k, v in r["one_time_s"].items() if not k.startswith("load"))
-        out.append([name, r["decoder"], cf["ES"], cf["PS"], cf["NS"], cf["Score"], r["sequential"]["retention"],
-                    r["sequential"]["rephrase"], r["edit"]["median_s"], r["edit"]["p90_s"],
-                    r["sequential_edit"]["median_s"], one_time, r["rss_peak_mib"], r["rss_over_model_mib"], speedup])
+        out.append(
+            [
+                name,
+                r["decoder"],
+                cf["ES"],
+                cf["PS"],
+                cf["NS"],
+                cf["Score"],
+                r["sequential"]["retention"],
+                r["sequential"]["rephrase"],
+                r["edit"]["median_s"],
+                r["edit"]["p90_s"],
+                r["sequential_edit"]["median_s"],
+                one_time,
+                r["rss_peak_mib"],
+                r["rss_over_model_mib"],
+                speedup,
+            ]
+        )
     return out
 
 
@@ -214,13 +312,18 @@ def target_check(results: list[dict]) -> list[str]:
     speed = rome["edit"]["median_s"] / lar["edit"]["median_s"]
     gaps = {k: 100 * (lar["counterfact"][k] - rome["counterfact"][k]) for k in ("ES", "PS", "NS")}
     ok_acc = all(abs(v) <= 5 or v > 0 for v in gaps.values())
-    notes = [f"Larimar edit median {lar['edit']['median_s'] * 1000:.1f} ms vs ROME {rome['edit']['median_s']:.2f} s: "
-             f"{speed:.0f}x faster ({'meets' if speed >= 100 else 'misses'} the >= 100x target)",
-             "Larimar - ROME, points: " + ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
-             + f" ({'within 5 points or better' if ok_acc else 'NOT within 5 points'})"]
+    notes = [
+        f"Larimar edit median {lar['edit']['median_s'] * 1000:.1f} ms vs ROME {rome['edit']['median_s']:.2f} s: "
+        f"{speed:.0f}x faster ({'meets' if speed >= 100 else 'misses'} the >= 100x target)",
+        "Larimar - ROME, points: "
+        + ", ".join(f"{k} {v:+.1f}" for k, v in gaps.items())
+        + f" ({'within 5 points or better' if ok_acc else 'NOT within 5 points'})",
+    ]
     if lar["decoder"] != rome["decoder"]:
-        notes.append(f"Larimar's decoder ({lar['decoder']}) is not the baselines' ({rome['decoder']}): "
-                     "accuracies are not comparable, timings are")
+        notes.append(
+            f"Larimar's decoder ({lar['decoder']}) is not the baselines' ({rome['decoder']}): "
+            "accuracies are not comparable, timings are"
+        )
     return notes
 
 
@@ -236,11 +339,20 @@ def plot(results: list[dict], path: Path) -> None:
         ax.scatter([x], [r["counterfact"]["Score"] or 0.0], marker="o", s=50)
         ax.annotate(r["method"], (x, r["counterfact"]["Score"] or 0.0), textcoords="offset points", xytext=(5, 5))
         if r["sequential"]["retention"] is not None:
-            ax.scatter([r["sequential_edit"]["median_s"]], [r["sequential"]["retention"]], marker="^", s=40,
-                       facecolors="none", edgecolors="gray")
+            ax.scatter(
+                [r["sequential_edit"]["median_s"]],
+                [r["sequential"]["retention"]],
+                marker="^",
+                s=40,
+                facecolors="none",
+                edgecolors="gray",
+            )
     ax.set_xscale("log")
-    ax.set(xlabel="wall time per edit, median (s, log scale)", ylabel="accuracy",
-           title="Accuracy vs time per edit (o CounterFact Score, ^ zsRE stream retention)")
+    ax.set(
+        xlabel="wall time per edit, median (s, log scale)",
+        ylabel="accuracy",
+        title="Accuracy vs time per edit (o CounterFact Score, ^ zsRE stream retention)",
+    )
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()

@@ -37,7 +37,7 @@ def evaluate_point(ctx: EvalContext, slots: int, n: int) -> dict:
     facts = ctx.facts[:n]
     mem = ctx.memory(slots=slots, capacity=n, scope=needs_scope(cfg))
     for s in range(0, n, cfg.batch_size):
-        chunk = facts[s:s + cfg.batch_size]
+        chunk = facts[s : s + cfg.batch_size]
         mem.edit([f.prompt for f in chunk], [f.target for f in chunk])
     rng = random.Random(cfg.seed * 1_000_003 + slots * 7919 + n)
     sample = facts if n <= cfg.eval_cap else rng.sample(facts, cfg.eval_cap)
@@ -58,12 +58,28 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     ns = sorted({r["n"] for r in records})
     at = {(r["slots"], r["n"]): r for r in records}
     rows = [[n, *(at[(k, n)]["recall"] if (k, n) in at else None for k in ks)] for n in ns]
-    table = "Recall (exact match) by N (rows) and K (columns):\n\n" + markdown_table(["N"] + [f"K = {k}" for k in ks], rows)
+    table = "Recall (exact match) by N (rows) and K (columns):\n\n" + markdown_table(
+        ["N"] + [f"K = {k}" for k in ks], rows
+    )
     table += "\n\nToken accuracy:\n\n" + markdown_table(
-        ["N"] + [f"K = {k}" for k in ks], [[n, *(at[(k, n)]["token_acc"] if (k, n) in at else None for k in ks)] for n in ns])
-    curve = Curve("Batch-editing capacity", "facts written N", "recall (exact match)",
-                  {f"K = {k}": ([r["n"] for r in records if r["slots"] == k], [r["recall"] for r in records if r["slots"] == k])
-                   for k in ks}, logx=True)
-    notes = ["recall = teacher-forced exact match of the target from the fact's prompt, over a seeded sample of "
-             f"at most {cfg.eval_cap} written facts; scope detector {'on' if needs_scope(cfg) else 'off'}."]
+        ["N"] + [f"K = {k}" for k in ks],
+        [[n, *(at[(k, n)]["token_acc"] if (k, n) in at else None for k in ks)] for n in ns],
+    )
+    curve = Curve(
+        "Batch-editing capacity",
+        "facts written N",
+        "recall (exact match)",
+        {
+            f"K = {k}": (
+                [r["n"] for r in records if r["slots"] == k],
+                [r["recall"] for r in records if r["slots"] == k],
+            )
+            for k in ks
+        },
+        logx=True,
+    )
+    notes = [
+        "recall = teacher-forced exact match of the target from the fact's prompt, over a seeded sample of "
+        f"at most {cfg.eval_cap} written facts; scope detector {'on' if needs_scope(cfg) else 'off'}."
+    ]
     return Report({"points": records}, table, records, curve, notes)

@@ -28,7 +28,9 @@ BASELINE_EXPERIMENTS = ("counterfact", "zsre", "sequential")
 @dataclass
 class EvalConfig:
     experiment: str = field(metadata={"help": "one of EXPERIMENTS"})
-    model: str = field(metadata={"help": "a saved model directory, or a recipe name/YAML for an untrained model (smoke runs)"})
+    model: str = field(
+        metadata={"help": "a saved model directory, or a recipe name/YAML for an untrained model (smoke runs)"}
+    )
     data: str = field(metadata={"help": "a benchmark JSON file, or synthetic[:N]"})
     out: str = field(default="runs/eval", metadata={"help": "directory of <experiment>.json / .md (/ .png)"})
     limit: int | None = field(default=None, metadata={"help": "first N records of --data"})
@@ -36,23 +38,49 @@ class EvalConfig:
     workers: int = field(default=0, metadata={"help": "0: single process; N > 0: N Ray tasks, each loading the model"})
     batch_size: int = field(default=32, metadata={"help": "prompts per decoder pass"})
     slots: int | None = field(default=None, metadata={"help": "K of the memories; default the model's trained K"})
-    ridge: float = field(default=1e-3, metadata={"help": "SequentialMemory ridge (keeps C invertible before K keys exist)"})
-    memory_keys: str = field(default="linear", metadata={"help": "SequentialMemory addressing: 'linear' (the paper) or 'relu' (random features)"})
-    scope_model: str | None = field(default="minilm-l6", metadata={"help": "sentence embedder of the scope detector; none disables it"})
-    scope_threshold: float = field(default=0.7, metadata={"help": "cosine similarity at or above which a query is in scope"})
-    subject_threshold: float = field(default=0.3, metadata={"help": "cosine a query naming an edit's subject needs (larimar.scope)"})
-    use_subjects: bool = field(default=True, metadata={"help": "pass each case's subject with its edit (the scope detector's subject rule)"})
-    readout: str | None = field(default=None, metadata={"help": "override the model's read-out convention: 'raw' or 'value_norm'"})
+    ridge: float = field(
+        default=1e-3, metadata={"help": "SequentialMemory ridge (keeps C invertible before K keys exist)"}
+    )
+    memory_keys: str = field(
+        default="linear",
+        metadata={"help": "SequentialMemory addressing: 'linear' (the paper) or 'relu' (random features)"},
+    )
+    scope_model: str | None = field(
+        default="minilm-l6", metadata={"help": "sentence embedder of the scope detector; none disables it"}
+    )
+    scope_threshold: float = field(
+        default=0.7, metadata={"help": "cosine similarity at or above which a query is in scope"}
+    )
+    subject_threshold: float = field(
+        default=0.3, metadata={"help": "cosine a query naming an edit's subject needs (larimar.scope)"}
+    )
+    use_subjects: bool = field(
+        default=True, metadata={"help": "pass each case's subject with its edit (the scope detector's subject rule)"}
+    )
+    readout: str | None = field(
+        default=None, metadata={"help": "override the model's read-out convention: 'raw' or 'value_norm'"}
+    )
     use_scope: bool = field(default=False, metadata={"help": "memory experiments: gate reads with the scope detector"})
     checkpoints: int = field(default=10, metadata={"help": "sequential: evaluate after every N/checkpoints edits"})
-    sizes: list[int] = field(default_factory=list, metadata={"help": "capacity: N values; forgetting: N values; long-context: fact counts"})
-    slots_list: list[int] = field(default_factory=list, metadata={"help": "capacity: the K values (default K/2, K, 2K)"})
+    sizes: list[int] = field(
+        default_factory=list, metadata={"help": "capacity: N values; forgetting: N values; long-context: fact counts"}
+    )
+    slots_list: list[int] = field(
+        default_factory=list, metadata={"help": "capacity: the K values (default K/2, K, 2K)"}
+    )
     trials: int = field(default=10, metadata={"help": "forgetting: facts forgotten (one at a time) per N"})
-    segment_facts: int = field(default=16, metadata={"help": "long-context: facts per first-level memory and fan-in per level"})
-    eval_cap: int = field(default=256, metadata={"help": "most facts whose recall is measured per point (a seeded sample)"})
+    segment_facts: int = field(
+        default=16, metadata={"help": "long-context: facts per first-level memory and fan-in per level"}
+    )
+    eval_cap: int = field(
+        default=256, metadata={"help": "most facts whose recall is measured per point (a seeded sample)"}
+    )
     repeats: int = field(default=1, metadata={"help": "timing: passes over the cases (after one warm-up edit)"})
     progress: bool = field(default=True, metadata={"help": "a progress bar on stderr"})
-    editor: str = field(default="larimar", metadata={"help": "or a peer baseline of larimar.baselines (counterfact, zsre, sequential only)"})
+    editor: str = field(
+        default="larimar",
+        metadata={"help": "or a peer baseline of larimar.baselines (counterfact, zsre, sequential only)"},
+    )
     editor_options: list[str] = field(default_factory=list, metadata={"help": "key=value settings of the baseline"})
 
     def __post_init__(self) -> None:
@@ -63,8 +91,9 @@ class EvalConfig:
 
             editor_config(self.editor, self.editor_options)  # unknown editor or option: ConfigError now
             if self.experiment not in BASELINE_EXPERIMENTS:
-                raise ConfigError(f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, "
-                                  f"not {self.experiment!r}")
+                raise ConfigError(
+                    f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, not {self.experiment!r}"
+                )
         if self.readout not in (None, "raw", "value_norm"):
             raise ConfigError(f"--readout must be 'raw' or 'value_norm', got {self.readout!r}")
         if not -1.0 <= self.subject_threshold <= 1.0:

@@ -19,6 +19,7 @@ from larimar.benchmarks import Fact, load_facts
 from larimar.evaluation.config import EvalConfig
 from larimar.model import LarimarConfig, LarimarModel, bundled_models
 
+
 def model_config(spec: str) -> LarimarConfig:
     """The config of a saved model (directory or bundled name), or of a recipe's ``model:`` section
     (a recipe name or YAML: an untrained model, for smoke runs), without loading any weights."""
@@ -27,8 +28,10 @@ def model_config(spec: str) -> LarimarConfig:
     try:
         yaml_path = recipes.resolve(spec, key="--model")
     except ConfigError:
-        raise ConfigError(f"--model: {spec!r} is neither a saved model directory nor a recipe "
-                          f"({', '.join(bundled_models() + recipes.names())})") from None
+        raise ConfigError(
+            f"--model: {spec!r} is neither a saved model directory nor a recipe "
+            f"({', '.join(bundled_models() + recipes.names())})"
+        ) from None
     return from_dict(LarimarConfig, load_yaml(yaml_path).get("model", {}), "model")
 
 
@@ -45,8 +48,13 @@ class EvalContext:
         self.cfg = cfg
         self.model = model if model is not None else load_model(cfg.model)
         scope_model = cfg.scope_model if needs_scope else None
-        self.editor = LarimarEditor(self.model, scope_model=scope_model, scope_threshold=cfg.scope_threshold,
-                                    subject_threshold=cfg.subject_threshold, readout=cfg.readout)
+        self.editor = LarimarEditor(
+            self.model,
+            scope_model=scope_model,
+            scope_threshold=cfg.scope_threshold,
+            subject_threshold=cfg.subject_threshold,
+            readout=cfg.readout,
+        )
 
     def subjects(self, subjects: list[str]) -> list[str | None] | None:
         """What to pass as `edit(subject=...)`: the cases' subjects, unless --no-subjects."""
@@ -58,8 +66,13 @@ class EvalContext:
 
     def memory(self, slots: int | None = None, capacity: int | None = None, scope: bool = True) -> EditableMemory:
         """A fresh memory seeded by the run's seed; scope=False drops its scope index (faster writes)."""
-        mem = self.editor.create_memory(slots=slots or self.slots, capacity=capacity, ridge=self.cfg.ridge,
-                                        seed=self.cfg.seed, keys=self.cfg.memory_keys)
+        mem = self.editor.create_memory(
+            slots=slots or self.slots,
+            capacity=capacity,
+            ridge=self.cfg.ridge,
+            seed=self.cfg.seed,
+            keys=self.cfg.memory_keys,
+        )
         if not scope:
             mem.scope = None
         return mem
@@ -69,8 +82,13 @@ class EvalContext:
         """The peer editor of ``--editor`` on this model's decoder LM (with z = 0 it is the plain LM)."""
         from larimar.baselines import make_editor
 
-        return make_editor(self.cfg.editor, self.model.decoder.lm, self.model.decoder_tokenizer, self.model.bos_id,
-                           self.cfg.editor_options)
+        return make_editor(
+            self.cfg.editor,
+            self.model.decoder.lm,
+            self.model.decoder_tokenizer,
+            self.model.bos_id,
+            self.cfg.editor_options,
+        )
 
     def method_editor(self, capacity: int | None = None, scope: bool | None = None):
         """The method under evaluation as an `Editor`: ``--editor``'s baseline, or Larimar's memory
@@ -81,8 +99,9 @@ class EvalContext:
         from larimar.evaluation.memory_editor import MemoryEditor
 
         scope = self.editor.scope_embedder is not None if scope is None else scope
-        return MemoryEditor(lambda: self.memory(capacity=capacity, scope=scope), use_subjects=self.cfg.use_subjects,
-                            use_scope=scope)
+        return MemoryEditor(
+            lambda: self.memory(capacity=capacity, scope=scope), use_subjects=self.cfg.use_subjects, use_scope=scope
+        )
 
     @functools.cached_property
     def facts(self) -> list[Fact]:

@@ -46,9 +46,12 @@ def reference_paraphrase(prompt: str) -> str:
 
 def _prompts(case: CounterFactCase) -> dict[str, tuple[list[str], str]]:
     """group -> (prompts, the target that counts as true there)."""
-    return {"rewrite": ([case.prompt], case.target_true), "paraphrase": (list(case.paraphrases), case.target_true),
-            "neighborhood": (list(case.neighborhood), case.neighborhood_true),
-            "paraphrase_ref": ([reference_paraphrase(p) for p in case.paraphrases], case.target_true)}
+    return {
+        "rewrite": ([case.prompt], case.target_true),
+        "paraphrase": (list(case.paraphrases), case.target_true),
+        "neighborhood": (list(case.neighborhood), case.neighborhood_true),
+        "paraphrase_ref": ([reference_paraphrase(p) for p in case.paraphrases], case.target_true),
+    }
 
 
 def evaluate(ctx: EvalContext, cases: list[CounterFactCase], tick) -> list[dict]:
@@ -67,30 +70,39 @@ def _counterfact_scores(editor: Editor, case: CounterFactCase, batch_size: int) 
     trues = [t for ps, t in groups.values() for _ in ps]
     scores = []
     for s in range(0, len(prompts), batch_size):
-        p, t = prompts[s:s + batch_size], trues[s:s + batch_size]
+        p, t = prompts[s : s + batch_size], trues[s : s + batch_size]
         scores += editor.score_with_scope(p + p, [case.target_new] * len(p) + t, 2 * len(p))
     n = len(prompts)
     new, true = [], []
     for s in range(0, n, batch_size):  # each batch held its prompts' new scores, then their true ones
         k = min(batch_size, n - s)
-        new += scores[2 * s:2 * s + k]
-        true += scores[2 * s + k:2 * s + 2 * k]
+        new += scores[2 * s : 2 * s + k]
+        true += scores[2 * s + k : 2 * s + 2 * k]
     out, i = {}, 0
     for g, (ps, _) in groups.items():
-        out[g] = {"nll_new": [x for x, _ in new[i:i + len(ps)]], "nll_true": [x for x, _ in true[i:i + len(ps)]],
-                  "in_scope": [x for _, x in new[i:i + len(ps)]]}
+        out[g] = {
+            "nll_new": [x for x, _ in new[i : i + len(ps)]],
+            "nll_true": [x for x, _ in true[i : i + len(ps)]],
+            "in_scope": [x for _, x in new[i : i + len(ps)]],
+        }
         i += len(ps)
     return out
 
 
-def evaluate_editor(editor: Editor, cases: list[CounterFactCase], tick=lambda k: None, batch_size: int = 16) -> list[dict]:
+def evaluate_editor(
+    editor: Editor, cases: list[CounterFactCase], tick=lambda k: None, batch_size: int = 16
+) -> list[dict]:
     """Any `Editor` on the same cases and prompts: per case reset, score unedited, edit (timed),
     score every view of the edited state ("edited" for a baseline, "scope" / "no_scope" for
     Larimar); records in this module's format."""
     out = []
     for case in cases:
         editor.reset()
-        record = {"case_id": case.case_id, "format": case.format, "unedited": _counterfact_scores(editor, case, batch_size)}
+        record = {
+            "case_id": case.case_id,
+            "format": case.format,
+            "unedited": _counterfact_scores(editor, case, batch_size),
+        }
         record["edit_s"] = timed_edit(editor, EditRequest(case.prompt, case.target_new, case.subject, case.target_true))
         for cond, view in editor.views().items():
             record[cond] = _counterfact_scores(view, case, batch_size)
@@ -106,7 +118,9 @@ def condition_summary(records: list[dict], cond: str) -> dict:
         per = [r[cond][g] for r in records if g in r[cond]]
         nb = g == "neighborhood"
         s[key] = metrics.case_mean([metrics.rome_success(p["nll_new"], p["nll_true"], nb) for p in per])
-        s[key.replace("S", "M")] = metrics.case_mean([metrics.probability_gap(p["nll_new"], p["nll_true"], nb) for p in per])
+        s[key.replace("S", "M")] = metrics.case_mean(
+            [metrics.probability_gap(p["nll_new"], p["nll_true"], nb) for p in per]
+        )
         s[f"{key}_in_scope"] = metrics.case_mean([[float(x) for x in p["in_scope"]] for p in per])
     s["Score"] = metrics.harmonic_mean([s["ES"], s["PS"], s["NS"]])
     return s
@@ -114,20 +128,38 @@ def condition_summary(records: list[dict], cond: str) -> dict:
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     summary = {"cases": len(records), **{c: condition_summary(records, c) for c in conditions(records)}}
-    rows = [[c, summary[c]["ES"], summary[c]["PS"], summary[c]["NS"], summary[c]["Score"], summary[c]["PS_ref"],
-             summary[c]["EM"], summary[c]["PM"], summary[c]["NM"], summary[c]["PS_in_scope"], summary[c]["NS_in_scope"]]
-            for c in conditions(records)]
-    table = markdown_table(["condition", "ES", "PS", "NS", "Score", "PS (paper)", "EM", "PM", "NM", "PS in scope",
-                            "NS in scope"], rows)
-    notes = ["S = success rate (new target's mean NLL below the true target's; on neighbourhood prompts the true "
-             "target must win); M = mean probability gap exp(-NLL_new) - exp(-NLL_true), negated on neighbourhood "
-             "prompts (ROME's NM); Score = harmonic mean of ES, PS, NS.",
-             "PS (paper): the same paraphrases with ROME's distractor sentence stripped as IBM's counterfact_eval.py "
-             "does (p.split('. ')[-1]); PS, the headline, scores them as they are.",
-             f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
-             f"subject{'' if cfg.use_subjects else ', subjects not passed'}); scope decided per prompt; "
-             "'unedited' = empty memory (z = 0)."]
+    rows = [
+        [
+            c,
+            summary[c]["ES"],
+            summary[c]["PS"],
+            summary[c]["NS"],
+            summary[c]["Score"],
+            summary[c]["PS_ref"],
+            summary[c]["EM"],
+            summary[c]["PM"],
+            summary[c]["NM"],
+            summary[c]["PS_in_scope"],
+            summary[c]["NS_in_scope"],
+        ]
+        for c in conditions(records)
+    ]
+    table = markdown_table(
+        ["condition", "ES", "PS", "NS", "Score", "PS (paper)", "EM", "PM", "NM", "PS in scope", "NS in scope"], rows
+    )
+    notes = [
+        "S = success rate (new target's mean NLL below the true target's; on neighbourhood prompts the true "
+        "target must win); M = mean probability gap exp(-NLL_new) - exp(-NLL_true), negated on neighbourhood "
+        "prompts (ROME's NM); Score = harmonic mean of ES, PS, NS.",
+        "PS (paper): the same paraphrases with ROME's distractor sentence stripped as IBM's counterfact_eval.py "
+        "does (p.split('. ')[-1]); PS, the headline, scores them as they are.",
+        f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
+        f"subject{'' if cfg.use_subjects else ', subjects not passed'}); scope decided per prompt; "
+        "'unedited' = empty memory (z = 0).",
+    ]
     if any(r["format"] == "flat" for r in records):
-        notes.append("flattened (EasyEdit) records carry no reliable paraphrase: PS and Score are n/a for them; "
-                     "NS uses locality_prompt with locality_ground_truth as the true target.")
+        notes.append(
+            "flattened (EasyEdit) records carry no reliable paraphrase: PS and Score are n/a for them; "
+            "NS uses locality_prompt with locality_ground_truth as the true target."
+        )
     return Report(summary, table, records, notes=notes)

@@ -19,8 +19,12 @@ STEP_LINE = re.compile(r"\[larimar\] step (\d+)/(\d+) loss=([0-9.eE+-]+|nan|inf)
 
 # (experiment, summary path, column label): the numbers a curve follows per checkpoint
 METRICS = {
-    "counterfact": [(("scope", "ES"), "ES"), (("scope", "PS"), "PS"), (("scope", "NS"), "NS"),
-                    (("scope", "Score"), "Score")],
+    "counterfact": [
+        (("scope", "ES"), "ES"),
+        (("scope", "PS"), "PS"),
+        (("scope", "NS"), "NS"),
+        (("scope", "Score"), "Score"),
+    ],
     "zsre": [(("scope", "ES"), "zsRE edit"), (("scope", "PS"), "zsRE rephrase")],
 }
 
@@ -70,15 +74,23 @@ class LearningCurve:
         return seen
 
     def markdown(self) -> str:
-        parts = [f"# Learning curve: {self.name}", "", f"Training loss, mean per {self.window}-step window "
-                 f"({len(self.losses)} logged steps):", "",
-                 markdown_table(["steps", "mean loss"], [[f"{a}-{b}", m] for a, b, m in
-                                                          window_means(self.losses, self.window)])]
+        parts = [
+            f"# Learning curve: {self.name}",
+            "",
+            f"Training loss, mean per {self.window}-step window ({len(self.losses)} logged steps):",
+            "",
+            markdown_table(
+                ["steps", "mean loss"], [[f"{a}-{b}", m] for a, b, m in window_means(self.losses, self.window)]
+            ),
+        ]
         if self.checkpoints:
             labels = self.metric_labels()
-            parts += ["", "Evaluation at each checkpoint:", "",
-                      markdown_table(["step", *labels], [[r["step"], *[r.get(k) for k in labels]]
-                                                         for r in self.checkpoints])]
+            parts += [
+                "",
+                "Evaluation at each checkpoint:",
+                "",
+                markdown_table(["step", *labels], [[r["step"], *[r.get(k) for k in labels]] for r in self.checkpoints]),
+            ]
         return "\n".join(parts) + "\n"
 
     def write(self, out: str | Path) -> dict[str, Path]:
@@ -112,15 +124,23 @@ class LearningCurve:
         if self.losses:
             ax.plot(*zip(*self.losses), ".", alpha=0.35, label="logged step")
             means = window_means(self.losses, self.window)
-            ax.plot([(a + b) / 2 for a, b, _ in means], [m for _, _, m in means], "-o",
-                    label=f"{self.window}-step mean")
+            ax.plot(
+                [(a + b) / 2 for a, b, _ in means], [m for _, _, m in means], "-o", label=f"{self.window}-step mean"
+            )
             ax.legend()
         ax.set(title=f"{self.name}: training loss", xlabel="step", ylabel="reconstruction loss (nats/token)")
         ax.grid(alpha=0.3)
         if self.checkpoints:
             steps = [r["step"] for r in self.checkpoints]
-            draw(Curve("evaluation at checkpoints", "step", "score",
-                       {k: (steps, [r.get(k) for r in self.checkpoints]) for k in self.metric_labels()}), axes[0][1])
+            draw(
+                Curve(
+                    "evaluation at checkpoints",
+                    "step",
+                    "score",
+                    {k: (steps, [r.get(k) for r in self.checkpoints]) for k in self.metric_labels()},
+                ),
+                axes[0][1],
+            )
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -95,8 +95,10 @@ def _inputs(groups: dict | None, n: int, name: str) -> dict[str, list[tuple[list
     for key, group in (groups or {}).items():
         if not isinstance(group, dict) or set(group) != {"prompt", "ground_truth"}:
             raise ValueError(f"{name}[{key!r}] needs exactly the keys 'prompt' and 'ground_truth'")
-        prompts, truths = _per_edit(group["prompt"], n, f"{name}[{key!r}].prompt"), \
-            _per_edit(group["ground_truth"], n, f"{name}[{key!r}].ground_truth")
+        prompts, truths = (
+            _per_edit(group["prompt"], n, f"{name}[{key!r}].prompt"),
+            _per_edit(group["ground_truth"], n, f"{name}[{key!r}].ground_truth"),
+        )
         pairs = []
         for i, (p, t) in enumerate(zip(prompts, truths)):
             p, t = _as_list(p), _as_list(t)
@@ -117,9 +119,13 @@ class BaseEditor:
     def from_hparams(cls, hparams: LarimarHyperParams | str | Path) -> "BaseEditor":
         if not isinstance(hparams, LarimarHyperParams):
             hparams = LarimarHyperParams.from_hparams(hparams)
-        editor = LarimarEditor.from_pretrained(hparams.model_name, scope_model=hparams.scope_model,
-                                               scope_threshold=hparams.scope_threshold,
-                                               subject_threshold=hparams.subject_threshold, readout=hparams.readout)
+        editor = LarimarEditor.from_pretrained(
+            hparams.model_name,
+            scope_model=hparams.scope_model,
+            scope_threshold=hparams.scope_threshold,
+            subject_threshold=hparams.subject_threshold,
+            readout=hparams.readout,
+        )
         editor.model.to(hparams.device)
         return cls(editor, hparams)
 
@@ -129,22 +135,50 @@ class BaseEditor:
 
     # -- EasyEdit's entry points --------------------------------------------------------------------
 
-    def edit(self, prompts: str | list[str], target_new: str | list[str], ground_truth: str | list[str] | None = None,
-             subject: str | list[str] | None = None, rephrase_prompts: str | list | None = None,
-             locality_inputs: dict | None = None, portability_inputs: dict | None = None,
-             sequential_edit: bool = False, memory: EditableMemory | None = None, verbose: bool = False) -> EditResult:
+    def edit(
+        self,
+        prompts: str | list[str],
+        target_new: str | list[str],
+        ground_truth: str | list[str] | None = None,
+        subject: str | list[str] | None = None,
+        rephrase_prompts: str | list | None = None,
+        locality_inputs: dict | None = None,
+        portability_inputs: dict | None = None,
+        sequential_edit: bool = False,
+        memory: EditableMemory | None = None,
+        verbose: bool = False,
+    ) -> EditResult:
         """Write each (prompt -> target_new) fact; metrics per edit in EasyEdit's format.
 
         memory: an existing memory to write into (default: a new one). sequential_edit=False
         scores each edit alone in a fresh memory; True scores them all on the final memory."""
-        return self._run(prompts, target_new, ground_truth, subject, rephrase_prompts, locality_inputs,
-                         portability_inputs, together=sequential_edit, memory=memory, verbose=verbose)
+        return self._run(
+            prompts,
+            target_new,
+            ground_truth,
+            subject,
+            rephrase_prompts,
+            locality_inputs,
+            portability_inputs,
+            together=sequential_edit,
+            memory=memory,
+            verbose=verbose,
+        )
 
-    def batch_edit(self, prompts: list[str], target_new: list[str], ground_truth: list[str] | None = None,
-                   subject: list[str] | None = None, rephrase_prompts: list | None = None,
-                   locality_inputs: dict | None = None, portability_inputs: dict | None = None,
-                   locality_prompts: list[str] | None = None, locality_ground_truth: list[str] | None = None,
-                   memory: EditableMemory | None = None, verbose: bool = False) -> EditResult:
+    def batch_edit(
+        self,
+        prompts: list[str],
+        target_new: list[str],
+        ground_truth: list[str] | None = None,
+        subject: list[str] | None = None,
+        rephrase_prompts: list | None = None,
+        locality_inputs: dict | None = None,
+        portability_inputs: dict | None = None,
+        locality_prompts: list[str] | None = None,
+        locality_ground_truth: list[str] | None = None,
+        memory: EditableMemory | None = None,
+        verbose: bool = False,
+    ) -> EditResult:
         """All edits written in updates of `hparams.batch_size` facts, scored on the memory holding
         them all. EasyEdit's batch-form `locality_prompts`/`locality_ground_truth` are accepted as
         the locality group "neighborhood"."""
@@ -152,13 +186,34 @@ class BaseEditor:
             if locality_inputs is not None:
                 raise ValueError("give locality_inputs or locality_prompts/locality_ground_truth, not both")
             locality_inputs = {"neighborhood": {"prompt": locality_prompts, "ground_truth": locality_ground_truth}}
-        return self._run(prompts, target_new, ground_truth, subject, rephrase_prompts, locality_inputs,
-                         portability_inputs, together=True, memory=memory, verbose=verbose)
+        return self._run(
+            prompts,
+            target_new,
+            ground_truth,
+            subject,
+            rephrase_prompts,
+            locality_inputs,
+            portability_inputs,
+            together=True,
+            memory=memory,
+            verbose=verbose,
+        )
 
     # -- the work -----------------------------------------------------------------------------------
 
-    def _run(self, prompts, target_new, ground_truth, subject, rephrase_prompts, locality_inputs, portability_inputs,
-             together: bool, memory: EditableMemory | None, verbose: bool) -> EditResult:
+    def _run(
+        self,
+        prompts,
+        target_new,
+        ground_truth,
+        subject,
+        rephrase_prompts,
+        locality_inputs,
+        portability_inputs,
+        together: bool,
+        memory: EditableMemory | None,
+        verbose: bool,
+    ) -> EditResult:
         prompts = _as_list(prompts)
         n = len(prompts)
         targets = _per_edit(target_new, n, "target_new")
@@ -166,8 +221,10 @@ class BaseEditor:
             raise ValueError("prompts is empty")
         truths, subjects = _per_edit(ground_truth, n, "ground_truth"), _per_edit(subject, n, "subject")
         rephrases = [_as_list(r) for r in _per_edit(rephrase_prompts, n, "rephrase_prompts")]
-        locality, portability = _inputs(locality_inputs, n, "locality_inputs"), _inputs(portability_inputs, n,
-                                                                                      "portability_inputs")
+        locality, portability = (
+            _inputs(locality_inputs, n, "locality_inputs"),
+            _inputs(portability_inputs, n, "portability_inputs"),
+        )
         memory = memory if memory is not None else self.create_memory()
         ids, seconds = [], [0.0] * n
         step = self.hparams.batch_size if together else 1  # one memory update per step
@@ -184,20 +241,35 @@ class BaseEditor:
             else:  # EasyEdit's default protocol: the edit alone
                 scored = self.create_memory(capacity=1)
                 scored.edit([prompts[i]], [targets[i]], subject=None if subject is None else [subjects[i]])
-            request = {"prompt": prompts[i], "target_new": targets[i], "ground_truth": truths[i], "subject": subjects[i],
-                       "rephrase_prompt": rephrases[i] or None,
-                       "locality": {k: {"prompt": v[i][0], "ground_truth": v[i][1]} for k, v in locality.items()},
-                       "portability": {k: {"prompt": v[i][0], "ground_truth": v[i][1]} for k, v in portability.items()}}
+            request = {
+                "prompt": prompts[i],
+                "target_new": targets[i],
+                "ground_truth": truths[i],
+                "subject": subjects[i],
+                "rephrase_prompt": rephrases[i] or None,
+                "locality": {k: {"prompt": v[i][0], "ground_truth": v[i][1]} for k, v in locality.items()},
+                "portability": {k: {"prompt": v[i][0], "ground_truth": v[i][1]} for k, v in portability.items()},
+            }
             pre, post = self._quality(None, request), self._quality(scored, request)
             for key in locality:
-                post["locality"][f"{key}_acc"] = [m.unchanged_fraction(a, b) for a, b in
-                                                  zip(post["locality"].pop(f"{key}_output"),
-                                                      pre["locality"].pop(f"{key}_output"))]
+                post["locality"][f"{key}_acc"] = [
+                    m.unchanged_fraction(a, b)
+                    for a, b in zip(post["locality"].pop(f"{key}_output"), pre["locality"].pop(f"{key}_output"))
+                ]
             pre.pop("locality")
-            record = {"case_id": i, "fact_id": ids[i], "requested_rewrite": request, "time": seconds[i],
-                      "pre": pre, "post": post}
+            record = {
+                "case_id": i,
+                "fact_id": ids[i],
+                "requested_rewrite": request,
+                "time": seconds[i],
+                "pre": pre,
+                "post": post,
+            }
             if verbose:
-                print(f"[larimar] edit {i}: {prompts[i]!r} -> {targets[i]!r}: rewrite_acc {post['rewrite_acc']}", flush=True)
+                print(
+                    f"[larimar] edit {i}: {prompts[i]!r} -> {targets[i]!r}: rewrite_acc {post['rewrite_acc']}",
+                    flush=True,
+                )
             results.append(record)
         return EditResult(results, memory, ids)
 
@@ -209,9 +281,13 @@ class BaseEditor:
         for group in ("locality", "portability"):
             for key, inp in request[group].items():
                 rows += [(f"{group}/{key}", p, t) for p, t in zip(inp["prompt"], inp["ground_truth"])]
-        forced = force_with_memory(memory, [r[1] for r in rows], [r[2] for r in rows],
-                                   use_scope=self.hparams.use_scope and memory is not None,
-                                   model=self.editor.model)
+        forced = force_with_memory(
+            memory,
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            use_scope=self.hparams.use_scope and memory is not None,
+            model=self.editor.model,
+        )
         out: dict = {"rewrite_acc": [], "locality": {}, "portability": {}}
         if request["rephrase_prompt"]:
             out["rephrase_acc"] = []
@@ -243,4 +319,3 @@ def summary(results: list[dict]) -> dict[str, float | None]:
 
 
 __all__ = ["BaseEditor", "EditResult", "LarimarHyperParams", "summary"]
-

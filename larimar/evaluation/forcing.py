@@ -46,7 +46,9 @@ def teacher_force(model: LarimarModel, prompts: list[str], answers: list[str], z
         raise ValueError(f"got {len(prompts)} prompts, {len(answers)} answers and {z.shape[0]} latents")
     batch, spans = model.tokenize_continuations(prompts, answers)
     with torch.no_grad():
-        logits = model.decoder(batch["input_ids"], batch["attention_mask"], z.to(model.device))[:, :-1].float()  # (n, T-1, V)
+        logits = model.decoder(batch["input_ids"], batch["attention_mask"], z.to(model.device))[
+            :, :-1
+        ].float()  # (n, T-1, V)
         logp = F.log_softmax(logits, -1)
         pred = logits.argmax(-1)  # (n, T-1)
     out = []
@@ -57,8 +59,14 @@ def teacher_force(model: LarimarModel, prompts: list[str], answers: list[str], z
     return out
 
 
-def force_with_memory(memory: EditableMemory | None, prompts: list[str], answers: list[str], use_scope: bool = False,
-                      batch_size: int = 32, model: LarimarModel | None = None) -> list[Forced]:
+def force_with_memory(
+    memory: EditableMemory | None,
+    prompts: list[str],
+    answers: list[str],
+    use_scope: bool = False,
+    batch_size: int = 32,
+    model: LarimarModel | None = None,
+) -> list[Forced]:
     """Read each prompt from `memory` (honouring scope when asked) and teacher-force its answer.
 
     memory=None scores the unedited decoder (z = 0); pass `model` then.
@@ -66,7 +74,7 @@ def force_with_memory(memory: EditableMemory | None, prompts: list[str], answers
     model = memory.model if memory is not None else model
     out = []
     for s in range(0, len(prompts), batch_size):
-        p, a = prompts[s:s + batch_size], answers[s:s + batch_size]
+        p, a = prompts[s : s + batch_size], answers[s : s + batch_size]
         if memory is None:
             z = torch.zeros(len(p), model.cfg.memory.latent_dim, device=model.device)
         else:
@@ -75,8 +83,9 @@ def force_with_memory(memory: EditableMemory | None, prompts: list[str], answers
     return out
 
 
-def recall(memory: EditableMemory, facts, use_scope: bool = False, batch_size: int = 32,
-           rephrase: bool = False) -> list[Forced]:
+def recall(
+    memory: EditableMemory, facts, use_scope: bool = False, batch_size: int = 32, rephrase: bool = False
+) -> list[Forced]:
     """Teacher-forced recall of each fact's target from its prompt (or its first rephrase)."""
     prompts = [f.rephrases[0] if rephrase else f.prompt for f in facts]
     return force_with_memory(memory, prompts, [f.target for f in facts], use_scope, batch_size)
@@ -84,5 +93,7 @@ def recall(memory: EditableMemory, facts, use_scope: bool = False, batch_size: i
 
 def recall_rates(forced: list[Forced]) -> dict[str, float | None]:
     """Mean token accuracy and exact-match rate over facts (None when there are none)."""
-    return {"token_acc": metrics.mean([f.token_acc for f in forced]),
-            "exact": metrics.mean([float(f.exact) for f in forced])}
+    return {
+        "token_acc": metrics.mean([f.token_acc for f in forced]),
+        "exact": metrics.mean([float(f.exact) for f in forced]),
+    }

@@ -47,9 +47,17 @@ def evaluate(ctx: EvalContext, facts: list, tick) -> list[dict]:
         mem.forget(fid)
         forgotten = [g.text for g in mem.generate(prompts, max_new_tokens=MAX_NEW_TOKENS)]
         unedited = [g.text for g in empty.generate(prompts, max_new_tokens=MAX_NEW_TOKENS, use_scope=False)]
-        out.append({"prompt": f.prompt, "target": f.target, "prompts": prompts,
-                    **{name: {"texts": texts, "begins": [begins_with(t, f.target) for t in texts]}
-                       for name, texts in (("edited", edited), ("forgotten", forgotten), ("unedited", unedited))}})
+        out.append(
+            {
+                "prompt": f.prompt,
+                "target": f.target,
+                "prompts": prompts,
+                **{
+                    name: {"texts": texts, "begins": [begins_with(t, f.target) for t in texts]}
+                    for name, texts in (("edited", edited), ("forgotten", forgotten), ("unedited", unedited))
+                },
+            }
+        )
         tick(1)
     return out
 
@@ -63,6 +71,8 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
         summary[cond] = {"rewrite": rewrite, "paraphrase": para}
         rows.append([cond, rewrite, para])
     table = markdown_table(["condition", "rewrite prompt begins with the new object", "paraphrases"], rows)
-    notes = [f"greedy decoding, {MAX_NEW_TOKENS} new tokens; each fact alone in a fresh memory, read through the scope "
-             "detector; 'forgotten' = the same memory after forget(); 'unedited' = z = 0."]
+    notes = [
+        f"greedy decoding, {MAX_NEW_TOKENS} new tokens; each fact alone in a fresh memory, read through the scope "
+        "detector; 'forgotten' = the same memory after forget(); 'unedited' = z = 0."
+    ]
     return Report(summary, table, records, notes=notes)

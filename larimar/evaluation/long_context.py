@@ -47,7 +47,7 @@ def hierarchical_read(ctx: EvalContext, segments: list, queries: list[str]) -> t
         reads = []
         for s in range(0, Z.shape[1], fan_in):
             mem = SequentialMemory(ref, batch=Z.shape[0], ridge=cfg.ridge)  # one memory per query
-            mem.write(Z[:, s:s + fan_in])  # key = value = the readouts below
+            mem.write(Z[:, s : s + fan_in])  # key = value = the readouts below
             reads.append(mem.read(zq))  # (n_q, 1, C)
         Z = torch.cat(reads, dim=1)  # (n_q, ceil(T / fan_in), C)
         levels += 1
@@ -60,7 +60,7 @@ def evaluate_count(ctx: EvalContext, n_asked: int) -> dict:
     n = len(facts)
     segments = []
     for s in range(0, n, cfg.segment_facts):
-        chunk = facts[s:s + cfg.segment_facts]
+        chunk = facts[s : s + cfg.segment_facts]
         mem = ctx.memory(capacity=len(chunk), scope=False)
         mem.edit([f.prompt for f in chunk], [f.target for f in chunk])
         segments.append(mem)
@@ -69,18 +69,26 @@ def evaluate_count(ctx: EvalContext, n_asked: int) -> dict:
     forced, levels = [], 1
     with torch.no_grad():
         for s in range(0, len(sample), cfg.batch_size):
-            batch = sample[s:s + cfg.batch_size]
+            batch = sample[s : s + cfg.batch_size]
             z, levels = hierarchical_read(ctx, segments, [f.prompt for f in batch])
             forced += teacher_force(ctx.model, [f.prompt for f in batch], [f.target for f in batch], z)
     hier = recall_rates(forced)
     flat_mem = ctx.memory(capacity=n, scope=False)
     for s in range(0, n, cfg.batch_size):
-        chunk = facts[s:s + cfg.batch_size]
+        chunk = facts[s : s + cfg.batch_size]
         flat_mem.edit([f.prompt for f in chunk], [f.target for f in chunk])
     flat = recall_rates(recall(flat_mem, sample, False, cfg.batch_size))
-    return {"n_asked": n_asked, "n": n, "segments": len(segments), "levels": levels, "evaluated": len(sample),
-            "recall": hier["exact"], "token_acc": hier["token_acc"], "flat_recall": flat["exact"],
-            "flat_token_acc": flat["token_acc"]}
+    return {
+        "n_asked": n_asked,
+        "n": n,
+        "segments": len(segments),
+        "levels": levels,
+        "evaluated": len(sample),
+        "recall": hier["exact"],
+        "token_acc": hier["token_acc"],
+        "flat_recall": flat["exact"],
+        "flat_token_acc": flat["token_acc"],
+    }
 
 
 def evaluate(ctx: EvalContext, work: list[dict], tick) -> list[dict]:
@@ -92,14 +100,31 @@ def evaluate(ctx: EvalContext, work: list[dict], tick) -> list[dict]:
 
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
-    rows = [[r["n"], r["segments"], r["levels"], r["recall"], r["token_acc"], r["flat_recall"], r["flat_token_acc"]]
-            for r in records]
-    table = markdown_table(["facts", "segments", "levels", "hierarchical recall", "hier. tok acc",
-                            f"flat recall (one K = {slots} memory)", "flat tok acc"], rows)
+    rows = [
+        [r["n"], r["segments"], r["levels"], r["recall"], r["token_acc"], r["flat_recall"], r["flat_token_acc"]]
+        for r in records
+    ]
+    table = markdown_table(
+        [
+            "facts",
+            "segments",
+            "levels",
+            "hierarchical recall",
+            "hier. tok acc",
+            f"flat recall (one K = {slots} memory)",
+            "flat tok acc",
+        ],
+        rows,
+    )
     xs = [r["n"] for r in records]
-    curve = Curve(f"Long-context recall ({cfg.segment_facts} facts per segment, K = {slots})", "facts in the document",
-                  "recall (exact match)", {"hierarchical": (xs, [r["recall"] for r in records]),
-                                           "flat": (xs, [r["flat_recall"] for r in records])})
-    notes = ["recall = teacher-forced exact match of each fact's target from its prompt.",
-             "higher levels: key = value = the readouts below, read with the query's encoding."]
+    curve = Curve(
+        f"Long-context recall ({cfg.segment_facts} facts per segment, K = {slots})",
+        "facts in the document",
+        "recall (exact match)",
+        {"hierarchical": (xs, [r["recall"] for r in records]), "flat": (xs, [r["flat_recall"] for r in records])},
+    )
+    notes = [
+        "recall = teacher-forced exact match of each fact's target from its prompt.",
+        "higher levels: key = value = the readouts below, read with the query's encoding.",
+    ]
     return Report({"slots": slots, "segment_facts": cfg.segment_facts, "points": records}, table, records, curve, notes)

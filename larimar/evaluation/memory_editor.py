@@ -24,8 +24,13 @@ class MemoryEditor(Editor):
 
     name = "larimar"
 
-    def __init__(self, new_memory: Callable[[], EditableMemory], use_subjects: bool = True, use_scope: bool = True,
-                 _shared: list | None = None):
+    def __init__(
+        self,
+        new_memory: Callable[[], EditableMemory],
+        use_subjects: bool = True,
+        use_scope: bool = True,
+        _shared: list | None = None,
+    ):
         self.new_memory = new_memory
         self.use_subjects = use_subjects
         self.use_scope = use_scope
@@ -53,13 +58,20 @@ class MemoryEditor(Editor):
     def score(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 32) -> list[float]:
         return [nll for nll, _ in self.score_with_scope(prompts, continuations, batch_size)]
 
-    def score_with_scope(self, prompts: Sequence[str], continuations: Sequence[str],
-                         batch_size: int = 32) -> list[tuple[float, bool]]:
+    def score_with_scope(
+        self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 32
+    ) -> list[tuple[float, bool]]:
         """`EditableMemory.score` in batches: the read that decides scope also gives the latents."""
         out = []
         for s in range(0, len(prompts), batch_size):
-            out += [(x.mean_nll, x.in_scope) for x in self.memory.score(
-                list(prompts[s:s + batch_size]), list(continuations[s:s + batch_size]), use_scope=self._reads_scope())]
+            out += [
+                (x.mean_nll, x.in_scope)
+                for x in self.memory.score(
+                    list(prompts[s : s + batch_size]),
+                    list(continuations[s : s + batch_size]),
+                    use_scope=self._reads_scope(),
+                )
+            ]
         return out
 
     def in_scope(self, prompts: Sequence[str]) -> list[bool]:

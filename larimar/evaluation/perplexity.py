@@ -47,8 +47,11 @@ def _nll(ctx: EvalContext, texts: list[str]) -> dict[str, tuple[float, int]]:
     n = int((targets != -100).sum())
     out = {}
     logits = m.decoder.lm(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    out["base"] = float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                        ignore_index=-100, reduction="sum"))
+    out["base"] = float(
+        F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+    )
     zero = torch.zeros(len(texts), m.cfg.memory.latent_dim, device=m.device)
     out["z0"] = float(-m.decoder.token_logprobs(ids, mask, zero).sum())
     out["self"] = float(-m.decoder.token_logprobs(ids, mask, m.encode_texts(texts)).sum())
@@ -57,13 +60,14 @@ def _nll(ctx: EvalContext, texts: list[str]) -> dict[str, tuple[float, int]]:
 
 def evaluate(ctx: EvalContext, work: list[dict], tick) -> list[dict]:
     cfg, m = ctx.cfg, ctx.model
-    chunks = chunk_paragraphs(read_paragraphs(Path(work[0]["path"])), m.decoder_tokenizer, m.cfg.max_length - 2,
-                              min_chunk_tokens=8)
-    chunks = chunks[:cfg.limit] if cfg.limit else chunks
+    chunks = chunk_paragraphs(
+        read_paragraphs(Path(work[0]["path"])), m.decoder_tokenizer, m.cfg.max_length - 2, min_chunk_tokens=8
+    )
+    chunks = chunks[: cfg.limit] if cfg.limit else chunks
     records = []
     for s in range(0, len(chunks), cfg.batch_size):
-        part = _nll(ctx, chunks[s:s + cfg.batch_size])
-        records.append({"chunks": len(chunks[s:s + cfg.batch_size]), **{k: list(v) for k, v in part.items()}})
+        part = _nll(ctx, chunks[s : s + cfg.batch_size])
+        records.append({"chunks": len(chunks[s : s + cfg.batch_size]), **{k: list(v) for k, v in part.items()}})
     tick(1)
     return records
 
@@ -71,11 +75,19 @@ def evaluate(ctx: EvalContext, work: list[dict], tick) -> list[dict]:
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     tokens = sum(r["base"][1] for r in records)
     ppl = {c: math.exp(sum(r[c][0] for r in records) / max(1, tokens)) for c in CONDITIONS}
-    summary = {"chunks": sum(r["chunks"] for r in records), "tokens": tokens, **{f"ppl_{c}": ppl[c] for c in CONDITIONS},
-               "z0_vs_base": ppl["z0"] / ppl["base"] - 1}
-    table = markdown_table(["condition", "perplexity", "vs base"],
-                           [[c, ppl[c], f"{100 * (ppl[c] / ppl['base'] - 1):+.2f}%"] for c in CONDITIONS])
-    notes = [f"{summary['chunks']} chunks of <= max_length - 2 decoder tokens from {cfg.data}, scored as "
-             "<bos> chunk <eos>; base = the plain pretrained LM; z0 = the Larimar decoder with z = 0; self = "
-             "conditioned on the chunk's own encoding."]
+    summary = {
+        "chunks": sum(r["chunks"] for r in records),
+        "tokens": tokens,
+        **{f"ppl_{c}": ppl[c] for c in CONDITIONS},
+        "z0_vs_base": ppl["z0"] / ppl["base"] - 1,
+    }
+    table = markdown_table(
+        ["condition", "perplexity", "vs base"],
+        [[c, ppl[c], f"{100 * (ppl[c] / ppl['base'] - 1):+.2f}%"] for c in CONDITIONS],
+    )
+    notes = [
+        f"{summary['chunks']} chunks of <= max_length - 2 decoder tokens from {cfg.data}, scored as "
+        "<bos> chunk <eos>; base = the plain pretrained LM; z0 = the Larimar decoder with z = 0; self = "
+        "conditioned on the chunk's own encoding."
+    ]
     return Report(summary, table, records, notes=notes)

@@ -73,13 +73,24 @@ def write(report: Report, out: str | Path, name: str, config) -> dict[str, Path]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md"}
-    payload = {"experiment": name, "config": dataclasses.asdict(config), "summary": report.summary,
-               "notes": report.notes, "records": report.records}
+    payload = {
+        "experiment": name,
+        "config": dataclasses.asdict(config),
+        "summary": report.summary,
+        "notes": report.notes,
+        "records": report.records,
+    }
     if report.curve is not None:
         payload["curve"] = dataclasses.asdict(report.curve)
     paths["json"].write_text(json.dumps(payload, indent=2))
-    md = [f"# {name}", "", f"model `{config.model}`, data `{config.data}`, limit {config.limit}, seed {config.seed}", "",
-          report.table, ""]
+    md = [
+        f"# {name}",
+        "",
+        f"model `{config.model}`, data `{config.data}`, limit {config.limit}, seed {config.seed}",
+        "",
+        report.table,
+        "",
+    ]
     md += [f"- {n}" for n in report.notes]
     paths["md"].write_text("\n".join(md) + "\n")
     if report.curve is not None:

@@ -24,6 +24,7 @@ from larimar.evaluation import report
 from larimar.evaluation.config import EXPERIMENTS, EvalConfig
 from larimar.evaluation.context import EvalContext, model_config
 
+
 def experiment_module(name: str):
     if name not in EXPERIMENTS:
         raise ConfigError(f"unknown experiment {name!r}; expected one of {sorted(EXPERIMENTS)}")
@@ -76,8 +77,9 @@ def evaluate_items(module, cfg: EvalConfig, work: list, context: EvalContext | N
     index = {ref: i for i, ref in enumerate(refs)}
     results: list[list[dict] | None] = [None] * len(refs)
     pending = list(refs)
-    with tqdm(total=len(work), desc=f"{cfg.experiment} ({len(parts)} Ray tasks)", unit=unit,
-              disable=not cfg.progress) as bar:
+    with tqdm(
+        total=len(work), desc=f"{cfg.experiment} ({len(parts)} Ray tasks)", unit=unit, disable=not cfg.progress
+    ) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             i = index[done[0]]

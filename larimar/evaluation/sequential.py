@@ -36,12 +36,22 @@ def checkpoints(n: int, parts: int) -> list[int]:
 
 def _recall(editor: Editor, facts: list[Fact], batch_size: int, rephrase: bool = False):
     prompts = [f.rephrases[0] if rephrase else f.prompt for f in facts]
-    return recall_rates(editor.force(prompts, [f.target for f in facts], batch_size)) if facts else \
-        {"token_acc": None, "exact": None}
+    return (
+        recall_rates(editor.force(prompts, [f.target for f in facts], batch_size))
+        if facts
+        else {"token_acc": None, "exact": None}
+    )
 
 
-def evaluate_editor(editor: Editor, facts: list[Fact], n_checkpoints: int, eval_cap: int, seed: int,
-               tick=lambda k: None, batch_size: int = 16) -> tuple[list[dict], list[float]]:
+def evaluate_editor(
+    editor: Editor,
+    facts: list[Fact],
+    n_checkpoints: int,
+    eval_cap: int,
+    seed: int,
+    tick=lambda k: None,
+    batch_size: int = 16,
+) -> tuple[list[dict], list[float]]:
     """Edits one after another into the same model; (checkpoint records, per-edit seconds)."""
     rng = random.Random(seed)
     editor.reset()
@@ -54,10 +64,20 @@ def evaluate_editor(editor: Editor, facts: list[Fact], n_checkpoints: int, eval_
             sample = seen if len(seen) <= eval_cap else rng.sample(seen, eval_cap)
             kept = _recall(editor, sample, batch_size)
             reph = _recall(editor, [f for f in sample if f.rephrases], batch_size, rephrase=True)
-            out.append({"edits": i, "evaluated": len(sample), "retention": kept["token_acc"],
-                        "retention_exact": kept["exact"], "rephrase": reph["token_acc"], "rephrase_exact": reph["exact"]})
+            out.append(
+                {
+                    "edits": i,
+                    "evaluated": len(sample),
+                    "retention": kept["token_acc"],
+                    "retention_exact": kept["exact"],
+                    "rephrase": reph["token_acc"],
+                    "rephrase_exact": reph["exact"],
+                }
+            )
     editor.reset()
     return out, times
+
+
 def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
     """Larimar (every fact into one memory of K slots, reads gated by scope with --use-scope) or a
     baseline (edits accumulating in the model), through `evaluate_editor`."""
@@ -70,16 +90,40 @@ def evaluate(ctx: EvalContext, _items: list[dict], tick) -> list[dict]:
 
 def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     last = records[-1]
-    summary = {"edits": last["edits"], "slots": slots, "ERR": last["retention"], "ERR_exact": last["retention_exact"],
-               "rephrase": last["rephrase"], "rephrase_exact": last["rephrase_exact"]}
-    table = markdown_table(["edits", "retention (tok acc)", "retention exact", "held-out rephrase (tok acc)",
-                            "rephrase exact", "facts evaluated"],
-                           [[r["edits"], r["retention"], r["retention_exact"], r["rephrase"], r["rephrase_exact"],
-                             r["evaluated"]] for r in records])
+    summary = {
+        "edits": last["edits"],
+        "slots": slots,
+        "ERR": last["retention"],
+        "ERR_exact": last["retention_exact"],
+        "rephrase": last["rephrase"],
+        "rephrase_exact": last["rephrase_exact"],
+    }
+    table = markdown_table(
+        [
+            "edits",
+            "retention (tok acc)",
+            "retention exact",
+            "held-out rephrase (tok acc)",
+            "rephrase exact",
+            "facts evaluated",
+        ],
+        [
+            [r["edits"], r["retention"], r["retention_exact"], r["rephrase"], r["rephrase_exact"], r["evaluated"]]
+            for r in records
+        ],
+    )
     xs = [r["edits"] for r in records]
-    curve = Curve(f"Sequential edits into one memory (K = {slots})", "edits written", "recall",
-                  {"edit retention": (xs, [r["retention"] for r in records]),
-                   "held-out rephrase": (xs, [r["rephrase"] for r in records])})
-    notes = [f"K = {slots}; ERR = retention after the last edit (token accuracy; the paper uses F1).",
-             f"scope detector {'on' if needs_scope(cfg) else 'off'} (memory read for every query)."]
+    curve = Curve(
+        f"Sequential edits into one memory (K = {slots})",
+        "edits written",
+        "recall",
+        {
+            "edit retention": (xs, [r["retention"] for r in records]),
+            "held-out rephrase": (xs, [r["rephrase"] for r in records]),
+        },
+    )
+    notes = [
+        f"K = {slots}; ERR = retention after the last edit (token accuracy; the paper uses F1).",
+        f"scope detector {'on' if needs_scope(cfg) else 'off'} (memory read for every query).",
+    ]
     return Report(summary, table, records, curve, notes)

@@ -88,18 +88,33 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     rows = []
     for part in PARTS:
         vals = [r[part] for r in records]
-        summary[part] = {"median_ms": metrics.percentile(vals, 50), "p90_ms": metrics.percentile(vals, 90),
-                         "mean_ms": metrics.mean(vals)}
+        summary[part] = {
+            "median_ms": metrics.percentile(vals, 50),
+            "p90_ms": metrics.percentile(vals, 90),
+            "mean_ms": metrics.mean(vals),
+        }
         rows.append([part, summary[part]["median_ms"], summary[part]["p90_ms"], summary[part]["mean_ms"]])
     edit_parts = [sum(r[p] for p in ("encode", "write", "scope_index")) for r in records]
-    summary["edit_total"] = {"median_ms": metrics.percentile(edit_parts, 50), "p90_ms": metrics.percentile(edit_parts, 90),
-                             "mean_ms": metrics.mean(edit_parts)}
-    rows.insert(3, ["edit = encode + write + scope_index", summary["edit_total"]["median_ms"],
-                    summary["edit_total"]["p90_ms"], summary["edit_total"]["mean_ms"]])
+    summary["edit_total"] = {
+        "median_ms": metrics.percentile(edit_parts, 50),
+        "p90_ms": metrics.percentile(edit_parts, 90),
+        "mean_ms": metrics.mean(edit_parts),
+    }
+    rows.insert(
+        3,
+        [
+            "edit = encode + write + scope_index",
+            summary["edit_total"]["median_ms"],
+            summary["edit_total"]["p90_ms"],
+            summary["edit_total"]["mean_ms"],
+        ],
+    )
     summary["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     summary["threads"] = torch.get_num_threads()
     table = markdown_table(["part", "median ms", "p90 ms", "mean ms"], rows)
-    notes = [f"device {summary['device']}, {summary['threads']} torch threads, single-fact edits into fresh memories "
-             f"(K = {slots}); 'score' (a teacher-forced decoder pass) is evaluation, not editing.",
-             "edit_api = EditableMemory.edit end to end (encode + write + scope index + bookkeeping)."]
+    notes = [
+        f"device {summary['device']}, {summary['threads']} torch threads, single-fact edits into fresh memories "
+        f"(K = {slots}); 'score' (a teacher-forced decoder pass) is evaluation, not editing.",
+        "edit_api = EditableMemory.edit end to end (encode + write + scope index + bookkeeping).",
+    ]
     return Report(summary, table, records, notes=notes)

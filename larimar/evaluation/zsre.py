@@ -52,9 +52,15 @@ def evaluate_editor(editor: Editor, cases: list[ZsreCase], tick=lambda k: None, 
         record = {"case_id": case.case_id, "edit_s": edit_s}
         for c, (es, ps, loc) in forced.items():
             reached = [False] * 3 if c == "unedited" else [es.in_scope, ps.in_scope, loc.in_scope]
-            record[c] = {"ES": es.token_acc, "PS": ps.token_acc, "ES_exact": es.exact, "PS_exact": ps.exact,
-                         "NS": loc.token_acc, "locality": metrics.unchanged_fraction(loc.pred_ids, base_loc),
-                         "in_scope": reached}
+            record[c] = {
+                "ES": es.token_acc,
+                "PS": ps.token_acc,
+                "ES_exact": es.exact,
+                "PS_exact": ps.exact,
+                "NS": loc.token_acc,
+                "locality": metrics.unchanged_fraction(loc.pred_ids, base_loc),
+                "in_scope": reached,
+            }
         out.append(record)
         tick(1)
     editor.reset()
@@ -75,13 +81,29 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
         summary[c] = {k: metrics.mean([float(r[c][k]) for r in records]) for k in keys}
         for i, g in enumerate(("ES", "PS", "loc")):
             summary[c][f"{g}_in_scope"] = metrics.mean([float(r[c]["in_scope"][i]) for r in records])
-    rows = [[c, *(summary[c][k] for k in keys), summary[c]["PS_in_scope"], summary[c]["loc_in_scope"]]
-            for c in conditions(records)]
-    table = markdown_table(["condition", "ES (tok acc)", "PS (tok acc)", "ES exact", "PS exact", "NS (loc_ans acc)",
-                            "locality (unchanged)", "PS in scope", "loc in scope"], rows)
-    notes = ["ES/PS: teacher-forced argmax token accuracy of answers[0] after src / rephrase (exact: every token).",
-             "NS: token accuracy of loc_ans on the loc prompt (ROME's zsRE neighbourhood metric, Larimar Table 12); "
-             "locality: fraction of loc_ans positions whose argmax equals the unedited decoder's (EasyEdit).",
-             f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
-             f"subject{'' if cfg.use_subjects else ', subjects not passed'}); 'unedited' = z = 0."]
+    rows = [
+        [c, *(summary[c][k] for k in keys), summary[c]["PS_in_scope"], summary[c]["loc_in_scope"]]
+        for c in conditions(records)
+    ]
+    table = markdown_table(
+        [
+            "condition",
+            "ES (tok acc)",
+            "PS (tok acc)",
+            "ES exact",
+            "PS exact",
+            "NS (loc_ans acc)",
+            "locality (unchanged)",
+            "PS in scope",
+            "loc in scope",
+        ],
+        rows,
+    )
+    notes = [
+        "ES/PS: teacher-forced argmax token accuracy of answers[0] after src / rephrase (exact: every token).",
+        "NS: token accuracy of loc_ans on the loc prompt (ROME's zsRE neighbourhood metric, Larimar Table 12); "
+        "locality: fraction of loc_ans positions whose argmax equals the unedited decoder's (EasyEdit).",
+        f"scope threshold {cfg.scope_threshold} (cosine; {cfg.subject_threshold} for queries naming the edit's "
+        f"subject{'' if cfg.use_subjects else ', subjects not passed'}); 'unedited' = z = 0.",
+    ]
     return Report(summary, table, records, notes=notes)

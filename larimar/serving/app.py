@@ -13,7 +13,6 @@ No `from __future__ import annotations` here: FastAPI must see the real types of
 class-based ingress methods to tell request bodies from query parameters.
 """
 
-
 import asyncio
 import time
 from typing import Any
@@ -36,8 +35,20 @@ from larimar.serving.errors import ApiError, error_body, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
 from larimar.serving.schemas import (
-    CreateMemory, ForgetResult, GenerateIn, GenerateOut, Limits, Match, MemoryDetail, MemoryOut, ScoreIn, ScoreOut,
-    ServeSettings, WriteFacts, WriteResult, load_settings,
+    CreateMemory,
+    ForgetResult,
+    GenerateIn,
+    GenerateOut,
+    Limits,
+    Match,
+    MemoryDetail,
+    MemoryOut,
+    ScoreIn,
+    ScoreOut,
+    ServeSettings,
+    WriteFacts,
+    WriteResult,
+    load_settings,
 )
 from larimar.serving.store import Conflict, MemoryStore, StoreConfig, StoreError
 
@@ -76,8 +87,14 @@ class Encoder:
             n = len(self.model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
             if n > limit:
                 field = "text" if f.get("text") is not None else "prompt"
-                return _error(ApiError(413, f"facts[{i}] has {n} encoder tokens; the limit is {limit}",
-                                       param=f"facts[{i}].{field}", code="fact_too_long"))
+                return _error(
+                    ApiError(
+                        413,
+                        f"facts[{i}] has {n} encoder tokens; the limit is {limit}",
+                        param=f"facts[{i}].{field}",
+                        code="fact_too_long",
+                    )
+                )
         return None
 
     def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
@@ -87,8 +104,10 @@ class Encoder:
         return [r if r is not None else next(done) for r in refused]
 
     def _encode_checked(self, requests: list[list[dict]]) -> list[dict]:
-        per_request = [[make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts]
-                       for facts in requests]
+        per_request = [
+            [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts]
+            for facts in requests
+        ]
         flat = [f for facts in per_request for f in facts]
         enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
         scope_owner, _ = scope_texts(flat)
@@ -96,8 +115,13 @@ class Encoder:
         out, start = [], 0
         for facts in per_request:
             rows = [i for i, o in enumerate(scope_owner) if start <= o < start + len(facts)]
-            out.append({"keys": enc.keys[start : start + len(facts)], "values": enc.values[start : start + len(facts)],
-                        "scope": vectors[rows]})
+            out.append(
+                {
+                    "keys": enc.keys[start : start + len(facts)],
+                    "values": enc.values[start : start + len(facts)],
+                    "scope": vectors[rows],
+                }
+            )
             start += len(facts)
         return out
 
@@ -142,8 +166,16 @@ class Decoder:
         -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit)."""
         try:
             ids = self._prompt_ids(req)
-            outs = completion.complete(self.model, ids, req["z"], req["max_tokens"], req["temperature"], req["top_p"],
-                                       req["stop"], deadline_s=req.get("deadline_s"))
+            outs = completion.complete(
+                self.model,
+                ids,
+                req["z"],
+                req["max_tokens"],
+                req["temperature"],
+                req["top_p"],
+                req["stop"],
+                deadline_s=req.get("deadline_s"),
+            )
         except ApiError as err:
             return _error(err)
         return {"ok": [o.to_dict() for o in outs]}
@@ -157,15 +189,32 @@ class Decoder:
             yield _error(err)
             return
         yield {"ok": {"prompt_tokens": len(ids[0])}}
-        for item in completion.stream(self.model, ids[0], req["z"], req["max_tokens"], req["temperature"],
-                                      req["top_p"], req["stop"], deadline_s=req.get("deadline_s")):
+        for item in completion.stream(
+            self.model,
+            ids[0],
+            req["z"],
+            req["max_tokens"],
+            req["temperature"],
+            req["top_p"],
+            req["stop"],
+            deadline_s=req.get("deadline_s"),
+        ):
             yield {"text": item} if isinstance(item, str) else {"done": item.to_dict()}
 
     def score(self, req: dict) -> dict:
         """{"prompt", "candidates", "z", limits} -> {"ok": [(logprob, mean NLL, tokens)]} or {"error"}."""
         try:
-            return {"ok": completion.score(self.model, req["prompt"], req["candidates"], req["z"],
-                                           req["max_prompt_tokens"], req["max_candidate_tokens"], req["deadline_s"])}
+            return {
+                "ok": completion.score(
+                    self.model,
+                    req["prompt"],
+                    req["candidates"],
+                    req["z"],
+                    req["max_prompt_tokens"],
+                    req["max_candidate_tokens"],
+                    req["deadline_s"],
+                )
+            }
         except ApiError as err:
             return _error(err)
 
@@ -177,8 +226,14 @@ def _error(err: Exception) -> dict:
     """A refusal as plain data: deployments answer it instead of raising, the ingress turns it into
     the API's error body (larimar.serving.errors)."""
     status = err.status if isinstance(err, (StoreError, ApiError)) else 422
-    return {"error": {"status": status, "message": getattr(err, "message", str(err)),
-                      "param": getattr(err, "param", None), "code": getattr(err, "code", None)}}
+    return {
+        "error": {
+            "status": status,
+            "message": getattr(err, "message", str(err)),
+            "param": getattr(err, "param", None),
+            "code": getattr(err, "code", None),
+        }
+    }
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=2000)
@@ -191,18 +246,26 @@ class MemoryActor:
         self.snapshotting: asyncio.Task | None = None  # a snapshot being written, outside the lock
         self.edits = Counter("larimar_memory_edits", description="acknowledged edits", tag_keys=("op",))
         self.facts_written = Counter("larimar_memory_facts_written", description="facts written")
-        self.scope_checks = Counter("larimar_scope_checks", description="memory reads by scope outcome",
-                                    tag_keys=("outcome",))
+        self.scope_checks = Counter(
+            "larimar_scope_checks", description="memory reads by scope outcome", tag_keys=("outcome",)
+        )
         self.memories = Gauge("larimar_memories", description="memories held")
-        self.fill = Gauge("larimar_memory_fill_ratio", description="facts / slots, summed over memories by stat",
-                          tag_keys=("stat",))
+        self.fill = Gauge(
+            "larimar_memory_fill_ratio", description="facts / slots, summed over memories by stat", tag_keys=("stat",)
+        )
         self.versions = Gauge("larimar_memory_version_max", description="highest memory version")
         self.snapshot_age = Gauge("larimar_memory_snapshot_age_seconds", description="seconds since the last snapshot")
         self.log_seq = Gauge("larimar_memory_log_sequence", description="last applied edit-log sequence number")
-        self.damaged = Gauge("larimar_memories_damaged", description="memories unavailable after a damaged log "
-                             "entry or snapshot file (python -m larimar.serving.repair)")
-        self.batch_size = Histogram("larimar_memory_write_batch_size", description="write requests per batch",
-                                    boundaries=[1, 2, 4, 8, 16, 32, 64])
+        self.damaged = Gauge(
+            "larimar_memories_damaged",
+            description="memories unavailable after a damaged log "
+            "entry or snapshot file (python -m larimar.serving.repair)",
+        )
+        self.batch_size = Histogram(
+            "larimar_memory_write_batch_size",
+            description="write requests per batch",
+            boundaries=[1, 2, 4, 8, 16, 32, 64],
+        )
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -231,8 +294,15 @@ class MemoryActor:
         finally:
             self.snapshotting = None
 
-    async def create(self, tenant: str, name: str, slots: int | None, keys: str = "linear",
-                     idempotency_key: str | None = None, seed: int = 0) -> dict:
+    async def create(
+        self,
+        tenant: str,
+        name: str,
+        slots: int | None,
+        keys: str = "linear",
+        idempotency_key: str | None = None,
+        seed: int = 0,
+    ) -> dict:
         async with self.lock:
             try:
                 slots = slots or self.store.cfg.default_slots  # hashed as prepare_create hashes it
@@ -275,9 +345,15 @@ class MemoryActor:
 
     def _summary(self, memory_id: str) -> dict:
         r = self.store.records[memory_id]
-        return {"id": r.info.id, "name": r.info.name, "slots": r.info.slots, "keys": r.memory.state.key_kind,
-                "version": r.info.version,
-                "facts": len(r.memory), "created": r.info.created}
+        return {
+            "id": r.info.id,
+            "name": r.info.name,
+            "slots": r.info.slots,
+            "keys": r.memory.state.key_kind,
+            "version": r.info.version,
+            "facts": len(r.memory),
+            "created": r.info.created,
+        }
 
     async def health(self) -> dict:
         """What restore found: damaged memories (unavailable until repaired) and store-level problems."""
@@ -291,10 +367,18 @@ class MemoryActor:
             r = self.store.get(tenant, memory_id)
         except StoreError as err:
             return _error(err)
-        facts = [{"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target, "subject": f.subject}
-                 for f in r.memory.facts.values()]
-        return {"ok": {**self._summary(memory_id), "stored": facts, "log": list(r.events),
-                       "fill": len(r.memory) / r.info.slots}}
+        facts = [
+            {"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target, "subject": f.subject}
+            for f in r.memory.facts.values()
+        ]
+        return {
+            "ok": {
+                **self._summary(memory_id),
+                "stored": facts,
+                "log": list(r.events),
+                "fill": len(r.memory) / r.info.slots,
+            }
+        }
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
     async def write(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
@@ -314,8 +398,16 @@ class MemoryActor:
                         if first_with_key[(tenant, idem)][1] != self.store.request_hash(facts):
                             raise Conflict(f"Idempotency-Key {idem!r} was already used for a different request")
                         continue  # a retry racing its original: answered with it below
-                    entry = self.store.prepare_write(tenant, memory_id, facts, enc["keys"], enc["values"], enc["scope"],
-                                                     pending=pending.get(memory_id, 0), idempotency_key=idem)
+                    entry = self.store.prepare_write(
+                        tenant,
+                        memory_id,
+                        facts,
+                        enc["keys"],
+                        enc["values"],
+                        enc["scope"],
+                        pending=pending.get(memory_id, 0),
+                        idempotency_key=idem,
+                    )
                 except (StoreError, ValueError) as err:
                     results[i] = _error(err)
                     continue
@@ -350,16 +442,26 @@ class MemoryActor:
     async def read(self, tenant: str, memory_id: str, queries: dict, use_scope: bool) -> dict:
         """No lock needed: `apply` runs without awaiting, so a read sees a whole version or the previous one."""
         try:
-            z, matches, version = self.store.read(tenant, memory_id, queries["z"],
-                                                  queries["sentences"] if use_scope else None, queries["owners"],
-                                                  queries["texts"])
+            z, matches, version = self.store.read(
+                tenant,
+                memory_id,
+                queries["z"],
+                queries["sentences"] if use_scope else None,
+                queries["owners"],
+                queries["texts"],
+            )
         except StoreError as err:
             return _error(err)
         if matches is not None:
             for m in matches:
                 self.scope_checks.inc(tags={"outcome": "in_scope" if m.in_scope else "out_of_scope"})
-        return {"ok": {"z": z, "version": version,
-                       "matches": [(m.fact_id, m.similarity, m.in_scope) for m in matches] if matches else None}}
+        return {
+            "ok": {
+                "z": z,
+                "version": version,
+                "matches": [(m.fact_id, m.similarity, m.in_scope) for m in matches] if matches else None,
+            }
+        }
 
     async def check_health(self) -> None:
         """Serve calls this every 10 s: it also re-sets the gauges, which Ray 2.60 stops exporting
@@ -372,8 +474,9 @@ class MemoryActor:
 api = FastAPI(title="Larimar", description="An LLM whose episodic memory you edit at serving time.", version="0.1.0")
 
 
-def _error_response(status: int, message: str, param: str | None = None, code: str | None = None,
-                    headers: dict | None = None) -> JSONResponse:
+def _error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     return JSONResponse(status_code=status, content=error_body(status, message, param, code), headers=headers)
 
 
@@ -432,18 +535,28 @@ class Ingress:
         self.limits: Limits = self.settings.limits
         self.keys = ApiKeys(self.settings.api_keys)
         self.started = time.time()
-        self.requests = Counter("larimar_http_requests", description="HTTP requests",
-                                tag_keys=("endpoint", "status"))
-        self.latency = Histogram("larimar_http_latency_seconds", description="HTTP latency per endpoint",
-                                 boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-                                 tag_keys=("endpoint",))
+        self.requests = Counter("larimar_http_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
+        self.latency = Histogram(
+            "larimar_http_latency_seconds",
+            description="HTTP latency per endpoint",
+            boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+            tag_keys=("endpoint",),
+        )
         limits = self.limits
-        api.add_middleware(RequestGuard, tenant_for=self._tenant_from_headers,
-                           body_limit=lambda path: (limits.max_import_bytes if path == "/v1/memories/import"
-                                                    else limits.max_body_bytes),
-                           bucket=TokenBucket(limits.requests_per_second, limits.burst, {
-                               k.tenant: (k.requests_per_second or limits.requests_per_second, k.burst or limits.burst)
-                               for k in self.settings.api_keys if k.requests_per_second or k.burst}))
+        api.add_middleware(
+            RequestGuard,
+            tenant_for=self._tenant_from_headers,
+            body_limit=lambda path: limits.max_import_bytes if path == "/v1/memories/import" else limits.max_body_bytes,
+            bucket=TokenBucket(
+                limits.requests_per_second,
+                limits.burst,
+                {
+                    k.tenant: (k.requests_per_second or limits.requests_per_second, k.burst or limits.burst)
+                    for k in self.settings.api_keys
+                    if k.requests_per_second or k.burst
+                },
+            ),
+        )
         api.middleware("http")(self._observe)  # added last: outermost, so it also counts the guard's refusals
 
     async def _observe(self, request: Request, call_next):
@@ -485,7 +598,7 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
-        """"ready", or "degraded" with the damaged memories (every other memory is served; a
+        """ "ready", or "degraded" with the damaged memories (every other memory is served; a
         degraded store stays in rotation); 503 when a dependency does not answer."""
         try:
             health = await asyncio.wait_for(self.memory.health.remote(), timeout=5)
@@ -499,15 +612,27 @@ class Ingress:
     # -- memories --------------------------------------------------------------------------------
 
     @api.post("/v1/memories", status_code=201, response_model=MemoryOut)
-    async def create_memory(self, body: CreateMemory, key: str | None = Depends(presented_key),
-                            idempotency_key: str | None = Depends(idempotency)):
+    async def create_memory(
+        self,
+        body: CreateMemory,
+        key: str | None = Depends(presented_key),
+        idempotency_key: str | None = Depends(idempotency),
+    ):
         tenant = self.tenant(key)
         slots = body.slots or self.settings.default_slots
         return _unwrap(await self.memory.create.remote(tenant, body.name, slots, body.keys, idempotency_key, body.seed))
 
-    @api.post("/v1/memories/import", status_code=201, response_model=MemoryOut,
-              openapi_extra={"requestBody": {"required": True, "content": {"application/octet-stream": {
-                  "schema": {"type": "string", "format": "binary"}}}}})
+    @api.post(
+        "/v1/memories/import",
+        status_code=201,
+        response_model=MemoryOut,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def import_memory(self, request: Request, name: str = "", key: str | None = Depends(presented_key)):
         """A memory file (larimar.memory_file: `EditableMemory.save` in Python, or an export) as a
         new memory. The body is the file's bytes (Content-Type: application/octet-stream)."""
@@ -519,14 +644,20 @@ class Ingress:
             raise ApiError(422, "the body must be a memory file (larimar.memory_file)", "body")
         return _unwrap(await self.memory.import_memory.remote(tenant, name, bytes(raw)))
 
-    @api.get("/v1/memories/{memory_id}/export", response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}}})
+    @api.get(
+        "/v1/memories/{memory_id}/export",
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
     async def export_memory(self, memory_id: str, key: str | None = Depends(presented_key)):
         """The memory as a memory file: `LarimarEditor.load_memory` or `POST /v1/memories/import` read it."""
         tenant = self.tenant(key)
         raw = _unwrap(await self.memory.export.remote(tenant, memory_id))
-        return Response(raw, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{memory_id}.larimar.safetensors"'})
+        return Response(
+            raw,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{memory_id}.larimar.safetensors"'},
+        )
 
     @api.get("/v1/memories", response_model=list[MemoryOut])
     async def list_memories(self, key: str | None = Depends(presented_key)):
@@ -545,14 +676,22 @@ class Ingress:
         return {"deleted": memory_id}
 
     @api.post("/v1/memories/{memory_id}/facts", response_model=WriteResult)
-    async def write_facts(self, memory_id: str, body: WriteFacts, key: str | None = Depends(presented_key),
-                          idempotency_key: str | None = Depends(idempotency)):
+    async def write_facts(
+        self,
+        memory_id: str,
+        body: WriteFacts,
+        key: str | None = Depends(presented_key),
+        idempotency_key: str | None = Depends(idempotency),
+    ):
         """Idempotency-Key (optional, up to 255 characters): a retry with the same key and body gets the
         first answer instead of writing the facts twice; the same key with another body is a 409."""
         tenant = self.tenant(key)
         if len(body.facts) > self.limits.max_facts_per_request:
-            raise ApiError(413, f"{len(body.facts)} facts in one request; the limit is "
-                                f"{self.limits.max_facts_per_request}", "facts")
+            raise ApiError(
+                413,
+                f"{len(body.facts)} facts in one request; the limit is {self.limits.max_facts_per_request}",
+                "facts",
+            )
         facts = [f.model_dump() for f in body.facts]
         for i, f in enumerate(facts):
             for key in ("text", "prompt", "target", "subject"):
@@ -564,8 +703,12 @@ class Ingress:
         return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc, idempotency_key)))
 
     @api.delete("/v1/memories/{memory_id}/facts/{fact_id}", response_model=ForgetResult)
-    async def forget_fact(self, memory_id: str, fact_id: str = Path(pattern=r"^[0-9]{1,18}$", description="a fact id"),
-                          key: str | None = Depends(presented_key)):
+    async def forget_fact(
+        self,
+        memory_id: str,
+        fact_id: str = Path(pattern=r"^[0-9]{1,18}$", description="a fact id"),
+        key: str | None = Depends(presented_key),
+    ):
         """Forget one fact. Its text leaves every response at once and storage at the next snapshot."""
         tenant = self.tenant(key)
         return _unwrap(await self.memory.forget.remote(tenant, memory_id, int(fact_id)))
@@ -592,36 +735,74 @@ class Ingress:
         self._check_text("prompt", body.prompt)
         self._check_tokens(body.max_tokens)
         read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
-        [out] = _unwrap(await self.decoder.complete.remote(self._decode_request(
-            {"prompts": [body.prompt]}, read, body.max_tokens, body.temperature)))
+        [out] = _unwrap(
+            await self.decoder.complete.remote(
+                self._decode_request({"prompts": [body.prompt]}, read, body.max_tokens, body.temperature)
+            )
+        )
         used, matched = self._matched(read, 0)
-        return GenerateOut(text=out["text"].strip(), used_memory=used, matched=matched, version=read["version"],
-                           tokens=out["completion_tokens"])
+        return GenerateOut(
+            text=out["text"].strip(),
+            used_memory=used,
+            matched=matched,
+            version=read["version"],
+            tokens=out["completion_tokens"],
+        )
 
     @api.post("/v1/memories/{memory_id}/score", response_model=ScoreOut)
     async def score(self, memory_id: str, body: ScoreIn, key: str | None = Depends(presented_key)):
         tenant = self.tenant(key)
         self._check_text("prompt", body.prompt)
         if len(body.candidates) > self.limits.max_prompts_per_request:
-            raise ApiError(413, f"{len(body.candidates)} candidates; the limit is {self.limits.max_prompts_per_request}",
-                           "candidates")
+            raise ApiError(
+                413,
+                f"{len(body.candidates)} candidates; the limit is {self.limits.max_prompts_per_request}",
+                "candidates",
+            )
         for i, c in enumerate(body.candidates):
             self._check_text(f"candidates[{i}]", c)
         read = await self._read(tenant, memory_id, [body.prompt], body.use_scope)
         z = read["z"].expand(len(body.candidates), -1)  # scope is decided once per prompt (ROME protocol)
-        scores = _unwrap(await self.decoder.score.remote({
-            "prompt": body.prompt, "candidates": body.candidates, "z": z, "deadline_s": self.limits.deadline_s,
-            "max_prompt_tokens": self.limits.max_prompt_tokens, "max_candidate_tokens": self.limits.max_candidate_tokens}))
-        return ScoreOut(logprobs=[s[0] for s in scores], mean_nll=[s[1] for s in scores],
-                        used_memory=self._matched(read, 0)[0], version=read["version"])
+        scores = _unwrap(
+            await self.decoder.score.remote(
+                {
+                    "prompt": body.prompt,
+                    "candidates": body.candidates,
+                    "z": z,
+                    "deadline_s": self.limits.deadline_s,
+                    "max_prompt_tokens": self.limits.max_prompt_tokens,
+                    "max_candidate_tokens": self.limits.max_candidate_tokens,
+                }
+            )
+        )
+        return ScoreOut(
+            logprobs=[s[0] for s in scores],
+            mean_nll=[s[1] for s in scores],
+            used_memory=self._matched(read, 0)[0],
+            version=read["version"],
+        )
 
     # -- OpenAI-compatible -----------------------------------------------------------------------
 
-    def _decode_request(self, what: dict, read: dict, max_tokens: int, temperature: float, top_p: float = 1.0,
-                        stop: list[str] | None = None) -> dict:
-        return {**what, "z": read["z"], "max_tokens": max_tokens, "temperature": temperature, "top_p": top_p,
-                "stop": stop or [], "max_prompt_tokens": self.limits.max_prompt_tokens,
-                "deadline_s": self.limits.deadline_s}
+    def _decode_request(
+        self,
+        what: dict,
+        read: dict,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+    ) -> dict:
+        return {
+            **what,
+            "z": read["z"],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "stop": stop or [],
+            "max_prompt_tokens": self.limits.max_prompt_tokens,
+            "deadline_s": self.limits.deadline_s,
+        }
 
     @api.get("/v1/models")
     async def list_models(self, key: str | None = Depends(presented_key)) -> dict:
@@ -629,8 +810,11 @@ class Ingress:
         tenant = self.tenant(key)
         base = self.settings.model_name
         mems = _unwrap(await self.memory.list_memories.remote(tenant))
-        return {"object": "list", "data": [oai.model_card(base, self.started)]
-                + [oai.model_card(f"{base}:{m['id']}", m["created"]) for m in mems]}
+        return {
+            "object": "list",
+            "data": [oai.model_card(base, self.started)]
+            + [oai.model_card(f"{base}:{m['id']}", m["created"]) for m in mems],
+        }
 
     @api.get("/v1/models/{model}")
     async def get_model(self, model: str, key: str | None = Depends(presented_key)) -> dict:
@@ -656,8 +840,11 @@ class Ingress:
             raise ApiError(400, "stream: true takes one prompt", param="prompt", code="unsupported_parameter")
         read = await self._read(tenant, memory_id, prompts, True)  # once: a concurrent edit cannot change it
         req = self._decode_request(what, read, max_tokens, body.temperature, body.top_p, body.stops)
-        larimar = {"memory_id": memory_id, "version": read["version"],
-                   "used_memory": [self._matched(read, i)[0] for i in range(len(prompts))]}
+        larimar = {
+            "memory_id": memory_id,
+            "version": read["version"],
+            "used_memory": [self._matched(read, i)[0] for i in range(len(prompts))],
+        }
         rid = oai.new_id("chatcmpl" if chat else "cmpl")
         if not body.stream:
             outs = _unwrap(await self.decoder.complete.remote(req))
@@ -676,12 +863,14 @@ class Ingress:
                     done = event["done"]
                     yield oai.sse(oai.chunk(rid, body.model, chat, finish=done["finish_reason"]))
                     if body.include_usage:
-                        yield oai.sse(oai.chunk(rid, body.model, chat,
-                                                usage_=oai.usage(prompt_tokens, done["completion_tokens"])))
+                        yield oai.sse(
+                            oai.chunk(rid, body.model, chat, usage_=oai.usage(prompt_tokens, done["completion_tokens"]))
+                        )
             yield oai.sse("[DONE]")
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     @api.post("/v1/completions")
     async def completions(self, body: CompletionIn, key: str | None = Depends(presented_key)):
@@ -697,8 +886,9 @@ class Ingress:
         for i, m in enumerate(body.messages):
             self._check_text(f"messages[{i}].content", m.text)
         query = body.query()
-        return await self._openai(body, tenant, query, {"messages": body.template_messages()},
-                                  body.token_budget(16), chat=True)
+        return await self._openai(
+            body, tenant, query, {"messages": body.template_messages()}, body.token_budget(16), chat=True
+        )
 
 
 # -- application builder -----------------------------------------------------------------------------
@@ -708,22 +898,37 @@ def build(args: dict):
     """`serve run larimar.serving.app:build model=... [storage=...] [config=settings.yaml]` or a Serve config's args."""
     settings = load_settings(args)
     cfg = LarimarModel.read_config(settings.model)
-    store = StoreConfig(storage=settings.storage, latent_dim=cfg.memory.latent_dim,
-                        snapshot_every=settings.snapshot_every,
-                        default_slots=settings.default_slots or cfg.memory.slots,
-                        scope_threshold=settings.scope_threshold,
-                        subject_threshold=settings.subject_threshold, readout=cfg.readout, encoder=cfg.encoder,
-                        scope_model=settings.scope_model, max_bytes_per_tenant=settings.max_bytes_per_tenant,
-                        max_events=settings.max_events)
+    store = StoreConfig(
+        storage=settings.storage,
+        latent_dim=cfg.memory.latent_dim,
+        snapshot_every=settings.snapshot_every,
+        default_slots=settings.default_slots or cfg.memory.slots,
+        scope_threshold=settings.scope_threshold,
+        subject_threshold=settings.subject_threshold,
+        readout=cfg.readout,
+        encoder=cfg.encoder,
+        scope_model=settings.scope_model,
+        max_bytes_per_tenant=settings.max_bytes_per_tenant,
+        max_events=settings.max_events,
+    )
     decoder = Decoder.options(
-        autoscaling_config={"min_replicas": settings.decoder_replicas, "max_replicas": settings.decoder_max_replicas,
-                            "target_ongoing_requests": 2},
+        autoscaling_config={
+            "min_replicas": settings.decoder_replicas,
+            "max_replicas": settings.decoder_max_replicas,
+            "target_ongoing_requests": 2,
+        },
         ray_actor_options={"num_cpus": 0.5, "num_gpus": settings.decoder_gpus},
     ).bind(settings.model, settings.decoder_device, settings.torch_threads)
     encoder = Encoder.options(
-        autoscaling_config={"min_replicas": settings.encoder_replicas, "max_replicas": settings.encoder_max_replicas,
-                            "target_ongoing_requests": 8},
+        autoscaling_config={
+            "min_replicas": settings.encoder_replicas,
+            "max_replicas": settings.encoder_max_replicas,
+            "target_ongoing_requests": 8,
+        },
     ).bind(settings.model, settings.scope_model, settings.torch_threads)
-    return Ingress.bind(encoder, decoder,
-                        MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
-                        settings.model_dump(mode="json"))
+    return Ingress.bind(
+        encoder,
+        decoder,
+        MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
+        settings.model_dump(mode="json"),
+    )

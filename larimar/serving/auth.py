@@ -1,6 +1,6 @@
 """API keys -> tenants. Keys are configured as SHA-256 hashes, never in clear text.
 
-    python -m larimar.serving.auth <key>     # prints the hash to put in the serve config
+python -m larimar.serving.auth <key>     # prints the hash to put in the serve config
 """
 
 from __future__ import annotations

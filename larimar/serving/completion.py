@@ -39,7 +39,7 @@ class Completion:
 
 
 def prompt_ids(model: LarimarModel, prompt: str) -> list[int]:
-    """"<bos> prompt", as the model was trained and is evaluated (larimar.model), without truncation."""
+    """ "<bos> prompt", as the model was trained and is evaluated (larimar.model), without truncation."""
     return [model.bos_id, *model.decoder_tokenizer(prompt, add_special_tokens=False)["input_ids"]]
 
 
@@ -55,8 +55,12 @@ def chat_ids(model: LarimarModel, messages: list[dict]) -> list[int]:
 
 def check_length(ids: list[int], limit: int, param: str) -> None:
     if len(ids) > limit:
-        raise ApiError(413, f"{param} has {len(ids)} tokens; the limit is {limit} tokens", param=param,
-                       code="context_length_exceeded")
+        raise ApiError(
+            413,
+            f"{param} has {len(ids)} tokens; the limit is {limit} tokens",
+            param=param,
+            code="context_length_exceeded",
+        )
 
 
 class StopScanner:
@@ -75,7 +79,7 @@ class StopScanner:
             out, self.buf = self.buf[: min(hits)], ""
             return out, True
         keep = max([k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])], default=0)
-        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep:]
+        out, self.buf = self.buf[: len(self.buf) - keep], self.buf[len(self.buf) - keep :]
         return out, False
 
     def flush(self) -> str:
@@ -95,7 +99,7 @@ class _Until(StoppingCriteria):
             self.cancel.set()
         done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
         if self.stops and not self.cancel.is_set():
-            texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+            texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
             done = torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
         return done
 
@@ -119,22 +123,43 @@ def _sampling(temperature: float, top_p: float) -> dict:
     return {"do_sample": True, "temperature": temperature, "top_p": top_p}
 
 
-def _generate(model: LarimarModel, ids: list[list[int]], z: torch.Tensor, max_tokens: int, temperature: float,
-              top_p: float, stops: list[str], cancel: threading.Event, streamer=None,
-              deadline: float | None = None) -> torch.Tensor:
+def _generate(
+    model: LarimarModel,
+    ids: list[list[int]],
+    z: torch.Tensor,
+    max_tokens: int,
+    temperature: float,
+    top_p: float,
+    stops: list[str],
+    cancel: threading.Event,
+    streamer=None,
+    deadline: float | None = None,
+) -> torch.Tensor:
     """(B, new) generated ids; rows that ended early are padded with the pad (= eos for SmolLM2) id."""
     batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
     T = batch["input_ids"].shape[1]
     until = _Until(model.decoder_tokenizer, T + 1, stops, cancel, deadline)  # +1: the latent slot leads
-    out = model.decoder.generate(batch["input_ids"], batch["attention_mask"], z.to(model.device),
-                                 max_new_tokens=max_tokens, eos_token_id=model.eos_id,
-                                 stopping_criteria=StoppingCriteriaList([until]), streamer=streamer,
-                                 **_sampling(temperature, top_p))
+    out = model.decoder.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        z.to(model.device),
+        max_new_tokens=max_tokens,
+        eos_token_id=model.eos_id,
+        stopping_criteria=StoppingCriteriaList([until]),
+        streamer=streamer,
+        **_sampling(temperature, top_p),
+    )
     return out[:, T:]
 
 
-def _finish(model: LarimarModel, new: list[int], prompt_len: int, max_tokens: int, stops: list[str],
-            streamed: tuple[str, bool] | None = None) -> Completion:
+def _finish(
+    model: LarimarModel,
+    new: list[int],
+    prompt_len: int,
+    max_tokens: int,
+    stops: list[str],
+    streamed: tuple[str, bool] | None = None,
+) -> Completion:
     """Usage and finish reason of one row of generated ids. `streamed`: the text already cut at a
     stop sequence by the stream, and whether it was."""
     ends = [i for i, t in enumerate(new) if t in (model.eos_id, model.decoder_tokenizer.pad_token_id)]
@@ -152,8 +177,16 @@ def _finish(model: LarimarModel, new: list[int], prompt_len: int, max_tokens: in
 
 
 @torch.no_grad()
-def complete(model: LarimarModel, ids: list[list[int]], z: torch.Tensor, max_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, stop: list[str] | None = None, deadline_s: float | None = None) -> list[Completion]:
+def complete(
+    model: LarimarModel,
+    ids: list[list[int]],
+    z: torch.Tensor,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
+    deadline_s: float | None = None,
+) -> list[Completion]:
     """Complete each prompt (token ids from `prompt_ids`/`chat_ids`) conditioned on its row of z.
     Past `deadline_s` seconds the generation stops and ApiError 504 is raised."""
     stops = [s for s in (stop or []) if s]
@@ -161,35 +194,59 @@ def complete(model: LarimarModel, ids: list[list[int]], z: torch.Tensor, max_tok
     deadline = time.monotonic() + deadline_s if deadline_s else None
     new = _generate(model, ids, z, max_tokens, temperature, top_p, stops, cancel, deadline=deadline).tolist()
     if cancel.is_set():
-        raise ApiError(504, f"the completion took longer than the {deadline_s:g} s deadline; ask for fewer tokens",
-                       param="max_tokens", code="timeout")
+        raise ApiError(
+            504,
+            f"the completion took longer than the {deadline_s:g} s deadline; ask for fewer tokens",
+            param="max_tokens",
+            code="timeout",
+        )
     return [_finish(model, row, len(p), max_tokens, stops) for row, p in zip(new, ids)]
 
 
 @torch.no_grad()
-def score(model: LarimarModel, prompt: str, candidates: list[str], z: torch.Tensor, max_prompt_tokens: int,
-          max_candidate_tokens: int, deadline_s: float | None = None, chunk: int = 4) -> list[tuple[float, float, int]]:
+def score(
+    model: LarimarModel,
+    prompt: str,
+    candidates: list[str],
+    z: torch.Tensor,
+    max_prompt_tokens: int,
+    max_candidate_tokens: int,
+    deadline_s: float | None = None,
+    chunk: int = 4,
+) -> list[tuple[float, float, int]]:
     """log p(" " + candidate | prompt, z) per candidate (`LarimarModel.score_continuations`), with
     the limits counted in tokens and the work cut into chunks so a deadline really stops it."""
     tok = model.decoder_tokenizer
     check_length(tok(prompt, add_special_tokens=False)["input_ids"], max_prompt_tokens, "prompt")
     for i, c in enumerate(candidates):
-        check_length(tok(" " + c.strip(), add_special_tokens=False)["input_ids"], max_candidate_tokens,
-                     f"candidates[{i}]")
+        check_length(
+            tok(" " + c.strip(), add_special_tokens=False)["input_ids"], max_candidate_tokens, f"candidates[{i}]"
+        )
     deadline = time.monotonic() + deadline_s if deadline_s else None
     out = []
     for s in range(0, len(candidates), chunk):
         if deadline is not None and time.monotonic() > deadline:
-            raise ApiError(504, f"scoring took longer than the {deadline_s:g} s deadline; send fewer or shorter "
-                                "candidates", param="candidates", code="timeout")
-        part = candidates[s:s + chunk]
-        out += model.score_continuations([prompt] * len(part), part, z[s:s + chunk])
+            raise ApiError(
+                504,
+                f"scoring took longer than the {deadline_s:g} s deadline; send fewer or shorter candidates",
+                param="candidates",
+                code="timeout",
+            )
+        part = candidates[s : s + chunk]
+        out += model.score_continuations([prompt] * len(part), part, z[s : s + chunk])
     return out
 
 
-def stream(model: LarimarModel, ids: list[int], z: torch.Tensor, max_tokens: int, temperature: float = 0.0,
-           top_p: float = 1.0, stop: list[str] | None = None, deadline_s: float | None = None
-           ) -> Iterator[str | Completion]:
+def stream(
+    model: LarimarModel,
+    ids: list[int],
+    z: torch.Tensor,
+    max_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stop: list[str] | None = None,
+    deadline_s: float | None = None,
+) -> Iterator[str | Completion]:
     """Text pieces as they are generated, then one `Completion` (the whole text, usage, reason).
 
     Generation runs in a thread feeding transformers' TextIteratorStreamer; closing the iterator
@@ -203,8 +260,18 @@ def stream(model: LarimarModel, ids: list[int], z: torch.Tensor, max_tokens: int
     def run() -> None:
         try:
             with torch.no_grad():
-                _generate(model, [ids], z.reshape(1, -1), max_tokens, temperature, top_p, stops, cancel, streamer,
-                          deadline=deadline)
+                _generate(
+                    model,
+                    [ids],
+                    z.reshape(1, -1),
+                    max_tokens,
+                    temperature,
+                    top_p,
+                    stops,
+                    cancel,
+                    streamer,
+                    deadline=deadline,
+                )
         except BaseException as err:  # surfaced to the consumer below
             failure.append(err)
             streamer.end()

@@ -53,8 +53,13 @@ class TokenBucket:
 
 
 class RequestGuard:
-    def __init__(self, app, tenant_for: Callable[[dict[str, str]], str | None], body_limit: Callable[[str], int],
-                 bucket: TokenBucket | None = None):
+    def __init__(
+        self,
+        app,
+        tenant_for: Callable[[dict[str, str]], str | None],
+        body_limit: Callable[[str], int],
+        bucket: TokenBucket | None = None,
+    ):
         """tenant_for: request headers (lower-case names) -> tenant or None; body_limit: path -> bytes."""
         self.app, self.tenant_for, self.body_limit, self.bucket = app, tenant_for, body_limit, bucket
 
@@ -66,12 +71,18 @@ class RequestGuard:
         if path not in OPEN_PATHS:
             tenant = self.tenant_for(headers)
             if tenant is None:
-                return await _reply(send, 401, "missing or invalid API key (Authorization: Bearer <key>)",
-                                    code="invalid_api_key")
+                return await _reply(
+                    send, 401, "missing or invalid API key (Authorization: Bearer <key>)", code="invalid_api_key"
+                )
             wait = self.bucket.take(tenant) if self.bucket is not None else 0.0
             if wait > 0:
-                return await _reply(send, 429, f"rate limit of this API key reached; retry in {wait:.2f} s",
-                                    code="rate_limit_exceeded", headers={"retry-after": str(max(1, math.ceil(wait)))})
+                return await _reply(
+                    send,
+                    429,
+                    f"rate limit of this API key reached; retry in {wait:.2f} s",
+                    code="rate_limit_exceeded",
+                    headers={"retry-after": str(max(1, math.ceil(wait)))},
+                )
         limit = self.body_limit(path)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -100,8 +111,14 @@ class RequestGuard:
                 await _reply(send, 413, f"the request body exceeds the limit of {limit} bytes", param="body")
 
 
-async def _reply(send, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+async def _reply(
+    send,
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> None:
     body = json.dumps(error_body(status, message, param, code)).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -57,11 +57,16 @@ class _OpenAIRequest(RequestBody):
         """400 for anything set that this server does not implement."""
         for name, value in (self.model_extra or {}).items():
             if value is not None:
-                raise ApiError(400, f"parameter {name!r} is not supported by this server", param=name,
-                               code="unsupported_parameter")
+                raise ApiError(
+                    400, f"parameter {name!r} is not supported by this server", param=name, code="unsupported_parameter"
+                )
         if self.n != 1:
-            raise ApiError(400, "n must be 1: generate several completions with several requests", param="n",
-                           code="unsupported_parameter")
+            raise ApiError(
+                400,
+                "n must be 1: generate several completions with several requests",
+                param="n",
+                code="unsupported_parameter",
+            )
         if self.stream_options is not None and not self.stream:
             raise ApiError(400, "stream_options needs stream: true", param="stream_options")
 
@@ -134,13 +139,18 @@ def memory_for(model: str, memory_id: str | None, base: str) -> str | None:
     if model == base:
         return memory_id
     if model.startswith(base + ":") and len(model) > len(base) + 1:
-        named = model[len(base) + 1:]
+        named = model[len(base) + 1 :]
         if memory_id is not None and memory_id != named:
-            raise ApiError(400, f"model {model!r} names memory {named!r} but memory_id is {memory_id!r}",
-                           param="memory_id")
+            raise ApiError(
+                400, f"model {model!r} names memory {named!r} but memory_id is {memory_id!r}", param="memory_id"
+            )
         return named
-    raise ApiError(404, f"model {model!r} does not exist; GET /v1/models lists {base!r} and {base}:<memory_id>",
-                   param="model", code="model_not_found")
+    raise ApiError(
+        404,
+        f"model {model!r} does not exist; GET /v1/models lists {base!r} and {base}:<memory_id>",
+        param="model",
+        code="model_not_found",
+    )
 
 
 def model_card(model_id: str, created: float) -> dict:
@@ -152,31 +162,67 @@ def new_id(prefix: str) -> str:
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_body(rid: str, model: str, outs: list[dict], larimar: dict) -> dict:
-    choices = [{"index": i, "text": o["text"], "logprobs": None, "finish_reason": o["finish_reason"]}
-               for i, o in enumerate(outs)]
-    return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model, "choices": choices,
-            "usage": usage(sum(o["prompt_tokens"] for o in outs), sum(o["completion_tokens"] for o in outs)),
-            "larimar": larimar}
+    choices = [
+        {"index": i, "text": o["text"], "logprobs": None, "finish_reason": o["finish_reason"]}
+        for i, o in enumerate(outs)
+    ]
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(sum(o["prompt_tokens"] for o in outs), sum(o["completion_tokens"] for o in outs)),
+        "larimar": larimar,
+    }
 
 
 def chat_body(rid: str, model: str, out: dict, larimar: dict) -> dict:
-    return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
-                         "logprobs": None, "finish_reason": out["finish_reason"]}],
-            "usage": usage(out["prompt_tokens"], out["completion_tokens"]), "larimar": larimar}
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": out["text"]},
+                "logprobs": None,
+                "finish_reason": out["finish_reason"],
+            }
+        ],
+        "usage": usage(out["prompt_tokens"], out["completion_tokens"]),
+        "larimar": larimar,
+    }
 
 
-def chunk(rid: str, model: str, chat: bool, *, text: str | None = None, finish: str | None = None,
-          first: bool = False, usage_: dict | None = None, extra: dict | None = None) -> dict:
+def chunk(
+    rid: str,
+    model: str,
+    chat: bool,
+    *,
+    text: str | None = None,
+    finish: str | None = None,
+    first: bool = False,
+    usage_: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
     """One stream event. Chat chunks carry `delta`s (the first one the role), completion chunks
     `text`; a usage chunk (stream_options.include_usage) has no choices, as OpenAI sends it."""
-    body: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                            "created": int(time.time()), "model": model}
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
     if usage_ is not None:
         body["choices"], body["usage"] = [], usage_
         return body

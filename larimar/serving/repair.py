@@ -27,8 +27,14 @@ def plan(store: MemoryStore, memory_id: str) -> dict:
     names = {int(n.split("/")[1].split("-")[0].split(".")[0]): n for n in store.storage.list("log")}
     seqs = [d.seq, *d.skipped] if d.file.startswith("log/") else []
     files = [names[s] for s in seqs if s in names]
-    return {"memory_id": memory_id, "entry": d.file, "reason": d.reason, "keeps_version": d.last_good_version,
-            "quarantine": files, "drops_memory": not d.file.startswith("log/")}
+    return {
+        "memory_id": memory_id,
+        "entry": d.file,
+        "reason": d.reason,
+        "keeps_version": d.last_good_version,
+        "quarantine": files,
+        "drops_memory": not d.file.startswith("log/"),
+    }
 
 
 def apply_plan(store: MemoryStore, p: dict) -> None:
@@ -65,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for mid in a.memory or sorted(store.damaged):
         p = plan(store, mid)
-        what = ("drops the whole memory (its snapshot file is unusable)" if p["drops_memory"] else
-                f"keeps version {p['keeps_version']}, quarantines {len(p['quarantine'])} entries: {p['quarantine']}")
+        what = (
+            "drops the whole memory (its snapshot file is unusable)"
+            if p["drops_memory"]
+            else f"keeps version {p['keeps_version']}, quarantines {len(p['quarantine'])} entries: {p['quarantine']}"
+        )
         print(f"{mid}: {p['entry']} {p['reason']}; repair {what}")
         if a.apply and mid in a.memory:
             apply_plan(store, p)

@@ -53,16 +53,24 @@ class Limits(BaseModel):
     requests_per_second: float = Field(50.0, gt=0, description="per API key; bursts up to burst")
     burst: int = Field(100, ge=1)
     max_import_bytes: int = Field(64 * 2**20, ge=1, description="largest memory file POST /v1/memories/import takes")
-    max_prompt_tokens: int = Field(1024, ge=1, description="longest prompt (a chat: the rendered conversation) "
-                                   "in decoder tokens; longer ones get 413, never a silent cut")
+    max_prompt_tokens: int = Field(
+        1024,
+        ge=1,
+        description="longest prompt (a chat: the rendered conversation) "
+        "in decoder tokens; longer ones get 413, never a silent cut",
+    )
 
 
 class ServeSettings(BaseModel):
     """Arguments of the Serve application builder (`larimar/serving/app.py:build`), from YAML or the CLI."""
 
     model: str = Field(description="trained Larimar model directory (LarimarModel.save_pretrained) or bundled name")
-    model_name: str = Field("larimar", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
-                            description="the model id of the OpenAI routes; memories are <model_name>:<memory_id>")
+    model_name: str = Field(
+        "larimar",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the model id of the OpenAI routes; memories are <model_name>:<memory_id>",
+    )
     storage: str = Field("runs/serve-store", description="edit log and snapshots: a directory or s3:// URI")
     api_keys: list[ApiKey] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
@@ -71,15 +79,22 @@ class ServeSettings(BaseModel):
     subject_threshold: float = Field(0.3, ge=-1, le=1, description="cosine a query naming a fact's subject needs")
     default_slots: int | None = Field(None, ge=1, description="K of new memories; default: the model's K")
     snapshot_every: int = Field(200, ge=1)
-    max_bytes_per_tenant: int = Field(4 * 2**30, ge=1, description="memory budget per tenant in bytes (RLS state, "
-                                      "latents, texts; a 4,096-slot memory is about 160 MB); over it: 429")
+    max_bytes_per_tenant: int = Field(
+        4 * 2**30,
+        ge=1,
+        description="memory budget per tenant in bytes (RLS state, "
+        "latents, texts; a 4,096-slot memory is about 160 MB); over it: 429",
+    )
     max_events: int = Field(1000, ge=1, description="history entries kept per memory")
     decoder_device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: shard layers over the replica's GPUs
     decoder_replicas: int = Field(1, ge=1)
     decoder_max_replicas: int = Field(1, ge=1)
     decoder_gpus: float = Field(0, ge=0)
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads of the encoder and decoder "
-                                      "replicas; None: torch's default (all cores)")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="intra-op threads of the encoder and decoder replicas; None: torch's default (all cores)",
+    )
     encoder_replicas: int = Field(1, ge=1)
     encoder_max_replicas: int = Field(1, ge=1)
 
@@ -110,13 +125,16 @@ def load_settings(args: dict, defaults: dict | None = None) -> ServeSettings:
         raise ConfigError(f"{key}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-
 class FactIn(RequestBody):
     text: str | None = Field(None, description="a free-text fact")
     prompt: str | None = Field(None, description="an edit: the prompt ...")
     target: str | None = Field(None, description="... and the continuation it should get")
-    subject: str | None = Field(None, min_length=1, description="what the fact is about (EasyEdit's subject): "
-                                "the scope detector then consults it only for queries that name the subject")
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        description="what the fact is about (EasyEdit's subject): "
+        "the scope detector then consults it only for queries that name the subject",
+    )
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -130,10 +148,18 @@ class FactIn(RequestBody):
 class CreateMemory(RequestBody):
     name: str = Field("", max_length=200)
     slots: int | None = Field(None, ge=1, description="memory size K")
-    keys: Literal["linear", "relu"] = Field("linear", description="addressing: linear (the paper) or relu "
-                                            "(random features: up to K facts kept apart; larimar.memory)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the fixed reference memory (larimar.facts.MemorySpec);"
-                      " the same seed as a Python memory's gives the same memory")
+    keys: Literal["linear", "relu"] = Field(
+        "linear",
+        description="addressing: linear (the paper) or relu "
+        "(random features: up to K facts kept apart; larimar.memory)",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="seed of the fixed reference memory (larimar.facts.MemorySpec);"
+        " the same seed as a Python memory's gives the same memory",
+    )
 
 
 class MemoryOut(BaseModel):

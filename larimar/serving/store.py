@@ -141,10 +141,12 @@ class Damage:
     skipped: list[int] = field(default_factory=list)  # sequence numbers of its later entries, left on disk
 
     def message(self) -> str:
-        return (f"memory {self.memory_id!r} is unavailable: {self.file} (seq {self.seq}) {self.reason}; "
-                f"{len(self.skipped)} later entries skipped (seq {self.skipped[:10]}); it is consistent up to "
-                f"version {self.last_good_version}: `python -m larimar.serving.repair --storage <dir> --memory "
-                f"{self.memory_id}` rolls it back there")
+        return (
+            f"memory {self.memory_id!r} is unavailable: {self.file} (seq {self.seq}) {self.reason}; "
+            f"{len(self.skipped)} later entries skipped (seq {self.skipped[:10]}); it is consistent up to "
+            f"version {self.last_good_version}: `python -m larimar.serving.repair --storage <dir> --memory "
+            f"{self.memory_id}` rolls it back there"
+        )
 
 
 def _pack(t: torch.Tensor) -> dict:
@@ -170,8 +172,10 @@ def memory_bytes(memory: FactMemory) -> int:
     """What a memory costs the server: its RLS state (P is K x K, M and the reference K x C, float64),
     the stored latents and scope vectors (float32) and the texts."""
     K, C = memory.state.K, memory.state.C
-    texts = sum(len(f.text.encode()) + len((f.prompt or "").encode()) + len((f.subject or "").encode())
-                for f in memory.facts.values())
+    texts = sum(
+        len(f.text.encode()) + len((f.prompt or "").encode()) + len((f.subject or "").encode())
+        for f in memory.facts.values()
+    )
     scope = 4 * len(memory.scope._ids) * 384 if memory.scope is not None else 0
     return 8 * (K * K + 2 * K * C) + 4 * 2 * C * len(memory.facts) + scope + texts
 
@@ -243,15 +247,24 @@ class MemoryStore:
             raise Conflict(f"tenant already has {self.cfg.max_memories_per_tenant} memories, the maximum")
         used = self.tenant_bytes(tenant)
         if used + more_bytes > self.cfg.max_bytes_per_tenant:
-            raise QuotaExceeded(f"this tenant's memories take {used} bytes; {more_bytes} more would exceed its "
-                                f"budget of {self.cfg.max_bytes_per_tenant} bytes (delete memories or use fewer slots)")
+            raise QuotaExceeded(
+                f"this tenant's memories take {used} bytes; {more_bytes} more would exceed its "
+                f"budget of {self.cfg.max_bytes_per_tenant} bytes (delete memories or use fewer slots)"
+            )
 
     def create_hash(self, name: str, slots: int, keys: str, seed: int = 0) -> str:
         """What an Idempotency-Key's retry must repeat (seed 0 hashes as before seeds existed)."""
         return self.request_hash([name, slots, keys] + ([seed] if seed else []))
 
-    def prepare_create(self, tenant: str, name: str = "", slots: int | None = None, keys: str = "linear",
-                       idempotency_key: str | None = None, seed: int = 0) -> dict:
+    def prepare_create(
+        self,
+        tenant: str,
+        name: str = "",
+        slots: int | None = None,
+        keys: str = "linear",
+        idempotency_key: str | None = None,
+        seed: int = 0,
+    ) -> dict:
         slots = slots or self.cfg.default_slots
         if not 1 <= slots <= self.cfg.max_slots:
             raise StoreError(f"slots must be between 1 and {self.cfg.max_slots}, got {slots}")
@@ -260,17 +273,30 @@ class MemoryStore:
         self._check_quota(tenant, new_memory_bytes(slots, self.cfg.latent_dim))
         if not 0 <= seed < 2**31:
             raise StoreError(f"seed must be in [0, 2**31), got {seed}")
-        return {"op": "create", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
-                "slots": slots, "keys": keys, "seed": seed, "created": time.time(), "base_version": 0,
-                "idempotency_key": idempotency_key,
-                "request_hash": self.create_hash(name, slots, keys, seed) if idempotency_key else None}
+        return {
+            "op": "create",
+            "tenant": tenant,
+            "memory_id": f"mem_{uuid.uuid4().hex[:16]}",
+            "name": name,
+            "slots": slots,
+            "keys": keys,
+            "seed": seed,
+            "created": time.time(),
+            "base_version": 0,
+            "idempotency_key": idempotency_key,
+            "request_hash": self.create_hash(name, slots, keys, seed) if idempotency_key else None,
+        }
 
     def _load_file(self, raw: bytes) -> FactMemory:
         """An uploaded memory file, checked against the served model (MemoryFileError -> 400)."""
         try:
-            return memory_file.from_bytes(raw, ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
-                                          latent_dim=self.cfg.latent_dim, encoder=self.cfg.encoder,
-                                          scope_model=self.cfg.scope_model)
+            return memory_file.from_bytes(
+                raw,
+                ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
+                latent_dim=self.cfg.latent_dim,
+                encoder=self.cfg.encoder,
+                scope_model=self.cfg.scope_model,
+            )
         except memory_file.MemoryFileError as err:
             raise StoreError(str(err)) from None
 
@@ -280,19 +306,36 @@ class MemoryStore:
         if not 1 <= mem.state.K <= self.cfg.max_slots:
             raise StoreError(f"the memory has {mem.state.K} slots; this server allows 1 to {self.cfg.max_slots}")
         self._check_quota(tenant, memory_bytes(mem))
-        return {"op": "import", "tenant": tenant, "memory_id": f"mem_{uuid.uuid4().hex[:16]}", "name": name,
-                "created": time.time(), "base_version": 0, "file": base64.b64encode(raw).decode()}
+        return {
+            "op": "import",
+            "tenant": tenant,
+            "memory_id": f"mem_{uuid.uuid4().hex[:16]}",
+            "name": name,
+            "created": time.time(),
+            "base_version": 0,
+            "file": base64.b64encode(raw).decode(),
+        }
 
     def export(self, tenant: str, memory_id: str) -> bytes:
         """The memory as a memory file: what `prepare_import` and `LarimarEditor.load_memory` read."""
         return memory_file.to_bytes(self.get(tenant, memory_id).memory, self.cfg.encoder, self.cfg.scope_model)
 
-    def prepare_write(self, tenant: str, memory_id: str, facts: list[dict], keys: torch.Tensor, values: torch.Tensor,
-                      scope_vectors: torch.Tensor, pending: int = 0, idempotency_key: str | None = None) -> dict:
+    def prepare_write(
+        self,
+        tenant: str,
+        memory_id: str,
+        facts: list[dict],
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scope_vectors: torch.Tensor,
+        pending: int = 0,
+        idempotency_key: str | None = None,
+    ) -> dict:
         """facts: [{"text"} or {"prompt", "target"}]; `pending` facts are already queued ahead in this batch."""
         rec = self.get(tenant, memory_id)
-        checked = [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject"))
-                   for f in facts]  # ValueError -> 400
+        checked = [
+            make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts
+        ]  # ValueError -> 400
         if not checked:
             raise StoreError("write at least one fact")
         try:
@@ -301,23 +344,42 @@ class MemoryStore:
             raise Conflict(str(err)) from None
         text_bytes = sum(len(f.text.encode()) * 2 for f in checked) + 4 * (2 * self.cfg.latent_dim + 384) * len(checked)
         self._check_quota_bytes(tenant, text_bytes)
-        return {"op": "write", "tenant": tenant, "memory_id": memory_id, "base_version": rec.info.version,
-                "requests": [{"facts": [asdict(f) for f in checked], "keys": _pack(keys), "values": _pack(values),
-                              "scope": _pack(scope_vectors), "idempotency_key": idempotency_key,
-                              "request_hash": self.request_hash(facts) if idempotency_key else None}]}
+        return {
+            "op": "write",
+            "tenant": tenant,
+            "memory_id": memory_id,
+            "base_version": rec.info.version,
+            "requests": [
+                {
+                    "facts": [asdict(f) for f in checked],
+                    "keys": _pack(keys),
+                    "values": _pack(values),
+                    "scope": _pack(scope_vectors),
+                    "idempotency_key": idempotency_key,
+                    "request_hash": self.request_hash(facts) if idempotency_key else None,
+                }
+            ],
+        }
 
     def _check_quota_bytes(self, tenant: str, more: int) -> None:
         used = self.tenant_bytes(tenant)
         if used + more > self.cfg.max_bytes_per_tenant:
-            raise QuotaExceeded(f"this tenant's memories take {used} bytes; writing {more} more would exceed its "
-                                f"budget of {self.cfg.max_bytes_per_tenant} bytes")
+            raise QuotaExceeded(
+                f"this tenant's memories take {used} bytes; writing {more} more would exceed its "
+                f"budget of {self.cfg.max_bytes_per_tenant} bytes"
+            )
 
     def prepare_forget(self, tenant: str, memory_id: str, fact_id: int) -> dict:
         rec = self.get(tenant, memory_id)
         if fact_id not in rec.memory.facts:
             raise NotFound(f"fact {fact_id} not found in memory {memory_id!r}")
-        return {"op": "forget", "tenant": tenant, "memory_id": memory_id, "fact_id": fact_id,
-                "base_version": rec.info.version}
+        return {
+            "op": "forget",
+            "tenant": tenant,
+            "memory_id": memory_id,
+            "fact_id": fact_id,
+            "base_version": rec.info.version,
+        }
 
     def prepare_delete(self, tenant: str, memory_id: str) -> dict:
         rec = self.get(tenant, memory_id)
@@ -355,10 +417,14 @@ class MemoryStore:
         op = entry["op"]
         if op == "create":
             info = MemoryInfo(entry["memory_id"], entry["tenant"], entry["name"], entry["slots"], 0, entry["created"])
-            spec = MemorySpec(info.slots, ridge=self.cfg.ridge, seed=entry.get("seed", 0),
-                              keys=entry.get("keys", "linear"))
-            memory = spec.build(self.cfg.latent_dim, ScopeDetector(None, self.cfg.scope_threshold,
-                                                                   self.cfg.subject_threshold), self.cfg.readout)
+            spec = MemorySpec(
+                info.slots, ridge=self.cfg.ridge, seed=entry.get("seed", 0), keys=entry.get("keys", "linear")
+            )
+            memory = spec.build(
+                self.cfg.latent_dim,
+                ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
+                self.cfg.readout,
+            )
             self.records[info.id] = Record(info, memory)
             result = info
             self._remember(entry["tenant"], entry.get("idempotency_key"), entry.get("request_hash"), info.id)
@@ -366,8 +432,10 @@ class MemoryStore:
             rec = self.records[entry["memory_id"]]
             facts, keys, values, scope = [], [], [], []
             for req in entry["requests"]:
-                facts.extend(make_fact(f["text"] if f["prompt"] is None else None, f["prompt"], f["target"],
-                                       f.get("subject")) for f in req["facts"])
+                facts.extend(
+                    make_fact(f["text"] if f["prompt"] is None else None, f["prompt"], f["target"], f.get("subject"))
+                    for f in req["facts"]
+                )
                 keys.append(_unpack(req["keys"]))
                 values.append(_unpack(req["values"]))
                 scope.append(_unpack(req["scope"]))
@@ -378,8 +446,10 @@ class MemoryStore:
                 mine = ids[start : start + len(req["facts"])]
                 start += len(req["facts"])
                 for i in mine:
-                    self._event(rec, {"version": rec.info.version, "op": "write", "fact_id": i,
-                                      "text": rec.memory.facts[i].text})
+                    self._event(
+                        rec,
+                        {"version": rec.info.version, "op": "write", "fact_id": i, "text": rec.memory.facts[i].text},
+                    )
                 answer = {"ids": mine, "version": rec.info.version}
                 result.append(answer)
                 self._remember(entry["tenant"], req.get("idempotency_key"), req.get("request_hash"), answer)
@@ -420,8 +490,15 @@ class MemoryStore:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    def read(self, tenant: str, memory_id: str, queries: torch.Tensor, sentence_vectors: torch.Tensor | None,
-             owners: list[int] | None, texts: list[str]) -> tuple[torch.Tensor, list[ScopeMatch] | None, int]:
+    def read(
+        self,
+        tenant: str,
+        memory_id: str,
+        queries: torch.Tensor,
+        sentence_vectors: torch.Tensor | None,
+        owners: list[int] | None,
+        texts: list[str],
+    ) -> tuple[torch.Tensor, list[ScopeMatch] | None, int]:
         """(n, C) query latents of `texts` -> read-outs (0 where out of scope), scope matches, the version read."""
         rec = self.get(tenant, memory_id)
         matches = None
@@ -457,13 +534,29 @@ class MemoryStore:
             name = f"snapshot/{mid}-{r.info.version}.safetensors"
             blobs[name] = raw
             files[mid] = (r.info.version, name, hashlib.sha256(raw).hexdigest())
-        index = {"format": 2, "seq": self.seq, "time": time.time(),
-                 "records": {mid: {"info": asdict(r.info), "events": [dict(e) for e in r.events], "file": files[mid][1],
-                                   "sha256": files[mid][2]} for mid, r in self.records.items()},
-                 "damaged": [asdict(d) for d in self.damaged.values()],
-                 "idempotency": list(self.idempotency.items())}
-        return {"blobs": blobs, "files": files, "index": json.dumps(index).encode(), "seq": self.seq,
-                "damaged": set(self.damaged)}
+        index = {
+            "format": 2,
+            "seq": self.seq,
+            "time": time.time(),
+            "records": {
+                mid: {
+                    "info": asdict(r.info),
+                    "events": [dict(e) for e in r.events],
+                    "file": files[mid][1],
+                    "sha256": files[mid][2],
+                }
+                for mid, r in self.records.items()
+            },
+            "damaged": [asdict(d) for d in self.damaged.values()],
+            "idempotency": list(self.idempotency.items()),
+        }
+        return {
+            "blobs": blobs,
+            "files": files,
+            "index": json.dumps(index).encode(),
+            "seq": self.seq,
+            "damaged": set(self.damaged),
+        }
 
     def write_snapshot(self, prepared: dict) -> None:
         """Write the changed memory files, then the index (atomically), then drop what it covers."""
@@ -515,13 +608,15 @@ class MemoryStore:
             info = MemoryInfo(**r["info"])
             blob = self.storage.get(r["file"])
             if blob is None or hashlib.sha256(blob).hexdigest() != r["sha256"]:
-                self.damaged[mid] = Damage(mid, info.tenant, r["file"], index["seq"],
-                                           "is missing or fails its checksum", info.version)
+                self.damaged[mid] = Damage(
+                    mid, info.tenant, r["file"], index["seq"], "is missing or fails its checksum", info.version
+                )
                 log.error(f"[larimar] {self.damaged[mid].message()}")
                 continue
             try:
-                memory = memory_file.from_bytes(blob, ScopeDetector(None, self.cfg.scope_threshold,
-                                                                    self.cfg.subject_threshold))
+                memory = memory_file.from_bytes(
+                    blob, ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold)
+                )
             except memory_file.MemoryFileError as err:
                 self.damaged[mid] = Damage(mid, info.tenant, r["file"], index["seq"], str(err), info.version)
                 continue
@@ -541,8 +636,10 @@ class MemoryStore:
         try:
             state = torch.load(io.BytesIO(raw), weights_only=True)
         except Exception as err:  # an UnpicklingError for anything but tensors and plain data
-            self.problems.append(f"{LEGACY_SNAPSHOT} was refused ({type(err).__name__}: it holds more than tensors "
-                                 "and plain data, so it is never unpickled); memories are restored from the log alone")
+            self.problems.append(
+                f"{LEGACY_SNAPSHOT} was refused ({type(err).__name__}: it holds more than tensors "
+                "and plain data, so it is never unpickled); memories are restored from the log alone"
+            )
             log.error(f"[larimar] {self.problems[-1]}")
             return
         for mid, r in state["records"].items():
@@ -588,8 +685,13 @@ class MemoryStore:
             version = rec.info.version if rec is not None else 0
             exists_ok = (rec is None) == (entry["op"] in ("create", "import"))
             if not exists_ok or ("base_version" in entry and entry["base_version"] != version):
-                self._mark(mid, entry.get("tenant"), name, seq,
-                           f"does not follow version {version} of its memory (an earlier entry is missing)")
+                self._mark(
+                    mid,
+                    entry.get("tenant"),
+                    name,
+                    seq,
+                    f"does not follow version {version} of its memory (an earlier entry is missing)",
+                )
                 continue
             self.apply(entry)
             self.restored_entries += 1

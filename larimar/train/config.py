@@ -174,18 +174,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         limit = self.model.max_length - 2
         if self.data.chunk_tokens is not None and self.data.chunk_tokens > limit:
-            raise ConfigError(f"data.chunk_tokens: {self.data.chunk_tokens} does not fit model.max_length="
-                              f"{self.model.max_length} with BOS and EOS; expected <= {limit}")
+            raise ConfigError(
+                f"data.chunk_tokens: {self.data.chunk_tokens} does not fit model.max_length="
+                f"{self.model.max_length} with BOS and EOS; expected <= {limit}"
+            )
         if self.optim.warmup_steps > self.optim.steps:
             raise ConfigError(f"optim.warmup_steps: {self.optim.warmup_steps} exceeds optim.steps={self.optim.steps}")
         if self.deepspeed.precision == "bf16" and not self.scaling.use_gpu:
             # The CPU accelerator supports bf16 only with mkldnn kernels; fp32 is the tested CPU path.
             raise ConfigError("deepspeed.precision: bf16 needs scaling.use_gpu=true; train on CPU in fp32")
         if self.validation.enabled and self.validation.chunks < self.data.episode_size:
-            raise ConfigError(f"validation.chunks: {self.validation.chunks} cannot fill one episode of "
-                              f"data.episode_size={self.data.episode_size}")
+            raise ConfigError(
+                f"validation.chunks: {self.validation.chunks} cannot fill one episode of "
+                f"data.episode_size={self.data.episode_size}"
+            )
         if self.debug.fail_at_step is not None and not 1 <= self.debug.fail_at_step <= self.optim.steps:
-            raise ConfigError(f"debug.fail_at_step: expected a step in 1..{self.optim.steps}, got {self.debug.fail_at_step}")
+            raise ConfigError(
+                f"debug.fail_at_step: expected a step in 1..{self.optim.steps}, got {self.debug.fail_at_step}"
+            )
 
     @property
     def chunk_tokens(self) -> int:

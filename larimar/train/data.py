@@ -46,8 +46,13 @@ def text_chunks(cfg: TrainConfig) -> datasets.Dataset:
     tokenizer = decoder_tokenizer(cfg.model.decoder)
     datasets.disable_progress_bars()  # seconds of work; the bars would only clutter job logs
     ds = datasets.Dataset.from_dict({"paragraph": paragraphs})
-    return ds.map(lambda b: {"text": chunk_paragraphs(b["paragraph"], tokenizer, cfg.chunk_tokens, d.min_chunk_tokens)},
-                  batched=True, batch_size=1000, remove_columns=["paragraph"], new_fingerprint="larimar-chunks")
+    return ds.map(
+        lambda b: {"text": chunk_paragraphs(b["paragraph"], tokenizer, cfg.chunk_tokens, d.min_chunk_tokens)},
+        batched=True,
+        batch_size=1000,
+        remove_columns=["paragraph"],
+        new_fingerprint="larimar-chunks",
+    )
 
 
 def _local_files(key: str, names: list[str]) -> list[Path]:
@@ -61,15 +66,17 @@ def _local_files(key: str, names: list[str]) -> list[Path]:
 def fact_texts(cfg: TrainConfig) -> list[str]:
     """data.facts as fact sentences, minus the cases of data.facts_exclude (larimar.train.fact_corpus)."""
     d = cfg.data
-    return fact_sentences(_local_files("data.facts", d.facts), _local_files("data.facts_exclude", d.facts_exclude),
-                          d.exclude_subjects)
+    return fact_sentences(
+        _local_files("data.facts", d.facts), _local_files("data.facts_exclude", d.facts_exclude), d.exclude_subjects
+    )
 
 
 def edit_texts(cfg: TrainConfig) -> list[dict]:
     """data.edits as keyed training rows {text, key, query, target} (larimar.train.fact_corpus.edit_rows)."""
     d = cfg.data
-    edits = edit_records(_local_files("data.edits", d.edits), _local_files("data.facts_exclude", d.facts_exclude),
-                         d.exclude_subjects)
+    edits = edit_records(
+        _local_files("data.edits", d.edits), _local_files("data.facts_exclude", d.facts_exclude), d.exclude_subjects
+    )
     if not edits:
         raise ConfigError(f"data.edits: no edits left in {d.edits} after the exclusions")
     return edit_rows(edits, d.edit_queries, d.shuffle_seed)
@@ -88,7 +95,7 @@ def mixed_episodes(kinds: list[list], episode_size: int, seed: int | None) -> li
         texts = list(texts)
         if seed is not None:
             rng.shuffle(texts)
-        groups += [texts[i:i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
+        groups += [texts[i : i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
     if seed is not None:
         rng.shuffle(groups)
     return [t for g in groups for t in g]
@@ -116,15 +123,17 @@ def prepare_chunks(cfg: TrainConfig) -> datasets.Dataset:
             raise ConfigError(f"optim.micro_batch_episodes x data.episode_size = {group} must divide {ROWS_PER_BLOCK}")
         rows = mixed_episodes(kinds, group, d.shuffle_seed)
         if d.limit is not None:
-            rows = rows[:d.limit - d.limit % group]
+            rows = rows[: d.limit - d.limit % group]
         columns = ("text", "key", "query", "target") if d.edits else ("text",)
         ds = datasets.Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
     ds = ds.flatten_indices()
     needed = cfg.chunks_per_micro_batch * cfg.scaling.num_workers
     if len(ds) < needed:
-        raise ConfigError(f"data.limit/data.source: {len(ds)} chunks from {d.source!r} cannot fill one micro-batch of "
-                          f"{cfg.optim.micro_batch_episodes} episodes x {d.episode_size} chunks on each of "
-                          f"{cfg.scaling.num_workers} workers ({needed} chunks)")
+        raise ConfigError(
+            f"data.limit/data.source: {len(ds)} chunks from {d.source!r} cannot fill one micro-batch of "
+            f"{cfg.optim.micro_batch_episodes} episodes x {d.episode_size} chunks on each of "
+            f"{cfg.scaling.num_workers} workers ({needed} chunks)"
+        )
     return ds
 
 
@@ -139,10 +148,12 @@ def to_ray_dataset(ds: datasets.Dataset):
 
 def episodes(texts: list[str], episode_size: int) -> list[list[str]]:
     """Consecutive groups of `episode_size` texts; a short tail is dropped (a memory needs E)."""
-    return [texts[i:i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
+    return [texts[i : i + episode_size] for i in range(0, len(texts) - episode_size + 1, episode_size)]
 
 
-def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: int = 0) -> Iterator[tuple[int, int, list]]:
+def episode_batches(
+    shard, chunks_per_batch: int, skip: int = 0, start_epoch: int = 0
+) -> Iterator[tuple[int, int, list]]:
     """Endless (epoch, batch index in epoch, rows) from a Ray Data shard, one pass per epoch.
 
     Rows are texts, or {text, key, query, target} dicts when the dataset has keyed edits
@@ -164,7 +175,9 @@ def episode_batches(shard, chunks_per_batch: int, skip: int = 0, start_epoch: in
                     yield epoch, n, [str(t) for t in batch["text"]]
             n += 1
         if n == 0:
-            raise RuntimeError(f"this worker's data shard has fewer than {chunks_per_batch} chunks; "
-                               "lower optim.micro_batch_episodes or data.episode_size, or add data")
+            raise RuntimeError(
+                f"this worker's data shard has fewer than {chunks_per_batch} chunks; "
+                "lower optim.micro_batch_episodes or data.episode_size, or add data"
+            )
         skip = 0
         epoch += 1

@@ -119,13 +119,20 @@ class TrainMetrics:
 
         tags = {"run": run_name}
         self.loss = Gauge("larimar_train_loss", "Training loss term (total = the weighted objective)", ("run", "term"))
-        self.tokens_per_second = Gauge("larimar_train_tokens_per_second", "Decoder tokens per second, all workers", ("run",))
+        self.tokens_per_second = Gauge(
+            "larimar_train_tokens_per_second", "Decoder tokens per second, all workers", ("run",)
+        )
         self.tokens = Counter("larimar_train_tokens", "Decoder tokens trained on, all workers", ("run",))
-        self.step_seconds = Histogram("larimar_train_step_seconds", "Wall time of one optimizer step",
-                                      boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120], tag_keys=("run",))
+        self.step_seconds = Histogram(
+            "larimar_train_step_seconds",
+            "Wall time of one optimizer step",
+            boundaries=[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+            tag_keys=("run",),
+        )
         self.step = Gauge("larimar_train_step", "Last completed optimizer step", ("run",))
-        self.checkpoint_time = Gauge("larimar_train_checkpoint_timestamp_seconds",
-                                     "Unix time of the last checkpoint", ("run",))
+        self.checkpoint_time = Gauge(
+            "larimar_train_checkpoint_timestamp_seconds", "Unix time of the last checkpoint", ("run",)
+        )
         for m in (self.loss, self.tokens_per_second, self.tokens, self.step_seconds, self.step, self.checkpoint_time):
             m.set_default_tags(tags)
         self._values: dict[tuple, tuple] = {}  # (gauge name, tags) -> (gauge, value, tags)
@@ -219,8 +226,13 @@ def train_loop_per_worker(config: dict) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg.optim.warmup_steps, cfg.optim.steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=cfg.deepspeed_config(), dist_init_required=False)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=cfg.deepspeed_config(),
+        dist_init_required=False,
+    )
     frozen = any(not p.requires_grad for p in model.parameters())
 
     start, position = 0, DataPosition()
@@ -232,8 +244,10 @@ def train_loop_per_worker(config: dict) -> None:
             state = json.loads((Path(d) / STATE_FILE).read_text())
         start, position = state["step"], DataPosition(**state["position"])
         if rank == 0:
-            log.info(f"[larimar] resumed at step {start}/{cfg.optim.steps} (epoch {position.epoch}, "
-                     f"batch {position.batches})")
+            log.info(
+                f"[larimar] resumed at step {start}/{cfg.optim.steps} (epoch {position.epoch}, "
+                f"batch {position.batches})"
+            )
 
     metrics = TrainMetrics(cfg.run.name) if rank == 0 else None
     record = MetricsLog(run_dir(cfg), resume_step=start) if rank == 0 else None  # metrics.jsonl
@@ -290,13 +304,22 @@ def train_loop_per_worker(config: dict) -> None:
             _touch(marker)  # first attempt only: the restarted worker finds the marker
             raise InjectedFailure(f"debug.fail_at_step={done}: injected failure on rank 0")
 
-        report = {"step": done, "start_step": start, "loss": terms["total"],
-                  **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
-                  "beta": b, "lr": engine.get_lr()[0], "tokens": tokens, "tokens_per_second": tokens / seconds,
-                  "step_seconds": seconds, "epoch": position.epoch,
-                  "steady_tokens_per_second": steady_tokens / steady_seconds if steady_seconds else tokens / seconds,
-                  "steady_seconds": steady_seconds, "threads": torch.get_num_threads(),
-                  **{f"time/{k}": v for k, v in phases.items()}}
+        report = {
+            "step": done,
+            "start_step": start,
+            "loss": terms["total"],
+            **{f"loss/{k}": v for k, v in terms.items() if k != "total"},
+            "beta": b,
+            "lr": engine.get_lr()[0],
+            "tokens": tokens,
+            "tokens_per_second": tokens / seconds,
+            "step_seconds": seconds,
+            "epoch": position.epoch,
+            "steady_tokens_per_second": steady_tokens / steady_seconds if steady_seconds else tokens / seconds,
+            "steady_seconds": steady_seconds,
+            "threads": torch.get_num_threads(),
+            **{f"time/{k}": v for k, v in phases.items()},
+        }
         if metrics is not None:
             metrics.record(done, terms, tokens, seconds)
         logged = done % cfg.run.log_every == 0 or done == total or done == start + 1
@@ -304,8 +327,10 @@ def train_loop_per_worker(config: dict) -> None:
             elapsed = time.perf_counter() - t_run
             eta = elapsed / (done - start) * (total - done)
             parts = " ".join(f"{k}={v:.3f}" for k, v in terms.items() if k != "total")
-            log.info(f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
-                     f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s")
+            log.info(
+                f"[larimar] step {done}/{total} loss={terms['total']:.4f} {parts} beta={b:.3f} "
+                f"tokens/s={tokens / seconds:,.0f} step={seconds:.2f}s ETA {eta:.0f}s"
+            )
 
         reporting = done % cfg.run.checkpoint_every == 0 or done == total or done % cfg.run.log_every == 0
         if validator is not None and reporting:
@@ -362,8 +387,9 @@ def export_best(result, cfg: TrainConfig) -> dict | None:
     checkpoint, metrics = pick(scored, key=lambda cm: cm[1][key])
     fs, dest = _filesystem(f"{run_dir(cfg)}/{MODEL_DIR}")
     fs.delete_dir_contents(dest, missing_dir_ok=True)
-    pyarrow.fs.copy_files(f"{checkpoint.path}/{MODEL_DIR}", dest, source_filesystem=checkpoint.filesystem,
-                          destination_filesystem=fs)
+    pyarrow.fs.copy_files(
+        f"{checkpoint.path}/{MODEL_DIR}", dest, source_filesystem=checkpoint.filesystem, destination_filesystem=fs
+    )
     log.info(f"[larimar] exported the best checkpoint (step {metrics.get('step')}, {key}={metrics[key]:.4f})")
     return metrics
 
@@ -423,20 +449,31 @@ def make_trainer(cfg: TrainConfig, dataset, callbacks: list | None = None, valid
     if cfg.validation.enabled:
         from larimar.train.validation import prepare_validation_texts
 
-        loop_config["validation_texts"] = validation_texts if validation_texts is not None else prepare_validation_texts(cfg)
+        loop_config["validation_texts"] = (
+            validation_texts if validation_texts is not None else prepare_validation_texts(cfg)
+        )
     s, r = cfg.scaling, cfg.run
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
-                                     resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}),
+        scaling_config=ScalingConfig(
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker={"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})},
+        ),
         torch_config=TorchConfig(backend="nccl" if s.use_gpu else "gloo"),
-        run_config=RunConfig(name=r.name, storage_path=r.storage_path,
-                             failure_config=FailureConfig(max_failures=r.max_failures),
-                             checkpoint_config=CheckpointConfig(
-                                 num_to_keep=r.keep_checkpoints, checkpoint_score_attribute=r.checkpoint_score,
-                                 checkpoint_score_order=r.checkpoint_score_order),
-                             worker_runtime_env={"env_vars": worker_env(cfg)}, callbacks=callbacks),
+        run_config=RunConfig(
+            name=r.name,
+            storage_path=r.storage_path,
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=r.keep_checkpoints,
+                checkpoint_score_attribute=r.checkpoint_score,
+                checkpoint_score_order=r.checkpoint_score_order,
+            ),
+            worker_runtime_env={"env_vars": worker_env(cfg)},
+            callbacks=callbacks,
+        ),
         datasets={"train": dataset},
     )
 
@@ -469,5 +506,10 @@ def fit(cfg: TrainConfig, chunks) -> dict:
     finally:
         if started:
             ray.shutdown()
-    return {"metrics": dict(result.metrics or {}), "checkpoint": result.checkpoint.path if result.checkpoint else None,
-            "model": f"{run_dir(cfg)}/{MODEL_DIR}", "best": best, "seconds": time.perf_counter() - t0}
+    return {
+        "metrics": dict(result.metrics or {}),
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": f"{run_dir(cfg)}/{MODEL_DIR}",
+        "best": best,
+        "seconds": time.perf_counter() - t0,
+    }

@@ -52,7 +52,8 @@ def kind(record: dict) -> str:
 
     try:
         return {"counterfact-canonical": "counterfact", "counterfact-flat": "counterfact_flat"}.get(
-            fmt := detect_format(record), fmt)
+            fmt := detect_format(record), fmt
+        )
     except ConfigError as err:
         raise ConfigError(f"data.facts: {err}") from None
 
@@ -83,8 +84,9 @@ def edit(record: dict) -> dict | None:
         queries = [record["rephrase_prompt"]] if record.get("rephrase_prompt") else []
     elif k == "knowedit":
         prompt, target, subject = record["prompt"], _target(record["target_new"]), record.get("subject")
-        queries = ([record["rephrase_prompt"]] if record.get("rephrase_prompt") else []) + \
-            [_NUMBERING.sub("", q) for q in record.get("generate_prompt", [])]
+        queries = ([record["rephrase_prompt"]] if record.get("rephrase_prompt") else []) + [
+            _NUMBERING.sub("", q) for q in record.get("generate_prompt", [])
+        ]
     else:
         prompt, target, subject = record["src"], str(record["answers"][0]).strip(), record.get("subject")
         queries = [record["rephrase"]] if record.get("rephrase") else []

@@ -21,19 +21,27 @@ def episode_batch(model: LarimarModel, texts: list, episodes: int, episode_size:
     {text, key, query, target} dicts (`larimar.train.data.episode_batches`); dicts with a key make a
     keyed batch (`edit_batch`)."""
     if len(texts) != episodes * episode_size:
-        raise ValueError(f"need {episodes * episode_size} texts for {episodes} episodes of {episode_size}, got {len(texts)}")
+        raise ValueError(
+            f"need {episodes * episode_size} texts for {episodes} episodes of {episode_size}, got {len(texts)}"
+        )
     if texts and isinstance(texts[0], dict):
         keyed = [bool(r["key"]) for r in texts]
         if all(keyed):
             return edit_batch(model, texts, episodes, episode_size)
         if any(keyed):
-            raise ValueError("a micro-batch mixes plain and keyed rows (larimar.train.data.prepare_chunks keeps them apart)")
+            raise ValueError(
+                "a micro-batch mixes plain and keyed rows (larimar.train.data.prepare_chunks keeps them apart)"
+            )
         texts = [r["text"] for r in texts]
     enc = model.tokenize_for_encoder(texts)
     dec = model.tokenize_for_decoder(texts)
     shape = (episodes, episode_size, -1)
-    return {"enc_input_ids": enc["input_ids"].view(shape), "enc_attention_mask": enc["attention_mask"].view(shape),
-            "dec_input_ids": dec["input_ids"].view(shape), "dec_attention_mask": dec["attention_mask"].view(shape)}
+    return {
+        "enc_input_ids": enc["input_ids"].view(shape),
+        "enc_attention_mask": enc["attention_mask"].view(shape),
+        "dec_input_ids": dec["input_ids"].view(shape),
+        "dec_attention_mask": dec["attention_mask"].view(shape),
+    }
 
 
 def edit_batch(model: LarimarModel, rows: list[dict], episodes: int, episode_size: int) -> dict[str, torch.Tensor]:
@@ -41,18 +49,33 @@ def edit_batch(model: LarimarModel, rows: list[dict], episodes: int, episode_siz
     prompt as the key, read with its query, and the decoder continues the query with the target."""
     shape = (episodes, episode_size, -1)
     out = {}
-    for name, texts in (("enc", [r["text"] for r in rows]), ("key", [r["key"] for r in rows]),
-                        ("query", [r["query"] for r in rows]), ("target", [r["target"] for r in rows])):
+    for name, texts in (
+        ("enc", [r["text"] for r in rows]),
+        ("key", [r["key"] for r in rows]),
+        ("query", [r["query"] for r in rows]),
+        ("target", [r["target"] for r in rows]),
+    ):
         if name == "target" and not model.cfg.value_target:
             continue
         enc = model.tokenize_for_encoder(texts)
-        out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = enc["input_ids"].view(shape), enc["attention_mask"].view(shape)
+        out[f"{name}_input_ids"], out[f"{name}_attention_mask"] = (
+            enc["input_ids"].view(shape),
+            enc["attention_mask"].view(shape),
+        )
     if model.cfg.value_target_tokens:
         dec_t = model.tokenize_targets_for_decoder([r["target"] for r in rows])
-        out["target_dec_ids"], out["target_dec_mask"] = dec_t["input_ids"].view(shape), dec_t["attention_mask"].view(shape)
-    dec, weight = model.tokenize_edits([r["query"] for r in rows], [r["target"] for r in rows], model.cfg.context_weight)
-    out.update(dec_input_ids=dec["input_ids"].view(shape), dec_attention_mask=dec["attention_mask"].view(shape),
-               dec_loss_weight=weight.view(shape))
+        out["target_dec_ids"], out["target_dec_mask"] = (
+            dec_t["input_ids"].view(shape),
+            dec_t["attention_mask"].view(shape),
+        )
+    dec, weight = model.tokenize_edits(
+        [r["query"] for r in rows], [r["target"] for r in rows], model.cfg.context_weight
+    )
+    out.update(
+        dec_input_ids=dec["input_ids"].view(shape),
+        dec_attention_mask=dec["attention_mask"].view(shape),
+        dec_loss_weight=weight.view(shape),
+    )
     return out
 
 
@@ -73,8 +96,15 @@ class StepLog:
     tokens: int
 
 
-def train_plain(model: LarimarModel, batches: Iterator[dict[str, torch.Tensor]], steps: int, lr: float = 1e-3,
-                warmup: int = 0, clip: float = 1.0, on_step: Callable[[StepLog], None] | None = None) -> list[StepLog]:
+def train_plain(
+    model: LarimarModel,
+    batches: Iterator[dict[str, torch.Tensor]],
+    steps: int,
+    lr: float = 1e-3,
+    warmup: int = 0,
+    clip: float = 1.0,
+    on_step: Callable[[StepLog], None] | None = None,
+) -> list[StepLog]:
     """AdamW with linear warmup then linear decay, gradient clipping and the cyclic beta."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
@@ -92,8 +122,14 @@ def train_plain(model: LarimarModel, batches: Iterator[dict[str, torch.Tensor]],
             torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         sched.step()
-        log = StepLog(step + 1, float(out.loss.detach()), out.terms, b, time.perf_counter() - t0,
-                      int(batch["dec_attention_mask"].sum()))
+        log = StepLog(
+            step + 1,
+            float(out.loss.detach()),
+            out.terms,
+            b,
+            time.perf_counter() - t0,
+            int(batch["dec_attention_mask"].sum()),
+        )
         logs.append(log)
         if on_step is not None:
             on_step(log)

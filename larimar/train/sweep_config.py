@@ -36,7 +36,6 @@ FIXED_EXCEPTIONS = ("data.episode_size",)
 KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 
 
-
 # -- config ----------------------------------------------------------------------------------
 
 
@@ -58,7 +57,9 @@ class SearchSection:
     algorithm: Literal["grid", "random", "optuna", "hyperopt"] = "grid"
     num_samples: int = 1  # grid/random: repeats of the grid (ranges sampled anew); optuna/hyperopt: trials
     seed: int | None = 0
-    space: dict[str, Any] = field(default_factory=dict)  # name -> {grid|choice|uniform|loguniform|randint: ...} or a value
+    space: dict[str, Any] = field(
+        default_factory=dict
+    )  # name -> {grid|choice|uniform|loguniform|randint: ...} or a value
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
@@ -158,8 +159,10 @@ def parse_space(search: SearchSection, base: TrainConfig) -> list[Param]:
         where = f"search.space.{name}"
         key = ALIASES.get(name, name)
         if key.startswith(FIXED_PREFIXES) and key not in FIXED_EXCEPTIONS:
-            raise ConfigError(f"{where}: {key} is fixed for the whole sweep (data, resources and run paths are "
-                              f"prepared once); set it in overrides instead")
+            raise ConfigError(
+                f"{where}: {key} is fixed for the whole sweep (data, resources and run paths are "
+                f"prepared once); set it in overrides instead"
+            )
         if isinstance(spec, dict):
             kinds = [k for k in spec if k in KINDS]
             if len(spec) != 1 or len(kinds) != 1:
@@ -169,8 +172,12 @@ def parse_space(search: SearchSection, base: TrainConfig) -> list[Param]:
                 if not isinstance(args, list) or not args:
                     raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {args!r}")
             else:
-                if not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) and not isinstance(a, bool)
-                                                                          for a in args) and args[0] < args[1]):
+                if not (
+                    isinstance(args, list)
+                    and len(args) == 2
+                    and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)
+                    and args[0] < args[1]
+                ):
                     raise ConfigError(f"{where}.{kind}: expected [low, high] numbers with low < high, got {args!r}")
                 if kind == "loguniform" and args[0] <= 0:
                     raise ConfigError(f"{where}.loguniform: the low end must be > 0, got {args[0]}")
@@ -221,8 +228,11 @@ def check_metric(cfg: SweepConfig, base: TrainConfig) -> None:
     if base.validation.enabled:
         known += metric_names(base)
     if cfg.metric not in known:
-        hint = "" if base.validation.enabled or not cfg.metric.startswith("val/") else \
-            " (val/* metrics need validation.enabled=true in overrides)"
+        hint = (
+            ""
+            if base.validation.enabled or not cfg.metric.startswith("val/")
+            else " (val/* metrics need validation.enabled=true in overrides)"
+        )
         raise ConfigError(f"metric: {cfg.metric!r} is not reported by these trials{hint}; choose one of {known}")
 
 

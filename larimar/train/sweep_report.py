@@ -50,12 +50,19 @@ def trial_rows(grid, params: list[Param], base: TrainConfig, metric: str, train_
         else:
             status = "stopped early"  # ASHA (the only thing that ends a healthy trial before its last step)
         model = Path(train_root) / f"trial-{trial_id}" / "model"
-        row = {"trial_id": trial_id, "status": status, **values, "step": step, "steps": steps,
-               metric: m.get(metric), "loss": m.get("loss"),
-               **{k: v for k, v in sorted(m.items()) if k.startswith("val/") and k != metric},
-               "checkpoint": _latest_checkpoint(result),
-               "model": str(model) if (model / "config.json").exists() else None,
-               "error": str(result.error).splitlines()[0][:200] if result.error is not None else None}
+        row = {
+            "trial_id": trial_id,
+            "status": status,
+            **values,
+            "step": step,
+            "steps": steps,
+            metric: m.get(metric),
+            "loss": m.get("loss"),
+            **{k: v for k, v in sorted(m.items()) if k.startswith("val/") and k != metric},
+            "checkpoint": _latest_checkpoint(result),
+            "model": str(model) if (model / "config.json").exists() else None,
+            "error": str(result.error).splitlines()[0][:200] if result.error is not None else None,
+        }
         rows.append(row)
     return rows
 
@@ -72,40 +79,73 @@ def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
     return (max if mode == "max" else min)(scored, key=lambda r: r[metric])
 
 
-def write_report(report_dir: Path, rows: list[dict], params: list[Param], cfg: SweepConfig, base: TrainConfig) -> dict | None:
+def write_report(
+    report_dir: Path, rows: list[dict], params: list[Param], cfg: SweepConfig, base: TrainConfig
+) -> dict | None:
     from larimar.evaluation.report import markdown_table
 
     report_dir.mkdir(parents=True, exist_ok=True)
     sign = -1 if cfg.mode == "max" else 1
-    rows = sorted(rows, key=lambda r: (not _is_number(r.get(cfg.metric)), sign * r[cfg.metric] if _is_number(r.get(cfg.metric)) else 0))
+    rows = sorted(
+        rows,
+        key=lambda r: (not _is_number(r.get(cfg.metric)), sign * r[cfg.metric] if _is_number(r.get(cfg.metric)) else 0),
+    )
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with (report_dir / "trials.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     swept = [p.name for p in params if p.swept]
-    shown = ["trial_id", "status", *swept, "step", cfg.metric,
-             *[c for c in columns if c.startswith("val/") and c != cfg.metric and "@" not in c], "loss"]
+    shown = [
+        "trial_id",
+        "status",
+        *swept,
+        "step",
+        cfg.metric,
+        *[c for c in columns if c.startswith("val/") and c != cfg.metric and "@" not in c],
+        "loss",
+    ]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "stopped early", "error", "not run")}
-    md = [f"# Sweep {cfg.experiment.name}", "",
-          f"{len(rows)} trials: {counts['finished']} finished, {counts['stopped early']} stopped early by "
-          f"{cfg.scheduler.type.upper()}, {counts['error']} errored, {counts['not run']} not run. Objective: {cfg.metric} ({cfg.mode}), "
-          f"last report of each trial; base config {cfg.train} with {' '.join(cfg.overrides) or 'no overrides'}.", "",
-          markdown_table(shown, [[_short(r.get(c)) for c in shown] for r in rows])]
+    md = [
+        f"# Sweep {cfg.experiment.name}",
+        "",
+        f"{len(rows)} trials: {counts['finished']} finished, {counts['stopped early']} stopped early by "
+        f"{cfg.scheduler.type.upper()}, {counts['error']} errored, {counts['not run']} not run. Objective: {cfg.metric} ({cfg.mode}), "
+        f"last report of each trial; base config {cfg.train} with {' '.join(cfg.overrides) or 'no overrides'}.",
+        "",
+        markdown_table(shown, [[_short(r.get(c)) for c in shown] for r in rows]),
+    ]
     capacity = sorted({c for c in columns if "@" in c}, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))
     if capacity:
-        md += ["", "Capacity (one memory of N held-out chunks):", "",
-               markdown_table(["trial_id", *swept, *capacity], [[r["trial_id"], *[_short(r.get(c)) for c in swept + capacity]]
-                                                                for r in rows])]
+        md += [
+            "",
+            "Capacity (one memory of N held-out chunks):",
+            "",
+            markdown_table(
+                ["trial_id", *swept, *capacity],
+                [[r["trial_id"], *[_short(r.get(c)) for c in swept + capacity]] for r in rows],
+            ),
+        ]
     best = best_row(rows, cfg.metric, cfg.mode)
     if best is not None:
         values = {p.name: best[p.name] for p in params}
-        best = {"trial_id": best["trial_id"], "status": best["status"], "metric": cfg.metric, "mode": cfg.mode,
-                "value": best[cfg.metric], "params": values,
-                "overrides": [*cfg.overrides, *(f"{ALIASES.get(k, k)}={json.dumps(v)}" for k, v in values.items())],
-                "checkpoint": best["checkpoint"], "model": best["model"], "train_config": cfg.train}
-        md += ["", f"Best: trial {best['trial_id']} ({best['status']}), {cfg.metric} = {_short(best['value'])}, "
-                   f"{values}; checkpoint {best['checkpoint']}"]
+        best = {
+            "trial_id": best["trial_id"],
+            "status": best["status"],
+            "metric": cfg.metric,
+            "mode": cfg.mode,
+            "value": best[cfg.metric],
+            "params": values,
+            "overrides": [*cfg.overrides, *(f"{ALIASES.get(k, k)}={json.dumps(v)}" for k, v in values.items())],
+            "checkpoint": best["checkpoint"],
+            "model": best["model"],
+            "train_config": cfg.train,
+        }
+        md += [
+            "",
+            f"Best: trial {best['trial_id']} ({best['status']}), {cfg.metric} = {_short(best['value'])}, "
+            f"{values}; checkpoint {best['checkpoint']}",
+        ]
     (report_dir / "best.json").write_text(json.dumps(best, indent=2) + "\n")
     plots = write_plots(report_dir, rows, params, cfg)
     if plots:
@@ -147,12 +187,15 @@ def write_plots(report_dir: Path, rows: list[dict], params: list[Param], cfg: Sw
         fig, ax = plt.subplots(figsize=(6, 4))
         groups = sorted({r[spec.group] for r in live}, key=str) if spec.group else [None]
         for g in groups:
-            pts = sorted((r[spec.x], r.get(metric), r["status"]) for r in live
-                         if (g is None or r[spec.group] == g) and _is_number(r.get(metric)))
+            pts = sorted(
+                (r[spec.x], r.get(metric), r["status"])
+                for r in live
+                if (g is None or r[spec.group] == g) and _is_number(r.get(metric))
+            )
             if not pts:
                 continue
             xs, ys, st = zip(*pts)
-            line, = ax.plot(xs, ys, marker="o", label=f"{spec.group} = {_short(g)}" if spec.group else metric)
+            (line,) = ax.plot(xs, ys, marker="o", label=f"{spec.group} = {_short(g)}" if spec.group else metric)
             early = [(x, y) for x, y, s in pts if s != "finished"]
             if early:
                 ax.scatter(*zip(*early), facecolors="white", edgecolors=line.get_color(), zorder=3)
@@ -189,8 +232,17 @@ def _capacity_plots(report_dir: Path, rows: list[dict], params: list[Param]) -> 
             if k is not None:
                 marks[label] = k
         name = f"{_file(family.rstrip('@'))}_vs_N.png"
-        plot(Curve(f"{family}N: one memory of N held-out chunks", "N written", family.rstrip("@"), series, logx=True,
-                   marks=marks), report_dir / name)
+        plot(
+            Curve(
+                f"{family}N: one memory of N held-out chunks",
+                "N written",
+                family.rstrip("@"),
+                series,
+                logx=True,
+                marks=marks,
+            ),
+            report_dir / name,
+        )
         out.append(name)
     return out
 

@@ -36,15 +36,31 @@ from larimar import recipes
 from larimar.config import ConfigError, to_dict
 from larimar.train.config import TrainConfig, load_train_config
 from larimar.train.sweep_config import (
-    ALIASES, KINDS, SweepConfig, check_metric, load_sweep_config, parse_space, trial_config,
+    ALIASES,
+    KINDS,
+    SweepConfig,
+    check_metric,
+    load_sweep_config,
+    parse_space,
+    trial_config,
 )
 from larimar.train.sweep_report import REPORT_DIR, trial_rows, write_report
 
 log = logging.getLogger(__name__)
 TRAIN_DIR = "train"
 
-__all__ = ["ALIASES", "KINDS", "SweepConfig", "SweepSummary", "check_metric", "concurrent_trials", "load_sweep_config",
-           "parse_space", "run_sweep", "trial_config"]
+__all__ = [
+    "ALIASES",
+    "KINDS",
+    "SweepConfig",
+    "SweepSummary",
+    "check_metric",
+    "concurrent_trials",
+    "load_sweep_config",
+    "parse_space",
+    "run_sweep",
+    "trial_config",
+]
 
 
 def run_trial(config: dict, base: dict, chunks, validation_texts: list[str] | None, train_root: str) -> None:
@@ -73,8 +89,10 @@ def concurrent_trials(cfg: SweepConfig, base: TrainConfig, resources: dict[str, 
     if s.use_gpu:
         fits = min(fits, int(resources.get("GPU", 0) // s.num_workers))
     if fits < 1:
-        log.warning(f"one trial needs {cpu} CPUs{f' and {s.num_workers} GPUs' if s.use_gpu else ''} but the cluster "
-                    f"has {resources}; running one at a time and waiting for resources (an autoscaler may add them)")
+        log.warning(
+            f"one trial needs {cpu} CPUs{f' and {s.num_workers} GPUs' if s.use_gpu else ''} but the cluster "
+            f"has {resources}; running one at a time and waiting for resources (an autoscaler may add them)"
+        )
         fits = 1
     cap = cfg.resources.max_concurrent_trials
     return min(fits, cap) if cap else fits
@@ -109,8 +127,12 @@ def _scheduler(cfg: SweepConfig, base: TrainConfig):
     if cfg.scheduler.grace_period > max_t:
         raise ConfigError(f"scheduler.grace_period: {cfg.scheduler.grace_period} steps exceeds max_t={max_t}")
     # time_attr "step": the optimizer step each report carries, so rungs are in steps whatever log_every is
-    return ASHAScheduler(time_attr="step", max_t=max_t, grace_period=cfg.scheduler.grace_period,
-                         reduction_factor=cfg.scheduler.reduction_factor)
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=max_t,
+        grace_period=cfg.scheduler.grace_period,
+        reduction_factor=cfg.scheduler.reduction_factor,
+    )
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
@@ -126,8 +148,13 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_port=port,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_port=port,
+        runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+    )
 
 
 def _init_ray() -> bool:
@@ -181,25 +208,37 @@ def run_sweep(cfg: SweepConfig, resume: bool = True) -> SweepSummary:
     try:
         concurrency = concurrent_trials(cfg, base, ray.cluster_resources())
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, base=to_dict(base), chunks=chunks, validation_texts=validation_texts,
-                                 train_root=train_root),
+            tune.with_parameters(
+                run_trial, base=to_dict(base), chunks=chunks, validation_texts=validation_texts, train_root=train_root
+            ),
             # A request may not be empty: with no driver CPUs, one byte of memory stands in.
-            {"cpu": cfg.resources.trial_driver_cpus, **({} if cfg.resources.trial_driver_cpus else {"memory": 1})})
+            {"cpu": cfg.resources.trial_driver_cpus, **({} if cfg.resources.trial_driver_cpus else {"memory": 1})},
+        )
         restored = resume and tune.Tuner.can_restore(str(experiment_path))
         if restored:
             log.info(f"restoring {experiment_path}: finishing its unfinished and errored trials")
-            tuner = tune.Tuner.restore(str(experiment_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+            tuner = tune.Tuner.restore(
+                str(experiment_path), trainable=trainable, resume_unfinished=True, resume_errored=True
+            )
         else:
             tuner = tune.Tuner(
                 trainable,
                 param_space={p.name: p.domain(cfg.search.algorithm) for p in params},
-                tune_config=tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, num_samples=cfg.search.num_samples,
-                                            search_alg=_search_alg(cfg, concurrency), scheduler=scheduler,
-                                            max_concurrent_trials=concurrency),
-                run_config=tune.RunConfig(name=cfg.experiment.name, storage_path=str(experiment_path.parent),
-                                          failure_config=tune.FailureConfig(max_failures=cfg.experiment.max_failures),
-                                          verbose=1))
+                tune_config=tune.TuneConfig(
+                    metric=cfg.metric,
+                    mode=cfg.mode,
+                    num_samples=cfg.search.num_samples,
+                    search_alg=_search_alg(cfg, concurrency),
+                    scheduler=scheduler,
+                    max_concurrent_trials=concurrency,
+                ),
+                run_config=tune.RunConfig(
+                    name=cfg.experiment.name,
+                    storage_path=str(experiment_path.parent),
+                    failure_config=tune.FailureConfig(max_failures=cfg.experiment.max_failures),
+                    verbose=1,
+                ),
+            )
         grid = tuner.fit()
         rows = trial_rows(grid, params, base, cfg.metric, train_root)
     finally:
@@ -207,8 +246,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = True) -> SweepSummary:
             ray.shutdown()
     report_dir = experiment_path / REPORT_DIR
     best = write_report(report_dir, rows, params, cfg, base)
-    return SweepSummary(str(experiment_path), str(report_dir), best, rows, concurrency, restored,
-                        time.perf_counter() - t0)
+    return SweepSummary(
+        str(experiment_path), str(report_dir), best, rows, concurrency, restored, time.perf_counter() - t0
+    )
 
 
 def _resolve(path: str) -> Path:

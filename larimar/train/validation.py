@@ -56,15 +56,23 @@ def prepare_validation_texts(cfg: TrainConfig) -> list[str]:
         raise ConfigError(f"validation.source: {v.source!r} is not a local file or directory")
     train_source = resolve_source(cfg.data.source) if cfg.data.source else None  # None: fact sentences only
     if isinstance(train_source, Path) and source.resolve() == train_source.resolve():
-        raise ConfigError(f"validation.source: {v.source!r} is the training data (data.source); "
-                          "held-out metrics need text the model never trains on")
-    chunks = chunk_paragraphs(read_paragraphs(source, cfg.data.text_field), decoder_tokenizer(cfg.model.decoder),
-                              cfg.chunk_tokens, cfg.data.min_chunk_tokens)
+        raise ConfigError(
+            f"validation.source: {v.source!r} is the training data (data.source); "
+            "held-out metrics need text the model never trains on"
+        )
+    chunks = chunk_paragraphs(
+        read_paragraphs(source, cfg.data.text_field),
+        decoder_tokenizer(cfg.model.decoder),
+        cfg.chunk_tokens,
+        cfg.data.min_chunk_tokens,
+    )
     random.Random(v.seed).shuffle(chunks)
     need = max([v.chunks, *v.capacity_sizes])
     if len(chunks) < need:
-        raise ConfigError(f"validation.chunks/validation.capacity_sizes: need {need} held-out chunks, "
-                          f"{v.source!r} gives {len(chunks)}")
+        raise ConfigError(
+            f"validation.chunks/validation.capacity_sizes: need {need} held-out chunks, "
+            f"{v.source!r} gives {len(chunks)}"
+        )
     return chunks[:need]
 
 
@@ -114,7 +122,9 @@ class Validator:
         return keys
 
     @torch.no_grad()
-    def metrics(self, model: LarimarModel, reduce: Callable[[list[float]], list[float]] = _identity) -> dict[str, float]:
+    def metrics(
+        self, model: LarimarModel, reduce: Callable[[list[float]], list[float]] = _identity
+    ) -> dict[str, float]:
         """The val/* metrics; `reduce` sums a list of floats over ranks (collective: call on every rank)."""
         was_training = model.training
         devices = [model.device] if model.device.type == "cuda" else []
@@ -136,8 +146,10 @@ class Validator:
                 model.train(was_training)
         keys = list(sums)
         total = reduce([sums[k] for k in keys] + [counts[k] for k in keys])
-        out = {f"val/{k}": total[i] / total[len(keys) + i] if total[len(keys) + i] else float("nan")
-               for i, k in enumerate(keys)}
+        out = {
+            f"val/{k}": total[i] / total[len(keys) + i] if total[len(keys) + i] else float("nan")
+            for i, k in enumerate(keys)
+        }
         if self.cases:
             rates = [out["val/ES"], out["val/PS"], out["val/NS"]]
             out["val/Score"] = 0.0 if min(rates) <= 0 else len(rates) / sum(1 / r for r in rates)
@@ -146,7 +158,9 @@ class Validator:
     # -- the measurements ---------------------------------------------------------------------
 
     def _encode(self, model: LarimarModel, texts: list[str]) -> torch.Tensor:
-        return torch.cat([model.encode_texts(texts[i:i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)])  # (n, C)
+        return torch.cat(
+            [model.encode_texts(texts[i : i + ENCODE_BATCH]) for i in range(0, len(texts), ENCODE_BATCH)]
+        )  # (n, C)
 
     def _through_memory(self, model: LarimarModel, z: torch.Tensor) -> torch.Tensor:
         """z (B, N, C) -> read-outs (B, N, C) of B memories each written with its N latents."""
@@ -166,9 +180,9 @@ class Validator:
         """Teacher-forced decoding of texts from latents z (n, C) -> (NLL sum, correct tokens, tokens)."""
         nll = correct = tokens = 0.0
         for s in range(0, len(texts), DECODE_BATCH):
-            batch = model.tokenize_for_decoder(texts[s:s + DECODE_BATCH])
+            batch = model.tokenize_for_decoder(texts[s : s + DECODE_BATCH])
             ids, mask = batch["input_ids"], batch["attention_mask"]
-            logits = model.decoder(ids, mask, z[s:s + DECODE_BATCH])[:, :-1].float()  # (b, T-1, V)
+            logits = model.decoder(ids, mask, z[s : s + DECODE_BATCH])[:, :-1].float()  # (b, T-1, V)
             target, m = ids[:, 1:], mask[:, 1:].bool()
             logp = torch.log_softmax(logits, -1).gather(2, target.unsqueeze(-1)).squeeze(-1)  # (b, T-1)
             nll -= float(logp[m].sum())
@@ -183,7 +197,7 @@ class Validator:
         mine = [e for e in range(n_episodes) if e % self.world == self.rank]
         if not mine:
             return
-        texts = [t for e in mine for t in self.episode_texts[e * E:(e + 1) * E]]
+        texts = [t for e in mine for t in self.episode_texts[e * E : (e + 1) * E]]
         z = self._encode(model, texts).view(len(mine), E, -1)  # (B, N, C)
         read = self._through_memory(model, z)
         err, hit = self._latent_scores(read, z)  # (B, N)
@@ -193,7 +207,7 @@ class Validator:
         counts["latent_recall"] += hit.numel()
         decode = [i for i, e in enumerate(mine) if e < decode_episodes]
         if decode:
-            dtexts = [t for i in decode for t in texts[i * E:(i + 1) * E]]
+            dtexts = [t for i in decode for t in texts[i * E : (i + 1) * E]]
             nll, correct, tokens = self._decode(model, dtexts, read[decode].reshape(len(dtexts), -1))
             _, ae_correct, _ = self._decode(model, dtexts, z[decode].reshape(len(dtexts), -1))
             sums["rec_nll"] += nll
@@ -222,8 +236,14 @@ class Validator:
         from larimar.evaluation.context import EvalContext
 
         if not hasattr(self, "_cf_context") or self._cf_context.model is not model:
-            cfg = EvalConfig(experiment="counterfact", model="<training>", data=str(self.cfg.validation.counterfact),
-                             scope_model=None, seed=self.cfg.validation.seed, progress=False)
+            cfg = EvalConfig(
+                experiment="counterfact",
+                model="<training>",
+                data=str(self.cfg.validation.counterfact),
+                scope_model=None,
+                seed=self.cfg.validation.seed,
+                progress=False,
+            )
             self._cf_context = EvalContext(cfg, model=model, needs_scope=False)
         record = counterfact.evaluate(self._cf_context, [case], lambda k: None)[0]
         summary = counterfact.condition_summary([record], "no_scope")
