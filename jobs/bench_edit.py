@@ -6,7 +6,7 @@
 Writes <out>/bench_edit.md (the table), .csv, .json (everything, per-method settings and
 one-time costs) and .png (accuracy against median time per edit). Protocol and timing
 boundaries: larimar/evaluation/bench.py. Baselines edit --base (default smollm2-135m, the decoder
-of larimar-smol); --larimar-model also takes a jobs/configs name (untrained: timings only).
+of larimar-smol); --larimar-model also takes a recipe name (untrained: timings only).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from larimar.evaluation.report import fmt  # noqa: E402
 
 def parse_args(argv: list[str] | None) -> BenchConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--larimar-model", required=True, help="saved Larimar model directory (or a jobs/configs name)")
+    p.add_argument("--larimar-model", required=True, help="saved Larimar model directory (or a recipe name)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from " + ",".join(METHODS))
     p.add_argument("--counterfact", default="../shared/data/counterfact/dev_canonical_100.json")
     p.add_argument("--cases", type=int, default=50, help="first N CounterFact cases")

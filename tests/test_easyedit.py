@@ -70,7 +70,7 @@ def test_metrics_are_the_evaluations_numbers(editor):
         loc_ans="French",
     )
     ctx = EvalContext(EvalConfig(experiment="zsre", model="larimar-smol-v2", data="unused"), model=editor.editor.model)
-    record = zsre.evaluate_case(ctx, case)["scope"]
+    record = zsre.evaluate(ctx, [case], lambda k: None)[0]["scope"]
     [r], _, _ = editor.edit(
         prompts=case.prompt,
         target_new=case.target,

@@ -68,11 +68,13 @@ def pod_specs(doc: dict) -> list[dict]:
     return [c["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in c.get("workerGroupSpecs", [])]
 
 
-def entrypoint_config(job: dict) -> tuple[str, Path, list[str]]:
-    """(script, --config path, key=value overrides) of a RayJob's `python <script> --config ...`."""
+def entrypoint_config(job: dict) -> tuple[str, Path | str, list[str]]:
+    """(script, --config, key=value overrides) of a RayJob's `python <script> --config ...`; the
+    config is a bundled recipe's name (the image's installed package has them) or a checkout path."""
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[0] == "python" and argv[2] == "--config", argv
-    return argv[1], ROOT / argv[3], argv[4:]
+    path = ROOT / argv[3]
+    return argv[1], path if path.exists() else argv[3], argv[4:]
 
 
 # -- manifests -------------------------------------------------------------------------------

@@ -251,7 +251,7 @@ def stack(tmp_path_factory):
             "python",
             f"{ROOT}/jobs/train.py",
             "--config",
-            f"{ROOT}/larimar/recipes/tiny.yaml",
+            "tiny",
             f"run.name={RUN}",
             f"run.storage_path={tmp / 'runs'}",
             "optim.steps=20",

@@ -379,7 +379,7 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
             "python",
             "jobs/train.py",
             "--config",
-            "larimar/recipes/tiny.yaml",
+            "tiny",  # a bundled recipe, as the README's job example
             f"run.storage_path={tmp_path}",
             "optim.steps=2",
             "optim.warmup_steps=1",
