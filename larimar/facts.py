@@ -40,7 +40,13 @@ class Fact:
 def make_fact(
     text: str | None = None, prompt: str | None = None, target: str | None = None, subject: str | None = None
 ) -> Fact:
-    """Validate one fact: free text, or a (prompt, target) edit whose text is "prompt target"."""
+    """Validate one fact: free text, or a (prompt, target) edit whose text is "prompt target". The one
+    owner of what a fact is: the editor, the HTTP schema (`larimar.serving.schemas.FactIn`) and the
+    serving store all call it."""
+    if text is not None and (prompt is not None or target is not None):
+        raise ValueError("give either text, or prompt and target, not both")
+    if text is None and prompt is None and target is None:
+        raise ValueError("a fact needs either text, or both prompt and target")
     if subject is not None and not subject.strip():
         raise ValueError("subject, when given, must be non-empty")
     subject = subject.strip() if subject else None

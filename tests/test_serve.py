@@ -318,7 +318,7 @@ def test_bad_inputs_get_clear_4xx(service):
     cases = [
         (post(f"/v1/memories/{mid}/facts", data="{not json"), 422, None),
         (post(f"/v1/memories/{mid}/facts", json={"facts": []}), 422, None),
-        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "   "}]}), 422, "must not be empty"),
+        (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "   "}]}), 422, "non-empty"),
         (post(f"/v1/memories/{mid}/facts", json={"facts": [{"prompt": "only a prompt"}]}), 422, "prompt and target"),
         (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "x" * 500}]}), 413, "limit is 200"),
         (post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": f"f{i}"} for i in range(9)]}), 413, "limit is 8"),

@@ -26,7 +26,7 @@ from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
 from larimar.fact_encoder import encode_facts, encode_queries
-from larimar.facts import make_fact, scope_texts
+from larimar.facts import Fact, make_fact, scope_texts
 from larimar.model import LarimarModel
 from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
@@ -78,15 +78,14 @@ class Encoder:
         """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
         return await asyncio.to_thread(self._encode_facts, requests)
 
-    def _too_long(self, facts: list[dict]) -> dict | None:
+    def _too_long(self, facts: list[Fact]) -> dict | None:
         """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut:
         its whole text ("prompt target" for an edit) is what becomes its value."""
         limit = self.model.cfg.max_length - 2  # [CLS] ... [SEP]
         for i, f in enumerate(facts):
-            text = make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")).text
-            n = len(self.model.encoder_tokenizer(text, add_special_tokens=False)["input_ids"])
+            n = len(self.model.encoder_tokenizer(f.text, add_special_tokens=False)["input_ids"])
             if n > limit:
-                field = "text" if f.get("text") is not None else "prompt"
+                field = "text" if f.prompt is None else "prompt"
                 return _error(
                     ApiError(
                         413,
@@ -98,16 +97,17 @@ class Encoder:
         return None
 
     def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
-        refused = [self._too_long(facts) for facts in requests]
-        ok = [facts for facts, r in zip(requests, refused) if r is None]
-        done = iter(self._encode_checked(ok) if ok else [])
-        return [r if r is not None else next(done) for r in refused]
-
-    def _encode_checked(self, requests: list[list[dict]]) -> list[dict]:
-        per_request = [
-            [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in facts]
-            for facts in requests
+        """The request schema checked the fields' types; `make_fact` (once per fact here, and again
+        by the store, which owns what may enter the log) checks what a fact is."""
+        facts = [
+            [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in r] for r in requests
         ]
+        refused = [self._too_long(r) for r in facts]
+        ok = [r for r, why in zip(facts, refused) if why is None]
+        done = iter(self._encode_checked(ok) if ok else [])
+        return [why if why is not None else next(done) for why in refused]
+
+    def _encode_checked(self, per_request: list[list[Fact]]) -> list[dict]:
         flat = [f for facts in per_request for f in facts]
         enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
         scope_owner, _ = scope_texts(flat)

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from larimar.facts import make_fact
 from larimar.serving.auth import ApiKey
 
 
@@ -137,11 +138,8 @@ class FactIn(RequestBody):
     )
 
     @model_validator(mode="after")
-    def _one_form(self):
-        if self.text is None and (self.prompt is None or self.target is None):
-            raise ValueError("a fact needs either text, or both prompt and target")
-        if self.text is not None and (self.prompt is not None or self.target is not None):
-            raise ValueError("give either text, or prompt and target, not both")
+    def _is_a_fact(self):
+        make_fact(self.text, self.prompt, self.target, self.subject)  # ValueError -> 422 naming the fact
         return self
 
 
