@@ -120,7 +120,7 @@ def test_train_eval_and_serve_from_the_wheel(installed):
         env=env,
         timeout=900,
     )
-    assert "[larimar] step 2/2" in train.stdout
+    assert "[larimar] done in" in train.stdout and ": step 2," in train.stdout, train.stdout[-2000:]
     model = work / "runs" / "larimar-tiny" / "model"
     assert (model / "model.safetensors").exists()
 

@@ -126,9 +126,11 @@ class Encoder:
         return out
 
     def encode_queries(self, queries: list[str]) -> dict:
+        """Latents and, with a scope model, the query sentences' scope vectors; without one
+        (``scope_model: null``) "sentences" is None and the memory is read for every query, as the
+        Python editor does without a scope detector."""
         enc = encode_queries(self.model, queries, self.scope_on, embed=self._embed, shared=self.shared)
-        sentences = enc.sentences if enc.sentences is not None else torch.empty(len(enc.owners), 0)
-        return {"z": enc.latents, "sentences": sentences, "owners": enc.owners, "texts": enc.texts}
+        return {"z": enc.latents, "sentences": enc.sentences, "owners": enc.owners, "texts": enc.texts}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=8)
@@ -446,7 +448,7 @@ class MemoryActor:
                 tenant,
                 memory_id,
                 queries["z"],
-                queries["sentences"] if use_scope else None,
+                queries["sentences"] if use_scope else None,  # None without a scope model: read every query
                 queries["owners"],
                 queries["texts"],
             )
