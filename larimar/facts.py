@@ -51,7 +51,9 @@ def make_fact(
         raise ValueError("subject, when given, must be non-empty")
     subject = subject.strip() if subject else None
     if prompt is not None or target is not None:
-        if not (prompt and prompt.strip() and target and target.strip()):
+        if prompt is None or target is None:
+            raise ValueError("an edit needs both prompt and target (or text instead)")
+        if not (prompt.strip() and target.strip()):
             raise ValueError("an edit needs a non-empty prompt and a non-empty target")
         return Fact(0, f"{prompt.strip()} {target.strip()}", prompt.strip(), target.strip(), subject)
     if not text or not text.strip():

@@ -159,7 +159,7 @@ def test_a_memory_built_in_python_serves_over_http_and_exports_back(service, dem
 
 def test_http_and_python_paths_store_bit_identical_keys_values_and_scope_vectors(service, demo_run, tmp_path):
     """The same facts written over HTTP and in Python, into memories of the same spec (relu keys,
-    a seed), give the same memory bit for bit: keys, values, scope vectors, M and P."""
+    a seed), store bit-identical keys, values and scope vectors, and the same memory state."""
     from larimar import LarimarEditor
     from larimar.facts import make_fact
 
@@ -177,14 +177,19 @@ def test_http_and_python_paths_store_bit_identical_keys_values_and_scope_vectors
     local = editor.create_memory(slots=64, keys="relu", seed=3)
     local.write_facts([make_fact(**facts[0]), make_fact(**facts[1])])  # one update, as one request is
     local = local.core
-    assert torch.equal(served.state.reference, local.state.reference)
     assert sorted(served.latents) == sorted(local.latents) == [1, 2]
-    for i in (1, 2):
-        assert torch.equal(served.latents[i][0], local.latents[i][0]) and torch.equal(
-            served.latents[i][1], local.latents[i][1]
-        ), i
+    for i in (1, 2):  # the fact path (larimar.fact_encoder) is one code path: bit for bit
+        assert torch.equal(served.latents[i][0], local.latents[i][0]), i
+        assert torch.equal(served.latents[i][1], local.latents[i][1]), i
     assert torch.equal(served.scope._vectors, local.scope._vectors) and served.scope._ids == local.scope._ids
-    assert torch.equal(served.state.M, local.state.M) and torch.equal(served.state.P, local.state.P)
+    # The memory state comes out of float64 LAPACK (the reference's QR, the Woodbury solves), whose
+    # last bits depend on the process's thread count: the same to ~1e-12, not bit for bit.
+    for a, b in [
+        (served.state.reference, local.state.reference),
+        (served.state.M, local.state.M),
+        (served.state.P, local.state.P),
+    ]:
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     seeded = requests.post(f"{URL}/v1/memories", json={"name": "s", "seed": -1}, headers=h("acme"))
     assert seeded.status_code == 422 and "seed" in seeded.text
 
