@@ -54,3 +54,25 @@ for name, label in [
     print(
         f"| {label} | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | {f(z['ES'])} | {f(z['PS'])} |"
     )
+
+# Capacity and token identity, fine-tuned from the shipped v2 (runs/abl/queue3.sh, queue4.sh): 300
+# more steps each on the same data and seed, against 300 more steps of v2 itself (the control).
+print(
+    "\n| from v2, 300 more steps | ES | PS | PS (paper) | NS | Score | zsRE edit | zsRE rephrase | zsRE exact | rephrase exact |"
+)
+print("|---|---|---|---|---|---|---|---|---|---|")
+for name, label in [
+    ("v2cont", "v2 recipe continued (control)"),
+    ("slots4", "4 key/value slots per layer (model.conditioning_slots=4)"),
+    ("tokens", "target token embeddings in the value (model.value_target_tokens)"),
+]:
+    cf, zs = Path(f"runs/abl/{name}-cf/counterfact.json"), Path(f"runs/abl/{name}-zsre/zsre.json")
+    if not (cf.exists() and zs.exists()):
+        print(f"| {label} | not run | | | | | | | | |")
+        continue
+    s = condition_summary(json.loads(cf.read_text())["records"][:50], "scope")
+    z = json.loads(zs.read_text())["summary"]["scope"]
+    print(
+        f"| {label} | {f(s['ES'])} | {f(s['PS'])} | {f(s['PS_ref'])} | {f(s['NS'])} | {f(s['Score'])} | "
+        f"{f(z['ES'])} | {f(z['PS'])} | {f(z['ES_exact'])} | {f(z['PS_exact'])} |"
+    )
