@@ -18,7 +18,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +25,7 @@ from pathlib import Path
 import requests
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from larimar.model import DEFAULT_MODEL  # noqa: E402
+from larimar.model import DEFAULT_MODEL
 
 URL = "http://127.0.0.1:8000"
 KEY = "bench-key"

@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
         Path(out).write_text(json.dumps(plain(cfg, prepare_chunks(cfg)["text"])))
         return {}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bench", action="append", help="CONFIG=plain,1,2 (a recipe name, larimar recipes, or a YAML path)")
+    parser.add_argument(
+        "--bench", action="append", help="CONFIG=plain,1,2 (a recipe name, larimar recipes, or a YAML path)"
+    )
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--out", default="runs/bench_train.json")
     args = parser.parse_args(argv)
