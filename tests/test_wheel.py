@@ -10,6 +10,7 @@ editable install's finder, so ``import larimar`` can only find the wheel, which 
 
 import hashlib
 import json
+import shutil
 import os
 import signal
 import socket
@@ -45,6 +46,9 @@ def installed(tmp_path_factory):
     """(venv bin directory, a working directory outside the checkout, its environment)."""
     data = require_shared("data", "wikitext-2-raw", "wiki.valid.raw").parents[1]
     tmp = tmp_path_factory.mktemp("wheel")
+    # setuptools stages the package in <checkout>/build and never prunes it: a stale module there
+    # would ride into the wheel, so the build starts from nothing and leaves nothing behind.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     run(
         [
             sys.executable,
@@ -60,6 +64,7 @@ def installed(tmp_path_factory):
         ],
         timeout=600,
     )
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     (wheel,) = (tmp / "dist").glob("larimar-*.whl")
     run([sys.executable, "-m", "venv", str(tmp / "venv")], timeout=300)
     bin_dir = tmp / "venv" / "bin"
