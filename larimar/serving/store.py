@@ -176,7 +176,8 @@ def memory_bytes(memory: FactMemory) -> int:
         len(f.text.encode()) + len((f.prompt or "").encode()) + len((f.subject or "").encode())
         for f in memory.facts.values()
     )
-    scope = 4 * len(memory.scope._ids) * 384 if memory.scope is not None else 0
+    vectors = memory.scope._vectors if memory.scope is not None else None
+    scope = 4 * int(vectors.numel()) if vectors is not None else 0  # the stored scope vectors, whatever their width
     return 8 * (K * K + 2 * K * C) + 4 * 2 * C * len(memory.facts) + scope + texts
 
 
@@ -342,7 +343,12 @@ class MemoryStore:
             rec.memory.check_room(pending + len(checked))
         except RuntimeError as err:
             raise Conflict(str(err)) from None
-        text_bytes = sum(len(f.text.encode()) * 2 for f in checked) + 4 * (2 * self.cfg.latent_dim + 384) * len(checked)
+        # texts (twice: fact log and events), float32 key and value latents, the scope vectors as sent
+        text_bytes = (
+            sum(len(f.text.encode()) * 2 for f in checked)
+            + 4 * 2 * self.cfg.latent_dim * len(checked)
+            + 4 * int(scope_vectors.numel())
+        )
         self._check_quota_bytes(tenant, text_bytes)
         return {
             "op": "write",
