@@ -18,6 +18,26 @@ does not pay for torch and transformers.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+
+
+def lazy_exports(module: str, namespace: dict, exports: dict[str, str]) -> tuple[Callable, Callable]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562) that import each exported name from its
+    module on first use and keep it: how `larimar` and `larimar.evaluation` re-export without
+    importing torch, or every experiment, when only a submodule is wanted."""
+
+    def getattr_(name: str):
+        if name in exports:
+            value = getattr(importlib.import_module(exports[name]), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    def dir_() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return getattr_, dir_
+
 
 _EXPORTS = {
     "ConfigError": "larimar.config",
@@ -37,15 +57,4 @@ _EXPORTS = {
     "ScopeDetector": "larimar.scope",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'larimar' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -24,7 +24,7 @@ Command line: ``python jobs/eval.py <experiment> --model DIR --data PATH --out D
 
 from __future__ import annotations
 
-import importlib
+from larimar import lazy_exports
 
 # Loaded on first use: a submodule (larimar.evaluation.forcing, say) must not drag in the runner
 # and, through it, every experiment and baseline.
@@ -35,11 +35,4 @@ _EXPORTS = {
     "run": "larimar.evaluation.runner",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'larimar.evaluation' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _EXPORTS)
