@@ -130,11 +130,15 @@ def test_counterfact_flat_without_scope(job, tiny_model, data, tmp_path):
     assert s["no_scope"]["ES"] in (0.0, 1.0) and s["unedited"]["NS"] in (0.0, 1.0)
 
 
+def untimed(records: list[dict]) -> list[dict]:
+    """Records without their wall-clock edit times: what a seed reproduces."""
+    return [{k: v for k, v in r.items() if k != "edit_s"} for r in records]
+
+
 def test_zsre_is_reproducible(job, tiny_model, data, tmp_path):
     args = ["zsre", "--model", tiny_model, "--data", str(data / "zsre.json"), "--scope-model", "none", "--seed", "3"]
     a, pa = run(job, tmp_path, *args)
     b, pb = run(job, tmp_path, *args)
-    untimed = lambda records: [{k: v for k, v in r.items() if k != "edit_s"} for r in records]  # noqa: E731
     assert a["summary"] == b["summary"] and untimed(pa["records"]) == untimed(pb["records"])
     assert all(r["edit_s"] > 0 for r in pa["records"])  # every method's edit is timed, Larimar's too
     assert a["summary"]["unedited"]["locality"] == 1.0  # the unedited decoder is its own reference
@@ -278,7 +282,6 @@ def test_ray_workers_give_the_single_process_numbers(job, tiny_model, data, tmp_
         spread, pr = run(job, tmp_path, *args, "--workers", "2")
     finally:
         ray.shutdown()
-    untimed = lambda records: [{k: v for k, v in r.items() if k != "edit_s"} for r in records]  # noqa: E731
     assert single["summary"] == spread["summary"] and untimed(ps["records"]) == untimed(pr["records"])
 
 

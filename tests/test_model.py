@@ -163,21 +163,36 @@ def test_top_layer_untied_slot_in_bf16_and_bundled_names(tmp_path, monkeypatch):
         LarimarModel.from_pretrained("no-such-model")
 
 
+# Keyed training rows (the v2 objective): a fact, the prompt that keys it, another wording that reads it.
+KEYED_ROWS = [
+    {"text": f"{p} {t}", "key": p, "query": q, "target": t}
+    for p, q, t in [
+        ("the capital of vorland is", "vorland's capital city is", "zell"),
+        ("mira teaches", "the subject mira teaches is", "chemistry"),
+        ("the river arn flows into the", "the arn ends in the", "grey sea"),
+        ("tomas plays the", "the instrument tomas plays is the", "violin"),
+    ]
+]
+
+
+def one_step_trains(model, batch, head) -> None:
+    """`head` gets gradient from the keyed loss and one Adam step lowers that loss."""
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = model(**batch)
+    first.loss.backward()
+    assert head.weight.grad.abs().sum() > 0
+    opt.step()
+    assert model(**batch).loss < first.loss
+
+
 def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
     """The v2 objective: facts written with prompt keys, read with other wordings, loss on the
     target tokens; the zero-initialised target head gets gradient and one step lowers the loss.
     A saved model starts a new one through init_from (the new head keeps its init)."""
     from larimar.train.loop import episode_batch
 
-    rows = [
-        {"text": f"{p} {t}", "key": p, "query": q, "target": t}
-        for p, q, t in [
-            ("the capital of vorland is", "vorland's capital city is", "zell"),
-            ("mira teaches", "the subject mira teaches is", "chemistry"),
-            ("the river arn flows into the", "the arn ends in the", "grey sea"),
-            ("tomas plays the", "the instrument tomas plays is the", "violin"),
-        ]
-    ]
+    rows = KEYED_ROWS
     cfg = dict(
         decoder_trainable=False,
         value_target=True,
@@ -193,13 +208,7 @@ def test_keyed_episodes_train_the_target_head_and_lower_the_loss(tmp_path):
     assert batch["dec_loss_weight"].sum() == sum(
         len(model.decoder_tokenizer(" " + r["target"], add_special_tokens=False)["input_ids"]) for r in rows
     )
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    first = model(**batch)
-    first.loss.backward()
-    assert model.encoder.target_head.weight.grad.abs().sum() > 0
-    opt.step()
-    assert model(**batch).loss < first.loss
+    one_step_trains(model, batch, model.encoder.target_head)
     with pytest.raises(ValueError, match="mixes plain and keyed"):
         episode_batch(model, rows[:3] + [{"text": "x", "key": "", "query": "", "target": ""}], 2, 2)
 
@@ -212,15 +221,7 @@ def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
     from larimar.facts import make_fact
     from larimar.train.loop import episode_batch
 
-    rows = [
-        {"text": f"{p} {t}", "key": p, "query": q, "target": t}
-        for p, q, t in [
-            ("the capital of vorland is", "vorland's capital city is", "zell"),
-            ("mira teaches", "the subject mira teaches is", "chemistry"),
-            ("the river arn flows into the", "the arn ends in the", "grey sea"),
-            ("tomas plays the", "the instrument tomas plays is the", "violin"),
-        ]
-    ]
+    rows = KEYED_ROWS
     cfg = dict(
         decoder_trainable=False,
         value_target=True,
@@ -238,13 +239,7 @@ def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
     torch.testing.assert_close(feats[1], emb[ids].mean(0))
     batch = episode_batch(model, rows, 2, 2)
     assert batch["target_dec_ids"].shape[:2] == (2, 2)
-    model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    first = model(**batch)
-    first.loss.backward()
-    assert model.target_token_head.weight.grad.abs().sum() > 0
-    opt.step()
-    assert model(**batch).loss < first.loss
+    one_step_trains(model, batch, model.target_token_head)
     model.eval()
     after = encode_facts(model, facts, scope=False).values
     assert not torch.allclose(before, after)  # the trained head moved the values

@@ -187,30 +187,6 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
 
     require_shared("data", "counterfact", "dev_canonical_100.json")
     out = tmp_path / "curve"
-    assert (
-        curve_job.main(
-            [
-                "--config",
-                str(TINY),
-                f"run.storage_path={tmp_path}",
-                "--experiments",
-                "counterfact",
-                "--limit",
-                "2",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    rows = (out / "checkpoints.csv").read_text().splitlines()
-    assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
-    loss_rows = (out / "loss.csv").read_text().splitlines()[1:]  # read from metrics.jsonl, not log text
-    assert [(int(r.split(",")[0]), float(r.split(",")[1])) for r in loss_rows] == [
-        (r["step"], r["loss"]) for r in records
-    ]
-    assert (out / "curve.png").stat().st_size > 0
-    done = (out / "step_3" / "counterfact.json").stat().st_mtime_ns
     args = [
         "--config",
         str(TINY),
@@ -222,6 +198,15 @@ def test_run_checkpoints_exports_a_loadable_model_and_resumes_at_the_saved_step(
         "--out",
         str(out),
     ]
+    assert curve_job.main(args) == 0
+    rows = (out / "checkpoints.csv").read_text().splitlines()
+    assert rows[0].startswith("step,ES,PS,NS,Score") and [r.split(",")[0] for r in rows[1:]] == ["2", "3"]
+    loss_rows = (out / "loss.csv").read_text().splitlines()[1:]  # read from metrics.jsonl, not log text
+    assert [(int(r.split(",")[0]), float(r.split(",")[1])) for r in loss_rows] == [
+        (r["step"], r["loss"]) for r in records
+    ]
+    assert (out / "curve.png").stat().st_size > 0
+    done = (out / "step_3" / "counterfact.json").stat().st_mtime_ns
     assert curve_job.main([*args, "--steps", "3"]) == 0  # a rerun reuses the finished evaluation
     assert (out / "step_3" / "counterfact.json").stat().st_mtime_ns == done
     assert [r.split(",")[0] for r in (out / "checkpoints.csv").read_text().splitlines()[1:]] == ["3"]
