@@ -68,16 +68,12 @@ def _counterfact_scores(editor: Editor, case: CounterFactCase, batch_size: int) 
     groups = {g: v for g, v in _prompts(case).items() if v[0]}
     prompts = [p for ps, _ in groups.values() for p in ps]
     trues = [t for ps, t in groups.values() for _ in ps]
-    scores = []
+    new, true = [], []
     for s in range(0, len(prompts), batch_size):
         p, t = prompts[s : s + batch_size], trues[s : s + batch_size]
-        scores += editor.score_with_scope(p + p, [case.target_new] * len(p) + t, 2 * len(p))
-    n = len(prompts)
-    new, true = [], []
-    for s in range(0, n, batch_size):  # each batch held its prompts' new scores, then their true ones
-        k = min(batch_size, n - s)
-        new += scores[2 * s : 2 * s + k]
-        true += scores[2 * s + k : 2 * s + 2 * k]
+        scored = editor.score_with_scope(p + p, [case.target_new] * len(p) + t, 2 * len(p))
+        new += scored[: len(p)]
+        true += scored[len(p) :]
     out, i = {}, 0
     for g, (ps, _) in groups.items():
         out[g] = {
