@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import NoReturn
 
 COMMANDS = {
     "train": ("larimar.cli.train", "train a recipe on Ray Train + DeepSpeed"),
@@ -26,6 +27,12 @@ COMMANDS = {
     "demo": ("larimar.cli.demo", "write facts, ask about them, forget one: in Python, then over HTTP"),
     "recipes": (None, "list the bundled recipes and sweeps"),
 }
+
+
+def config_error(err: Exception) -> NoReturn:
+    """Every subcommand's answer to a bad config: one line naming the key, status 2, no traceback."""
+    print(f"config error: {err}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 def usage() -> str:

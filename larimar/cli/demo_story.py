@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from larimar import recipes
+from larimar.cli import config_error
 from larimar.config import ConfigError, load
 from larimar.model import DEFAULT_MODEL, LarimarConfig
 
@@ -170,8 +171,7 @@ def run(args) -> dict:
     try:
         cfg = load(DemoConfig, recipes.resolve(args.config), args.overrides)
     except ConfigError as err:
-        print(f"larimar demo: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        config_error(err)
     import torch
 
     from larimar.editor import LarimarEditor

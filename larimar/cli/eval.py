@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import typing
 
+from larimar.cli import config_error
 from larimar.config import ConfigError, apply_overrides, from_dict
 from larimar.evaluation.config import EXPERIMENTS, EvalConfig
 
@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     try:
         rep, paths = run(cfg)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+        config_error(err)
     print(rep.table)
     for note in rep.notes:
         print(f"- {note}")

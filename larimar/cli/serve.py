@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from larimar.cli import config_error
 from larimar.config import ConfigError
 
 
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None, prog: str | None = None):
         except (FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model: {err}") from None
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        config_error(err)
     if not settings.api_keys:
         print(
             "[larimar] warning: no api_keys configured, so every request will be refused with 401; add "

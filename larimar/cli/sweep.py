@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from larimar.cli import config_error
 from larimar.config import ConfigError
 
 
@@ -52,8 +52,7 @@ def main(argv: list[str] | None = None, prog: str | None = None):
         cfg.overrides = [*cfg.overrides, *args.train]
         summary = run_sweep(cfg, resume=not args.fresh)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        config_error(err)
     counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("finished", "stopped early", "error", "not run")}
     print(
         f"[larimar] sweep {summary.experiment_path} {'(restored) ' if summary.restored else ''}done in "

@@ -24,8 +24,8 @@ key, before Ray starts. Logic: larimar.train.distributed.
 from __future__ import annotations
 
 import argparse
-import sys
 
+from larimar.cli import config_error
 from larimar.config import ConfigError
 
 
@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         cfg = resolve_paths(load_train_config(args.config, args.overrides))
         chunks = prepare_chunks(cfg)
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        config_error(err)
     print(
         f"[larimar] {len(chunks)} chunks of <= {cfg.chunk_tokens} tokens from {cfg.data.source}; "
         f"{cfg.scaling.num_workers} workers x {cfg.optim.micro_batch_episodes} episodes x "
