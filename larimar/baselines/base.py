@@ -2,8 +2,8 @@
 
 `Editor` is what an experiment needs of a method: `edit` applies one edit on top of the ones
 before it (sequential editing), `reset` restores the unedited state, `force` / `score` read
-answers teacher-forced, `in_scope` says which prompts the edits reach (always all of them for a
-weight edit), and `views` names the conditions an edited state is scored under ("edited" for a
+answers teacher-forced, `score_with_scope` also says which prompts the edits reach (all of them for
+a weight edit), and `views` names the conditions an edited state is scored under ("edited" for a
 baseline; Larimar scores its memory with and without the scope detector). Larimar's memory is
 `larimar.evaluation.memory_editor.MemoryEditor`.
 
@@ -110,16 +110,13 @@ class Editor(ABC):
         """Mean per-token NLL of each continuation (the CounterFact criterion)."""
         return [f.mean_nll for f in self.force(prompts, continuations, batch_size)]
 
-    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
-        """Whether the edits reach each prompt: a weight edit reaches every prompt."""
-        return [True] * len(prompts)
-
     def score_with_scope(
         self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16
     ) -> list[tuple[float, bool]]:
-        """(mean NLL, in scope) per pair; an editor whose reach depends on the prompt overrides it
-        to decide both from one read."""
-        return list(zip(self.score(prompts, continuations, batch_size), self.in_scope(prompts)))
+        """(mean NLL, whether the edits reach the prompt) per pair. A weight edit reaches every
+        prompt; an editor whose reach depends on the prompt (Larimar's scope detector) overrides
+        this to decide both from one read."""
+        return [(nll, True) for nll in self.score(prompts, continuations, batch_size)]
 
     def views(self) -> dict[str, "Editor"]:
         """The conditions an edited state is scored under, by name (one: "edited")."""

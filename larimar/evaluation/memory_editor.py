@@ -74,12 +74,6 @@ class MemoryEditor(Editor):
             ]
         return out
 
-    def in_scope(self, prompts: Sequence[str]) -> list[bool]:
-        if not prompts:
-            return []
-        z, _ = self.memory.read(list(prompts), self._reads_scope())
-        return [bool(row.abs().sum() > 0) for row in z]
-
     def view(self, use_scope: bool) -> "MemoryEditor":
         """Another read rule on the same memory."""
         return MemoryEditor(self.new_memory, self.use_subjects, use_scope, _shared=self._box)
