@@ -269,8 +269,10 @@ class MemoryStore:
         slots = slots or self.cfg.default_slots
         if not 1 <= slots <= self.cfg.max_slots:
             raise StoreError(f"slots must be between 1 and {self.cfg.max_slots}, got {slots}")
-        if keys not in ("linear", "relu"):
-            raise StoreError(f"keys must be 'linear' or 'relu', got {keys!r}")
+        try:  # the spec `apply` will build: a bad one is refused here, never logged
+            MemorySpec(slots, ridge=self.cfg.ridge, seed=seed, keys=keys)
+        except ValueError as err:
+            raise StoreError(str(err)) from None
         self._check_quota(tenant, new_memory_bytes(slots, self.cfg.latent_dim))
         if not 0 <= seed < 2**31:
             raise StoreError(f"seed must be in [0, 2**31), got {seed}")
