@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -33,7 +32,7 @@ import yaml
 from larimar_ops import dashboards, deploy
 from larimar.serving.auth import hash_key
 from tests.conftest import ROOT, require_shared
-from tests.test_train import HEAD_PORTS, _free_ports, _stop_head
+from tests.services import free_ports, start_ray_head, stop_head, wait_http
 
 PROMETHEUS_CONFIG = ROOT / "platform" / "prometheus" / "prometheus.yml"
 KEY = "metrics-test-key"
@@ -115,7 +114,7 @@ def test_provisioning_payloads(boards):
 
 
 def test_provision_command_reports_an_unreachable_grafana_cleanly(capsys):
-    port = _free_ports(1)[0]  # nothing listens there
+    port = free_ports(1)[0]  # nothing listens there
     code = dashboards.main(
         ["--grafana-url", f"http://127.0.0.1:{port}", "--token", "t", "--prometheus-url", "http://127.0.0.1:9090"]
     )
@@ -137,24 +136,6 @@ def test_shipped_prometheus_config_is_valid_and_reads_rays_service_discovery_fil
 
 
 # -- the real stack (slow) -------------------------------------------------------------------
-
-
-def _wait_http(url: str, deadline_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.time() + deadline_s
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what} exited {proc.returncode}: {log.read_text()[-3000:] if log else ''}")
-        if time.time() > deadline:
-            pytest.fail(
-                f"{what} did not answer {url} within {deadline_s:.0f} s: {log.read_text()[-3000:] if log else ''}"
-            )
-        time.sleep(1)
 
 
 class Prometheus:
@@ -186,28 +167,10 @@ def stack(tmp_path_factory):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
-    ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
-    prom_port, serve_port = _free_ports(2)
-    temp_dir = tempfile.mkdtemp(prefix="ray-")
+    prom_port, serve_port = free_ports(2)
     ray_bin = Path(sys.executable).parent / "ray"
     head_log, prom_log = tmp / "ray-head.log", tmp / "prometheus.log"
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            *(f"--{k}={v}" for k, v in ports.items()),
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            f"--temp-dir={temp_dir}",
-            "--block",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=head_log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    head, ports, temp_dir = start_ray_head(env, head_log, cwd=ROOT)
     # The shipped config, pointed at this head's discovery file and scraping faster.
     cfg = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     cfg["global"]["scrape_interval"] = "2s"
@@ -233,8 +196,8 @@ def stack(tmp_path_factory):
         print(f"[metrics] {name}: {phases[name]} s", flush=True)
 
     try:
-        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", 60, "prometheus", prom, prom_log)
-        _wait_http(f"{address}/api/version", 90, "`ray start --head`", head, head_log)
+        wait_http(f"http://127.0.0.1:{prom_port}/-/ready", 60, "prometheus", prom, prom_log)
+        wait_http(f"{address}/api/version", 90, "`ray start --head`", head, head_log)
         mark("ray head and prometheus up")
 
         # No --working-dir upload: the head runs in the checkout with PYTHONPATH on it, as the
@@ -297,7 +260,7 @@ def stack(tmp_path_factory):
             timeout=120,
         )
         assert out.returncode == 0, out.stdout + out.stderr
-        _wait_http(f"http://127.0.0.1:{serve_port}/readyz", 240, "the Serve application", head, head_log)
+        wait_http(f"http://127.0.0.1:{serve_port}/readyz", 240, "the Serve application", head, head_log)
         mark("serve deploy")
         yield {
             "prometheus": Prometheus(f"http://127.0.0.1:{prom_port}"),
@@ -305,7 +268,7 @@ def stack(tmp_path_factory):
             "t0": t0,
         }
     finally:
-        _stop_head(head, temp_dir)
+        stop_head(head, temp_dir)
         prom.terminate()
         try:
             prom.wait(timeout=20)

@@ -4,14 +4,13 @@ streaming a chat completion) runs in bash against it. If the README changes, thi
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests.services import stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -37,17 +36,7 @@ def test_the_readme_quickstart_runs_against_a_live_server(tmp_path):
         ["bash", "-c", block("server")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                if requests.get("http://localhost:8000/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(3)
-        else:
-            pytest.fail("the quickstart server never became ready:\n" + (tmp_path / "server.log").read_text()[-3000:])
+        wait_http("http://localhost:8000/readyz", 900, "the quickstart server", server, tmp_path / "server.log")
         out = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block("client")],
             cwd=tmp_path,
@@ -62,10 +51,5 @@ def test_the_readme_quickstart_runs_against_a_live_server(tmp_path):
         assert "Rome" in answers[0] and "Rome" not in answers[1], answers  # written, then forgotten
         assert '"ready"' in out.stdout and '"forgotten":1' in out.stdout.replace(" ", "")
     finally:
-        os.killpg(server.pid, signal.SIGINT)  # serve run shuts Serve and its Ray down on Ctrl-C
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)  # `larimar serve` shuts Serve and its Ray down on Ctrl-C
         log.close()

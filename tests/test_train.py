@@ -9,14 +9,9 @@ in-process runs (first + resumed, and one with an injected failure) and one `ray
 import importlib.util
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,6 +26,7 @@ from larimar.model import LarimarModel
 from larimar.train.run_record import read_metrics
 from larimar.train.config import load_train_config
 from tests.conftest import ROOT, require_shared
+from tests.services import start_ray_head, stop_head, wait_http
 
 TINY = RECIPE_DIR / "tiny.yaml"
 CONFIGS = sorted(p for p in RECIPE_DIR.glob("*.yaml") if not p.name.startswith("sweep-"))
@@ -245,55 +241,6 @@ def test_an_injected_worker_failure_is_survived_and_the_run_finishes(tmp_path, r
     assert not all(torch.equal(other[k], v) for k, v in exported.items())
 
 
-HEAD_PORTS = (
-    "port",
-    "dashboard-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "metrics-export-port",
-    "ray-client-server-port",
-    "runtime-env-agent-port",
-    "node-manager-port",
-    "object-manager-port",
-)
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct ports free on every interface right now (all held open together while chosen)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
-    """Stop exactly the cluster this test started: its process group, then any straggler whose
-    command line names its private temp dir (raylet, GCS, agents and workers all do)."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            head.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    marks = (f"{temp_dir}/".encode(), f"{temp_dir}\0".encode())  # the dir itself, not a longer name
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            if any(m in cmdline for m in marks):
-                os.kill(int(proc.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
     """`ray start --head` + `ray job submit`, against a head isolated from every other Ray on the
@@ -311,42 +258,13 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     env.pop("RAY_ADDRESS", None)
-    ports = dict(zip(HEAD_PORTS, _free_ports(len(HEAD_PORTS))))
     ray_bin = Path(sys.executable).parent / "ray"
-    temp_dir = tempfile.mkdtemp(prefix="ray-")  # short: Ray's socket paths must fit 107 bytes
     head_log = tmp_path / "ray-head.log"
-    # --block keeps `ray start` in the foreground, in its own process group: `_stop_head` stops
-    # exactly this cluster (`ray stop` would stop every Ray on the machine).
-    head = subprocess.Popen(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            *(f"--{k}={v}" for k, v in ports.items()),
-            "--num-cpus=4",
-            "--include-dashboard=true",
-            f"--temp-dir={temp_dir}",
-            "--block",
-        ],
-        env=env,
-        stdout=head_log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    head, ports, temp_dir = start_ray_head(env, head_log)
     address = f"http://127.0.0.1:{ports['dashboard-port']}"
     submission_id = f"larimar-test-{os.getpid()}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2)
-                break
-            except OSError:
-                if head.poll() is not None:
-                    pytest.fail(f"`ray start --head` exited {head.returncode}: {head_log.read_text()[-3000:]}")
-                if time.time() > deadline:
-                    pytest.fail("the Ray head's dashboard did not answer within 90 s")
-                time.sleep(0.5)
+        wait_http(f"{address}/api/version", 90, "`ray start --head`", head, head_log)
         runtime_env = {"env_vars": {"LARIMAR_DATA_DIR": str(data)}}
         submit = [
             str(ray_bin),
@@ -393,4 +311,4 @@ def test_ray_job_submit_runs_the_tiny_config_end_to_end(tmp_path):
                 )
             except subprocess.TimeoutExpired:
                 pass
-        _stop_head(head, temp_dir)
+        stop_head(head, temp_dir)

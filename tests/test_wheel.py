@@ -12,18 +12,16 @@ import hashlib
 import json
 import shutil
 import os
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import require_shared
+from tests.services import free_ports, stop_group, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -33,12 +31,6 @@ def run(cmd, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert out.returncode == 0, f"{cmd} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +143,7 @@ def test_train_eval_and_serve_from_the_wheel(installed):
     report = json.loads((work / "eval" / "sequential.json").read_text())
     assert report["summary"]["edits"] == 12 and 0.0 <= report["summary"]["ERR"] <= 1.0
 
-    port = free_port()
+    port = free_ports(1)[0]
     key = "wheel-key"
     keys = f"api_keys=[{{tenant: wheel, sha256: {hashlib.sha256(key.encode()).hexdigest()}}}]"
     headers = {"Authorization": f"Bearer {key}"}
@@ -177,17 +169,7 @@ def test_train_eval_and_serve_from_the_wheel(installed):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            assert server.poll() is None, (work / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(2)
-        else:
-            pytest.fail("larimar serve never became ready:\n" + (work / "serve.log").read_text()[-3000:])
+        wait_http(f"{url}/readyz", 600, "larimar serve", server, work / "serve.log")
         mid = requests.post(f"{url}/v1/memories", json={"name": "wheel"}, headers=headers, timeout=60).json()["id"]
         wrote = requests.post(
             f"{url}/v1/memories/{mid}/facts",
@@ -204,10 +186,5 @@ def test_train_eval_and_serve_from_the_wheel(installed):
         )
         assert gen.status_code == 200 and gen.json()["used_memory"], gen.text
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
