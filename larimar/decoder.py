@@ -45,7 +45,37 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
     return cfg.num_hidden_layers, kv_heads, head_dim, hidden
 
 
-class LatentDecoder(nn.Module):
+class ConditionedDecoder(nn.Module):
+    """What the model, evaluation and serving call on a decoder conditioned on read-outs z (B, V):
+    teacher-forced logits (``forward``), log-probs and loss, and ``generate``. A row with z = 0 is
+    the plain LM. Two kinds: `LatentDecoder` (a latent slot, the paper) and
+    `larimar.prefix_decoder.EmbeddingPrefixDecoder` (read-outs in the LM's embedding space)."""
+
+    lm: PreTrainedModel
+
+    @staticmethod
+    def uses_latent(z: torch.Tensor) -> torch.Tensor:
+        """(B,) 1 where z is nonzero (conditioned), 0 where z == 0 (plain decoder)."""
+        return (z.detach().abs().amax(dim=-1) > 0).long()
+
+    def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
+        """Index of the first new token in the ids `lm.generate` shows stopping criteria."""
+        raise NotImplementedError
+
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_t | x_<t, z) for t = 1..T-1 -> (B, T-1); 0 at padded targets."""
+        logits = self(input_ids, attention_mask, z)[:, :-1].float()
+        logp = torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        return logp * attention_mask[:, 1:].to(logp.dtype)
+
+    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy over non-padded targets (the reference also counts pads)."""
+        logits = self(input_ids, attention_mask, z)[:, :-1]
+        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+
+
+class LatentDecoder(ConditionedDecoder):
     def __init__(
         self,
         lm: PreTrainedModel,
@@ -75,6 +105,7 @@ class LatentDecoder(nn.Module):
             raise ValueError(f"conditioning init must be 'normal' or 'zero', got {init!r}")
         self.lm = lm
         self.pad_token_id = pad_token_id
+        self.value_dim = latent_dim
         self.num_layers, self.kv_heads, self.head_dim, hidden = attention_geometry(lm.config)
         if inject_layers == 0 or inject_layers < -1 or inject_layers > self.num_layers:
             raise ValueError(f"inject_layers must be -1 (all) or 1..{self.num_layers}, got {inject_layers}")
@@ -132,10 +163,9 @@ class LatentDecoder(nn.Module):
                 cache.update(keys[:, layer - first], values[:, layer - first], layer)
         return cache
 
-    @staticmethod
-    def uses_latent(z: torch.Tensor) -> torch.Tensor:
-        """(B,) 1 where z is nonzero (conditioned), 0 where z == 0 (plain decoder)."""
-        return (z.detach().abs().amax(dim=-1) > 0).long()
+    def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
+        """The slot ids lead the prompt in what generate() sees."""
+        return self.slots + prompt_length
 
     def _inputs(self, z: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S+T) attention mask and positions: the slots take position 0 (masked out where z = 0),
@@ -165,18 +195,6 @@ class LatentDecoder(nn.Module):
                 logits_to_keep=logits_to_keep,
             )
         return out.logits
-
-    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log p(x_t | x_<t, z) for t = 1..T-1 -> (B, T-1); 0 at padded targets."""
-        logits = self(input_ids, attention_mask, z)[:, :-1].float()
-        logp = torch.gather(F.log_softmax(logits, -1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        return logp * attention_mask[:, 1:].to(logp.dtype)
-
-    def loss(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over non-padded targets (the reference also counts pads)."""
-        logits = self(input_ids, attention_mask, z)[:, :-1]
-        targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
 
     # -- generation ---------------------------------------------------------------------------
 

@@ -215,7 +215,10 @@ class LarimarEditor:
         blend) or "relu" random-feature addressing (up to K facts kept apart); see SequentialMemory."""
         spec = MemorySpec(slots or self.model.cfg.memory.slots, capacity, ridge, seed, keys)
         return EditableMemory(
-            self, spec.build(self.model.cfg.memory.latent_dim, self._scope(), self.readout, self.model.device)
+            self,
+            spec.build(
+                self.model.cfg.memory.latent_dim, self._scope(), self.readout, self.model.device, self.model.value_dim
+            ),
         )
 
     def _scope(self) -> ScopeDetector | None:
@@ -232,6 +235,7 @@ class LarimarEditor:
             path,
             self._scope(),
             latent_dim=self.model.cfg.memory.latent_dim,
+            value_dim=self.model.value_dim,
             encoder=self.model.cfg.encoder,
             scope_model=self.scope_model,
         )

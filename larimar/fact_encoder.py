@@ -7,7 +7,8 @@ can never drift apart between the two paths.
 
 - key: the latent of the fact's prompt (its text for free-text facts): queries look like prompts
   (paper App. E, "keys from prompts").
-- value: the latent of the whole fact "prompt target", plus, for models trained with
+- value: the latent of the whole fact "prompt target" (for `value_space: decoder` models, the
+  decoder's input embeddings of its tokens instead), plus, for models trained with
   ``value_target``, a second head on the latent of the target alone (the object is one word of
   the sentence, and mean pooling dilutes it; the edit API knows it, so the value can carry it).
 - scope vectors: the frozen MiniLM's normalised mean-pooled output of the texts the scope index
@@ -33,7 +34,7 @@ Embed = Callable[[list[str]], torch.Tensor]  # texts -> (n, D) unit-norm sentenc
 @dataclass
 class EncodedFacts:
     keys: torch.Tensor  # (n, C)
-    values: torch.Tensor  # (n, C)
+    values: torch.Tensor  # (n, V): V = C, or the decoder-space width (`LarimarModel.value_dim`)
     scope: torch.Tensor | None  # (len(scope_texts(facts)), D) on CPU, None when scope is off
 
 
@@ -60,15 +61,20 @@ def encode_facts(
     the encoder pass itself (see the module docstring), else from `embed`."""
     if not facts:
         C = model.cfg.memory.latent_dim
-        return EncodedFacts(torch.empty(0, C), torch.empty(0, C), torch.empty(0, 0) if scope else None)
+        return EncodedFacts(torch.empty(0, C), torch.empty(0, model.value_dim), torch.empty(0, 0) if scope else None)
     _, scope_text = scope_texts(facts)
     keys_t, values_t = key_texts(facts), [f.text for f in facts]
+    decoder_space = model.cfg.value_space == "decoder"
     targets_t = target_texts(facts) if model.cfg.value_target else []
-    pooled = _pooled(model, keys_t + values_t + targets_t + (scope_text if scope and shared else []))
+    encoded = keys_t + ([] if decoder_space else values_t) + targets_t + (scope_text if scope and shared else [])
+    pooled = _pooled(model, encoded)
     stack = lambda texts: torch.stack([pooled[t] for t in texts])  # noqa: E731
     keys = model.latents_from_pooled(stack(keys_t))
-    tokens = model.target_token_features_of(target_texts(facts)) if model.cfg.value_target_tokens else None
-    values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None, tokens)
+    if decoder_space:
+        values = model.decoder_space_values(values_t)
+    else:
+        tokens = model.target_token_features_of(target_texts(facts)) if model.cfg.value_target_tokens else None
+        values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None, tokens)
     vectors = None
     if scope:
         if shared:

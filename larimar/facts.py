@@ -112,12 +112,17 @@ class MemorySpec:
             raise ValueError(f"keys must be 'linear' or 'relu', got {self.keys!r}")
 
     def build(
-        self, latent_dim: int, scope: ScopeDetector | None, readout: str = "raw", device: torch.device | str = "cpu"
+        self,
+        latent_dim: int,
+        scope: ScopeDetector | None,
+        readout: str = "raw",
+        device: torch.device | str = "cpu",
+        value_dim: int | None = None,
     ) -> "FactMemory":
+        """latent_dim: the keys' width C; value_dim: the values' (default C; see `LarimarModel.value_dim`)."""
         ref = reference_memory(self.slots, latent_dim, self.seed).to(device)
-        return FactMemory(
-            SequentialMemory(ref, ridge=self.ridge, keys=self.keys), self.capacity or self.slots, scope, readout=readout
-        )
+        state = SequentialMemory(ref, ridge=self.ridge, keys=self.keys, value_dim=value_dim)
+        return FactMemory(state, self.capacity or self.slots, scope, readout=readout)
 
 
 @dataclass
@@ -151,7 +156,7 @@ class FactMemory:
     def write(
         self, facts: list[Fact], keys: torch.Tensor, values: torch.Tensor, scope_vectors: torch.Tensor | None = None
     ) -> list[int]:
-        """Store facts with their (n, C) key and value latents; scope_vectors align with `scope_texts(facts)`."""
+        """Store facts with their (n, C) keys and (n, V) values; scope_vectors align with `scope_texts(facts)`."""
         self.check_room(len(facts))
         if not facts:
             return []
@@ -180,7 +185,7 @@ class FactMemory:
             self.scope.remove(fact_id)
 
     def read(self, queries: torch.Tensor, matches: list[ScopeMatch] | None = None) -> torch.Tensor:
-        """(n, C) query latents -> (n, C) read-outs, zeroed where a scope match says out of scope."""
+        """(n, C) query latents -> (n, V) read-outs, zeroed where a scope match says out of scope."""
         z = self.state.read(queries)[0].float()
         if self.readout == "value_norm" and self.latents:
             matched = [
@@ -211,7 +216,7 @@ class FactMemory:
             "next_id": self.next_id,
             "readout": self.readout,
             "facts": [asdict(f) for f in self.facts.values()],
-            "latents": {i: torch.stack(kv) for i, kv in self.latents.items()},
+            "latents": {i: {"key": k, "value": v} for i, (k, v) in self.latents.items()},
             "scope": self.scope.state_dict() if self.scope is not None else None,
         }
 
@@ -225,7 +230,11 @@ class FactMemory:
             readout=data.get("readout", "raw"),
         )
         mem.facts = {f["id"]: Fact(**f) for f in data["facts"]}
-        mem.latents = {int(i): (kv[0], kv[1]) for i, kv in data["latents"].items()}
+        # snapshots before value_dim stacked (key, value) into one (2, C) tensor
+        mem.latents = {
+            int(i): (kv["key"], kv["value"]) if isinstance(kv, dict) else (kv[0], kv[1])
+            for i, kv in data["latents"].items()
+        }
         if scope is not None and data["scope"] is not None:
             scope.load_state_dict(data["scope"])
         return mem

@@ -151,7 +151,11 @@ class SequentialMemory:
         pinv_cfg: PinvConfig | None = None,
         dtype: torch.dtype = torch.float64,
         keys: str = "linear",
+        value_dim: int | None = None,
     ):
+        """value_dim: width of the stored values (default C, the key latents' width). A model whose
+        values live in the decoder's embedding space (`LarimarConfig.value_space`) stores wider
+        values than its keys: addressing is unchanged, only M gets more columns."""
         if reference.ndim != 2:
             raise ValueError(f"reference memory must be (K, C), got shape {tuple(reference.shape)}")
         if ridge <= 0:
@@ -159,15 +163,18 @@ class SequentialMemory:
         if keys not in ("linear", "relu"):
             raise ValueError(f"memory keys must be 'linear' or 'relu', got {keys!r}")
         K, C = reference.shape
-        self.K, self.C, self.ridge, self.dtype, self.key_kind = K, C, ridge, dtype, keys
+        V = C if value_dim is None else value_dim
+        if V < 1:
+            raise ValueError(f"value_dim must be >= 1, got {V}")
+        self.K, self.C, self.V, self.ridge, self.dtype, self.key_kind = K, C, V, ridge, dtype, keys
         self.reference = reference.detach().to(dtype)
         self.key_map = pinv(self.reference, pinv_cfg or PinvConfig()).to(dtype)  # (C, K)
         dev = reference.device
         self.P = torch.eye(K, dtype=dtype, device=dev).expand(batch, K, K).clone() / ridge  # (B, K, K) = C^{-1}
         if initial is None:
-            self.M = torch.zeros(batch, K, C, dtype=dtype, device=dev)
+            self.M = torch.zeros(batch, K, V, dtype=dtype, device=dev)
         else:
-            self.M = initial.detach().to(dtype).expand(batch, K, C).clone()
+            self.M = initial.detach().to(dtype).expand(batch, K, V).clone()
         self.count = torch.zeros(batch, dtype=torch.long, device=dev)  # facts currently stored
         self._updates = 0
 
@@ -183,22 +190,21 @@ class SequentialMemory:
             W = torch.relu(W * (self.K**0.5) / norm)
         return W
 
-    def _batched(self, X: torch.Tensor) -> torch.Tensor:
+    def _batched(self, X: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        width = self.C if width is None else width
         if X.ndim == 2:
             X = X.unsqueeze(0).expand(self.batch, *X.shape)
-        if X.ndim != 3 or X.shape[0] != self.batch or X.shape[-1] != self.C:
-            raise ValueError(
-                f"expected latents of shape (n, {self.C}) or ({self.batch}, n, {self.C}), got {tuple(X.shape)}"
-            )
+        if X.ndim != 3 or X.shape[0] != self.batch or X.shape[-1] != width:
+            raise ValueError(f"expected rows of shape (n, {width}) or ({self.batch}, n, {width}), got {tuple(X.shape)}")
         return X.to(self.dtype)
 
     def update(self, Z_key: torch.Tensor, Z_value: torch.Tensor, alpha: float) -> None:
         """Add (alpha=+1) or remove (alpha=-1) n facts in every memory of the batch at once."""
         if alpha not in (1, -1, 1.0, -1.0):
             raise ValueError(f"alpha must be +1 (write) or -1 (forget), got {alpha}")
-        Zk, Zv = self._batched(Z_key), self._batched(Z_value)
-        if Zk.shape != Zv.shape:
-            raise ValueError(f"keys {tuple(Zk.shape)} and values {tuple(Zv.shape)} must have the same shape")
+        Zk, Zv = self._batched(Z_key), self._batched(Z_value, self.V)
+        if Zk.shape[:-1] != Zv.shape[:-1]:
+            raise ValueError(f"keys {tuple(Zk.shape)} and values {tuple(Zv.shape)} must be as many")
         n = Zk.shape[1]
         if n == 0:
             return
@@ -209,7 +215,7 @@ class SequentialMemory:
         S_inv_WP = torch.linalg.solve(S, PWt.transpose(-1, -2))  # (B, n, K)
         # The new P times W^T simplifies to a * P W^T S^{-1}: no second (K, K) product needed.
         gain = alpha * S_inv_WP.transpose(-1, -2)  # (B, K, n) = C_i^{-1} W^T
-        residual = Zv - W @ self.M  # (B, n, C)
+        residual = Zv - W @ self.M  # (B, n, V)
         # In place: at K = 2048, P is 32 MB per memory and fresh allocations dominate the cost.
         self.P.baddbmm_(PWt, S_inv_WP, alpha=-1.0)
         self.M.baddbmm_(gain, residual, alpha=float(alpha))  # M_i = M + a C_i^{-1} W^T (Z - W M)
@@ -219,14 +225,15 @@ class SequentialMemory:
             self.P.copy_(0.5 * (self.P + self.P.transpose(-1, -2)))
 
     def write(self, Z_key: torch.Tensor, Z_value: torch.Tensor | None = None) -> None:
+        """Z_value defaults to Z_key (an autoassociative memory; needs V == C)."""
         self.update(Z_key, Z_key if Z_value is None else Z_value, +1)
 
     def forget(self, Z_key: torch.Tensor, Z_value: torch.Tensor | None = None) -> None:
         self.update(Z_key, Z_key if Z_value is None else Z_value, -1)
 
     def read(self, Z_query: torch.Tensor) -> torch.Tensor:
-        """(B, n, C) or (n, C) queries -> (B, n, C) read-outs, addressed through the reference keys."""
-        return self.keys(self._batched(Z_query)) @ self.M  # (B, n, K) @ (B, K, C)
+        """(B, n, C) or (n, C) queries -> (B, n, V) read-outs, addressed through the reference keys."""
+        return self.keys(self._batched(Z_query)) @ self.M  # (B, n, K) @ (B, K, V)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
@@ -247,6 +254,7 @@ class SequentialMemory:
             pinv_cfg=pinv_cfg,
             dtype=state["M"].dtype,
             keys="relu" if bool(state.get("relu_keys", False)) else "linear",
+            value_dim=state["M"].shape[-1],
         )
         mem.P, mem.M, mem.count = state["P"].clone(), state["M"].clone(), state["count"].clone()
         return mem

@@ -3,16 +3,17 @@ HTTP, export it back. It is a safetensors file (tensors plus string metadata), s
 never execute code, unlike a pickle.
 
 Tensors (float64 memory state, float32 latents):
-  ``memory.reference`` (K, C), ``memory.P`` (1, K, K), ``memory.M`` (1, K, C), ``memory.count`` (1,)
+  ``memory.reference`` (K, C), ``memory.P`` (1, K, K), ``memory.M`` (1, K, V), ``memory.count`` (1,)
       the `SequentialMemory` state, bit for bit: reads after loading equal reads before;
-  ``facts.keys``, ``facts.values`` (n, C)
+  ``facts.keys`` (n, C), ``facts.values`` (n, V)
       each stored fact's key and value latents, in the order of the ``facts`` metadata (forgetting
       a fact after loading subtracts exactly what was written);
   ``scope.vectors`` (m, E)
       the scope detector's sentence embeddings (absent when the memory has no scope detector).
 Metadata (JSON strings):
   ``format`` = "larimar-memory", ``format_version`` = "1";
-  ``config``: slots, latent_dim, capacity, next_id, readout, ridge, keys ("linear"/"relu"), and
+  ``config``: slots, latent_dim, value_dim (V, the values' width: C unless the model's values live
+      in decoder space; absent in older files, meaning C), capacity, next_id, readout, ridge, keys ("linear"/"relu"), and
       the encoder and scope model names the latents were made with (loading checks them);
   ``facts``: [{"id", "text", "prompt", "target", "subject"}] in id order;
   ``scope``: {"ids", "subjects"} (the fact id and casefolded subject of each scope vector).
@@ -44,10 +45,10 @@ class MemoryFileError(ValueError):
 def to_bytes(memory: FactMemory, encoder: str | None = None, scope_model: str | None = None) -> bytes:
     state = memory.state.state_dict()
     ids = sorted(memory.facts)
-    C = memory.state.C
+    C, V = memory.state.C, memory.state.V
     tensors = {f"memory.{k}": state[k].contiguous() for k in ("reference", "P", "M", "count")}
     tensors["facts.keys"] = torch.stack([memory.latents[i][0] for i in ids]).float() if ids else torch.zeros(0, C)
-    tensors["facts.values"] = torch.stack([memory.latents[i][1] for i in ids]).float() if ids else torch.zeros(0, C)
+    tensors["facts.values"] = torch.stack([memory.latents[i][1] for i in ids]).float() if ids else torch.zeros(0, V)
     scope_meta = None
     if memory.scope is not None:
         s = memory.scope.state_dict()
@@ -57,6 +58,7 @@ def to_bytes(memory: FactMemory, encoder: str | None = None, scope_model: str | 
     config = {
         "slots": memory.state.K,
         "latent_dim": C,
+        "value_dim": V,
         "capacity": memory.capacity,
         "next_id": memory.next_id,
         "readout": memory.readout,
@@ -103,12 +105,16 @@ def from_bytes(
     latent_dim: int | None = None,
     encoder: str | None = None,
     scope_model: str | None = None,
+    value_dim: int | None = None,
 ) -> FactMemory:
-    """A `FactMemory` from a file's bytes. latent_dim / encoder / scope_model, when given, must
-    match what the file was made with: latents of another encoder would read back nonsense."""
+    """A `FactMemory` from a file's bytes. latent_dim / value_dim / encoder / scope_model, when given,
+    must match what the file was made with: latents of another encoder would read back nonsense."""
     cfg = read_config(raw)
     if latent_dim is not None and cfg["latent_dim"] != latent_dim:
         raise MemoryFileError(f"the memory has {cfg['latent_dim']}-dimensional latents; this model's are {latent_dim}")
+    stored_v = cfg.get("value_dim", cfg["latent_dim"])
+    if value_dim is not None and stored_v != value_dim:
+        raise MemoryFileError(f"the memory has {stored_v}-dimensional values; this model's are {value_dim}")
     for name, want in (("encoder", encoder), ("scope_model", scope_model)):
         if want is not None and cfg.get(name) is not None and cfg[name] != want:
             raise MemoryFileError(f"the memory was made with {name} {cfg[name]!r}; this model uses {want!r}")

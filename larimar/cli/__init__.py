@@ -2,6 +2,7 @@
 
     larimar train --config tiny [key=value ...]          Ray Train + DeepSpeed (larimar.cli.train)
     larimar eval counterfact --model larimar-smol-v2 --data FILE [key=value ...]   (larimar.cli.eval)
+    larimar derive --from larimar-smol-v2 --out DIR [key=value ...]   change how a model reads (larimar.cli.derive)
     larimar sweep --config sweep-tiny [key=value ...]    Ray Tune (larimar.cli.sweep)
     larimar serve [--config settings.yaml] [key=value ...]   the Ray Serve application (larimar.cli.serve)
     larimar demo [--serve] [--train]                      edit, recall, forget (larimar.cli.demo)
@@ -22,6 +23,7 @@ from typing import NoReturn
 COMMANDS = {
     "train": ("larimar.cli.train", "train a recipe on Ray Train + DeepSpeed"),
     "eval": ("larimar.cli.eval", "evaluate a model: counterfact, zsre, sequential, forgetting, ..."),
+    "derive": ("larimar.cli.derive", "a new model from a trained one with its config changed (no training)"),
     "sweep": ("larimar.cli.sweep", "a Ray Tune sweep over training runs"),
     "serve": ("larimar.cli.serve", "start the Ray Serve application and keep it running"),
     "demo": ("larimar.cli.demo", "write facts, ask about them, forget one: in Python, then over HTTP"),

@@ -903,6 +903,7 @@ def build(args: dict):
     store = StoreConfig(
         storage=settings.storage,
         latent_dim=cfg.memory.latent_dim,
+        value_dim=LarimarModel.read_value_dim(settings.model),
         snapshot_every=settings.snapshot_every,
         default_slots=settings.default_slots or cfg.memory.slots,
         scope_threshold=settings.scope_threshold,

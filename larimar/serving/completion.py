@@ -138,7 +138,8 @@ def _generate(
     """(B, new) generated ids; rows that ended early are padded with the pad (= eos for SmolLM2) id."""
     batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
     T = batch["input_ids"].shape[1]
-    until = _Until(model.decoder_tokenizer, T + 1, stops, cancel, deadline)  # +1: the latent slot leads
+    start = model.decoder.generation_start(T, z)  # where new tokens begin in what generate() shows
+    until = _Until(model.decoder_tokenizer, start, stops, cancel, deadline)
     out = model.decoder.generate(
         batch["input_ids"],
         batch["attention_mask"],

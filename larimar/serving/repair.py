@@ -56,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--storage", required=True, help="the server's storage directory or URI")
     ap.add_argument("--latent-dim", type=int, default=384, help="C of the served model (384: Larimar-smol)")
+    ap.add_argument(
+        "--value-dim",
+        type=int,
+        default=None,
+        help="V of the served model's values (default C; see LarimarModel.value_dim)",
+    )
     ap.add_argument("--memory", action="append", default=[], help="a damaged memory to repair (repeatable)")
     ap.add_argument("--apply", action="store_true", help="do it (default: only report)")
     a = ap.parse_args(argv)
-    store = MemoryStore(StoreConfig(storage=a.storage, latent_dim=a.latent_dim, snapshot_every=10**12))
+    store = MemoryStore(
+        StoreConfig(storage=a.storage, latent_dim=a.latent_dim, value_dim=a.value_dim, snapshot_every=10**12)
+    )
     for problem in store.problems:
         print(f"store: {problem}")
     if not store.damaged:

@@ -94,7 +94,8 @@ class Unavailable(StoreError):
 @dataclass
 class StoreConfig:
     storage: str = "runs/serve-store"  # local directory or s3://bucket/prefix
-    latent_dim: int = 768  # C of the served model
+    latent_dim: int = 768  # C of the served model (keys)
+    value_dim: int | None = None  # V, its values' width (`LarimarModel.value_dim`); None: C
     snapshot_every: int = 200  # log entries between snapshots
     default_slots: int = 512  # K of a new memory unless the request says otherwise
     max_slots: int = 4096
@@ -169,25 +170,26 @@ def log_name(entry: dict) -> str:
 
 
 def memory_bytes(memory: FactMemory) -> int:
-    """What a memory costs the server: its RLS state (P is K x K, M and the reference K x C, float64),
-    the stored latents and scope vectors (float32) and the texts."""
-    K, C = memory.state.K, memory.state.C
+    """What a memory costs the server: its RLS state (P is K x K, the reference K x C and M K x V,
+    float64), the stored keys and values and scope vectors (float32) and the texts."""
+    K, C, V = memory.state.K, memory.state.C, memory.state.V
     texts = sum(
         len(f.text.encode()) + len((f.prompt or "").encode()) + len((f.subject or "").encode())
         for f in memory.facts.values()
     )
     vectors = memory.scope._vectors if memory.scope is not None else None
     scope = 4 * int(vectors.numel()) if vectors is not None else 0  # the stored scope vectors, whatever their width
-    return 8 * (K * K + 2 * K * C) + 4 * 2 * C * len(memory.facts) + scope + texts
+    return 8 * (K * K + K * (C + V)) + 4 * (C + V) * len(memory.facts) + scope + texts
 
 
-def new_memory_bytes(slots: int, latent_dim: int) -> int:
-    return 8 * (slots * slots + 2 * slots * latent_dim)
+def new_memory_bytes(slots: int, latent_dim: int, value_dim: int | None = None) -> int:
+    return 8 * (slots * slots + slots * (latent_dim + (value_dim or latent_dim)))
 
 
 class MemoryStore:
     def __init__(self, cfg: StoreConfig):
         self.cfg = cfg
+        self._value_dim = cfg.value_dim or cfg.latent_dim
         self.storage = Storage(cfg.storage)
         self.records: dict[str, Record] = {}
         self.damaged: dict[str, Damage] = {}
@@ -273,7 +275,7 @@ class MemoryStore:
             MemorySpec(slots, ridge=self.cfg.ridge, seed=seed, keys=keys)
         except ValueError as err:
             raise StoreError(str(err)) from None
-        self._check_quota(tenant, new_memory_bytes(slots, self.cfg.latent_dim))
+        self._check_quota(tenant, new_memory_bytes(slots, self.cfg.latent_dim, self._value_dim))
         if not 0 <= seed < 2**31:
             raise StoreError(f"seed must be in [0, 2**31), got {seed}")
         return {
@@ -297,6 +299,7 @@ class MemoryStore:
                 raw,
                 ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
                 latent_dim=self.cfg.latent_dim,
+                value_dim=self._value_dim,
                 encoder=self.cfg.encoder,
                 scope_model=self.cfg.scope_model,
             )
@@ -348,7 +351,7 @@ class MemoryStore:
         # texts (twice: fact log and events), float32 key and value latents, the scope vectors as sent
         text_bytes = (
             sum(len(f.text.encode()) * 2 for f in checked)
-            + 4 * 2 * self.cfg.latent_dim * len(checked)
+            + 4 * (self.cfg.latent_dim + self._value_dim) * len(checked)
             + 4 * int(scope_vectors.numel())
         )
         self._check_quota_bytes(tenant, text_bytes)
@@ -432,6 +435,7 @@ class MemoryStore:
                 self.cfg.latent_dim,
                 ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
                 self.cfg.readout,
+                value_dim=self._value_dim,
             )
             self.records[info.id] = Record(info, memory)
             result = info
