@@ -39,7 +39,7 @@ bench: install
 
 # Every metric of the larimar-smol report (issue: Larimar-smol), for MODEL (a trained directory or a
 # bundled name); about 30 minutes on 2 CPU cores. Reports land in $(EVAL_OUT)/<experiment>.{json,md}.
-MODEL ?= larimar-smol-v2
+MODEL ?= larimar-smol-v3
 EVAL_OUT ?= runs/eval/$(notdir $(MODEL))
 D := ../shared/data
 EVAL := $(BIN)/larimar eval --model $(MODEL) --no-progress

@@ -1,6 +1,6 @@
 """Edit speed vs accuracy: Larimar against ROME, GRACE, FT-L and in-context editing, one command.
 
-    python jobs/bench_edit.py --larimar-model larimar-smol-v2 [--cases 50] [--stream 20] \
+    python jobs/bench_edit.py --larimar-model larimar-smol-v3 [--cases 50] [--stream 20] \
         [--methods larimar,ft-l,ike,rome,grace] [--opt rome:layer=5 ...] --out runs/bench_edit
 
 Writes <out>/bench_edit.md (the table), .csv, .json (everything, per-method settings and

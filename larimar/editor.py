@@ -198,7 +198,7 @@ class LarimarEditor:
 
     @classmethod
     def from_pretrained(cls, directory: str = DEFAULT_MODEL, **kwargs) -> "LarimarEditor":
-        """A saved model directory or a bundled name; by default the shipped Larimar-smol v2."""
+        """A saved model directory or a bundled name; by default the shipped Larimar-smol v3."""
         return cls(LarimarModel.from_pretrained(directory), **kwargs)
 
     def create_memory(

@@ -64,17 +64,19 @@ def encode_facts(
         return EncodedFacts(torch.empty(0, C), torch.empty(0, model.value_dim), torch.empty(0, 0) if scope else None)
     _, scope_text = scope_texts(facts)
     keys_t, values_t = key_texts(facts), [f.text for f in facts]
-    decoder_space = model.cfg.value_space == "decoder"
+    space = model.cfg.value_space
     targets_t = target_texts(facts) if model.cfg.value_target else []
-    encoded = keys_t + ([] if decoder_space else values_t) + targets_t + (scope_text if scope and shared else [])
+    encoded = keys_t + ([] if space == "decoder" else values_t) + targets_t + (scope_text if scope and shared else [])
     pooled = _pooled(model, encoded)
     stack = lambda texts: torch.stack([pooled[t] for t in texts])  # noqa: E731
     keys = model.latents_from_pooled(stack(keys_t))
-    if decoder_space:
-        values = model.decoder_space_values(values_t)
-    else:
+    parts = []
+    if space != "decoder":
         tokens = model.target_token_features_of(target_texts(facts)) if model.cfg.value_target_tokens else None
-        values = model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None, tokens)
+        parts.append(model.values_from_pooled(stack(values_t), stack(targets_t) if targets_t else None, tokens))
+    if space != "latent":
+        parts.append(model.decoder_space_values(values_t).to(keys.dtype))
+    values = torch.cat(parts, 1)  # latent+decoder: [latent | rows], as EmbeddingPrefixDecoder splits it
     vectors = None
     if scope:
         if shared:

@@ -2,53 +2,84 @@
 
 The latent decoder (`larimar.decoder`) turns a 384-d read-out into a key/value slot; trained on
 two CPU cores it recalls zsRE targets at about 50% token accuracy, while SmolLM2 itself, given
-the fact in its context, recalls 92% (README, "Larimar-smol v2"). This decoder closes that gap by
-giving the memory values the decoder can read without any training: a fact's value is SmolLM2's
+the fact in its context, recalls 92% (README, "Larimar-smol v3"). This decoder closes that gap by
+giving the memory values the decoder can read without training: a fact's value is SmolLM2's
 input embeddings of the fact's first L tokens, flattened to (L * H,). The memory still does what
 Larimar's does (one-shot least-squares write, a read addressed by the query's latent, rank-one
 write and forget), only its values are wider than its keys (`SequentialMemory(value_dim=...)`).
 
-A read-out z (B, L * H) enters as a soft prompt in front of the query, inside an in-context
-editing template (IKE's, Zheng et al. 2023; ``LarimarConfig.value_template``):
+A read-out enters as a soft prompt in front of the query, inside a template
+(``LarimarConfig.value_template``, e.g. IKE's "New Fact:{value}\\nPrompt:", Zheng et al. 2023):
 
-    <bos> New Fact: [z row 1] ... [z row l] \\n <query tokens>
+    [latent slot] <bos> New Fact: [row 1] ... [row l] \\n Prompt: <query tokens>
 
-Rows whose norm is under half the smallest token embedding's are empty slots (a fact shorter
-than L, or what a blended read leaves there) and are masked out. The query's own <bos> is
-replaced by the template's last token, so the query's tokens and the logits callers see keep
-their positions in ``input_ids``.
+With ``latent`` (``value_space: latent+decoder``) each value also carries the trained latent
+value in front of the rows, z = [latent (C) | rows (L * H)], and the inner `LatentDecoder` puts it
+(times ``latent_scale``) in its key/value slot as before: the trained slot makes CounterFact's
+counterfactuals win against SmolLM2's priors, the in-context text spells rare objects, and both
+come from one memory read. On the dev slices (README, "Larimar-smol v3"): slot alone zsRE 52 /
+50, CounterFact PS 100; text alone 94 / 84, PS 93; both at latent_scale 0.5, 93 / 89 and PS 100.
 
-z = 0 means "no conditioning", exactly as in `LatentDecoder`: the whole prefix is masked, the
-row runs as the plain decoder, and a batch with no conditioned row calls the LM on its ids alone.
+Rows whose norm is under half the smallest token embedding's are empty (a fact shorter than L, or
+what a blended read leaves there) and are masked out. The query's own <bos> is replaced by the
+template's last token, so the query's tokens and the logits callers see keep their places in
+``input_ids``. The slot and the prefix are run once into a transformers ``DynamicCache`` and the
+query continues from it (``forward``) or is generated from it (``generate``, which sees the cached
+positions as placeholder ids, as `LatentDecoder.generate` does with its slot).
 
-Dimensions: B batch, T query tokens, P prefix positions, L value rows, H hidden size.
+z = 0 means "no conditioning", exactly as in `LatentDecoder`: a batch with no conditioned row
+calls the LM on its ids alone; in a mixed batch the plain rows' slot and prefix are masked.
+
+Dimensions: B batch, T query tokens, S slots, P prefix positions, L value rows, H hidden size.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import PreTrainedModel
+import contextlib
 
-from larimar.decoder import ConditionedDecoder
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from larimar.decoder import ConditionedDecoder, LatentDecoder
 
 
 class EmbeddingPrefixDecoder(ConditionedDecoder):
     def __init__(
-        self, lm: PreTrainedModel, pad_token_id: int, bos_id: int, rows: int, head_ids: list[int], tail_ids: list[int]
+        self,
+        lm: PreTrainedModel,
+        pad_token_id: int,
+        bos_id: int,
+        rows: int,
+        head_ids: list[int],
+        tail_ids: list[int],
+        latent: LatentDecoder | None = None,
+        latent_scale: float = 1.0,
     ):
         """rows: L, the value rows (fact tokens kept); head_ids / tail_ids: the template's tokens
-        before and after the value rows (tail_ids must not be empty: its last token takes the
-        place of the query's <bos>)."""
+        before and after the rows (tail_ids must not be empty: its last token takes the place of
+        the query's <bos>); latent: a trained latent decoder on the same LM, conditioned on the
+        first C dims of each read-out (None: read-outs are rows only); latent_scale: what the latent
+        part is multiplied by before it reaches the slot (how hard the slot pulls against the text)."""
         super().__init__()
         if rows < 1:
             raise ValueError(f"value rows must be >= 1, got {rows}")
         if not tail_ids:
             raise ValueError("the value template needs at least one token after {value}")
+        if latent is not None and latent.lm is not lm:
+            raise ValueError("the latent decoder must wrap the same LM")
         self.lm = lm
+        # The latent decoder is not a submodule: its projections are registered here under the names
+        # a latent model saves them with (decoder.kv_proj, ...), so its trained weights load as they are.
+        self.__dict__["latent"] = latent
+        for name in ("kv_proj", "kv_extra", "emb_proj"):
+            if latent is not None and getattr(latent, name) is not None:
+                setattr(self, name, getattr(latent, name))
         self.pad_token_id, self.bos_id, self.rows = pad_token_id, bos_id, rows
         table = lm.get_input_embeddings().weight
         self.hidden = table.shape[1]
-        # the template's tokens without the value rows: <bos> head | tail[:-1]; the rows go at value_start
+        self.latent_dim = latent.value_dim if latent is not None else 0
+        self.latent_scale = latent_scale
+        # the template without the rows: <bos> head | tail[:-1]; the rows go in at value_start
         self.register_buffer("template_ids", torch.tensor([bos_id, *head_ids, *tail_ids[:-1]]), persistent=False)
         self.value_start = 1 + len(head_ids)
         self.joint_id = tail_ids[-1]
@@ -56,14 +87,16 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
 
     @property
     def value_dim(self) -> int:
-        return self.rows * self.hidden
+        return self.latent_dim + self.rows * self.hidden
 
     @property
-    def prefix_length(self) -> int:
-        return len(self.template_ids) + self.rows
+    def lead(self) -> int:
+        """Cached positions before the query: the latent slots and the prefix."""
+        return (self.latent.slots if self.latent is not None else 0) + len(self.template_ids) + self.rows
 
     def fact_values(self, ids: list[list[int]]) -> torch.Tensor:
-        """Token ids of facts -> (n, L * H) values: their first L input embeddings, zero-padded."""
+        """Token ids of facts -> (n, L * H) rows: their first L input embeddings, zero-padded (the
+        latent part of a latent+decoder value is the model's, `LarimarModel.decoder_space_values`)."""
         emb = self.lm.get_input_embeddings()
         out = torch.zeros(len(ids), self.rows, self.hidden, dtype=emb.weight.dtype, device=emb.weight.device)
         for i, t in enumerate(ids):
@@ -72,62 +105,90 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 out[i, : len(t)] = emb(torch.tensor(t, device=emb.weight.device))
         return out.flatten(1)
 
-    def _inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, P+T, H) input embeddings, (B, P+T) attention mask and positions."""
-        emb = self.lm.get_input_embeddings()
-        B, P, L = input_ids.shape[0], self.prefix_length, self.rows
+    @staticmethod
+    def _positions(mask: torch.Tensor) -> torch.Tensor:
+        return (mask.cumsum(-1) - 1).clamp_min(0) * mask
+
+    def _prefilled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor):
+        """Run the slot and the prefix into a cache -> (cache, query ids, (B, lead + T) mask and positions,
+        the latent part of z or None)."""
+        B, L, H = input_ids.shape[0], self.rows, self.hidden
         cond = self.uses_latent(z).bool()  # (B,)
         mask = attention_mask.long()
         first = mask.argmax(-1)  # the first attended token: the query's <bos>
-        rows = torch.arange(B, device=input_ids.device)
-        if cond.any() and not bool((input_ids[rows[cond], first[cond]] == self.bos_id).all()):
+        rows_b = torch.arange(B, device=input_ids.device)[cond]
+        if not bool((input_ids[rows_b, first[cond]] == self.bos_id).all()):
             raise ValueError("conditioned queries must start with <bos> (LarimarModel.tokenize_for_decoder)")
         ids = input_ids.clone()
-        ids[rows[cond], first[cond]] = self.joint_id
-        template = emb(self.template_ids).unsqueeze(0).expand(B, -1, -1)  # (B, P - L, H)
-        values = z.to(template.dtype).view(B, L, self.hidden)
+        ids[rows_b, first[cond]] = self.joint_id
+        z_lat, values = z[:, : self.latent_dim] * self.latent_scale, z[:, self.latent_dim :]
+        if self.latent is not None:
+            # conditioned rows with a zero latent part still get their prefix: their slot is masked
+            cache, slot_mask = self.latent.prefix_cache(z_lat), self.latent.uses_latent(z_lat)
+            slot_mask = slot_mask.unsqueeze(1).expand(B, self.latent.slots)
+        else:
+            cache, slot_mask = DynamicCache(config=self.lm.config), mask[:, :0]
+        template = self.lm.get_input_embeddings()(self.template_ids).unsqueeze(0).expand(B, -1, -1)
+        values = values.to(template.dtype).view(B, L, H)
         s = self.value_start
         prefix = torch.cat([template[:, :s], values, template[:, s:]], 1)  # (B, P, H)
-        ones = torch.ones(B, P - L, dtype=torch.long, device=mask.device)
-        filled = (values.norm(dim=-1) >= self.row_floor).long()  # (B, L): empty rows are masked
+        if self.latent is not None and self.latent.emb_proj is not None:  # the shift its hook gives token embeddings
+            prefix = prefix + self.latent.emb_proj(z_lat.to(self.latent.emb_proj.weight.dtype)).unsqueeze(1)
+        ones = torch.ones(B, template.shape[1], dtype=torch.long, device=mask.device)
+        filled = (values.norm(dim=-1) >= self.row_floor).long()  # empty rows are masked
         prefix_mask = torch.cat([ones[:, :s], filled, ones[:, s:]], 1) * cond.long().unsqueeze(1)
-        full_mask = torch.cat([prefix_mask, mask], 1)
-        return torch.cat([prefix, emb(ids)], 1), full_mask, self._plain_positions(full_mask)
+        full_mask = torch.cat([slot_mask.long(), prefix_mask, mask], 1)
+        positions = self._positions(full_mask)
+        S, lead = slot_mask.shape[1], self.lead
+        self.lm(
+            inputs_embeds=prefix,
+            attention_mask=full_mask[:, :lead],
+            position_ids=positions[:, S:lead],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return cache, ids, full_mask, positions, (z_lat if self.latent is not None else None)
 
-    def _plain_positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.long()
-        return (mask.cumsum(-1) - 1).clamp_min(0) * mask
+    def _shifted(self, z_lat: torch.Tensor | None):
+        """The inner latent decoder's embedding shift of the query tokens, if it has one."""
+        return self.latent._shifted(z_lat) if z_lat is not None else contextlib.nullcontext()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, logits_to_keep: int = 0
     ) -> torch.Tensor:
-        """input_ids (B, T) starting with <bos>, attention_mask (B, T), z (B, L * H) -> logits (B, T, V)
+        """input_ids (B, T) starting with <bos>, attention_mask (B, T), z (B, V) -> logits (B, T, vocab)
         (the last `logits_to_keep` positions' when > 0), aligned with input_ids."""
         if not bool(self.uses_latent(z).any()):
-            out = self.lm(
+            return self.lm(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                position_ids=self._plain_positions(attention_mask),
+                position_ids=self._positions(attention_mask.long()),
+                logits_to_keep=logits_to_keep,
+            ).logits
+        cache, ids, full_mask, positions, z_lat = self._prefilled(input_ids, attention_mask, z)
+        with self._shifted(z_lat):
+            out = self.lm(
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions[:, self.lead :],
+                cache=cache,
+                use_cache=True,
                 logits_to_keep=logits_to_keep,
             )
-            return out.logits
-        x, full_mask, positions = self._inputs(input_ids, attention_mask, z)
-        out = self.lm(inputs_embeds=x, attention_mask=full_mask, position_ids=positions, logits_to_keep=logits_to_keep)
-        return out.logits if logits_to_keep else out.logits[:, self.prefix_length :]
+        return out.logits
 
     def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
-        """Where the new tokens begin in the ids `lm.generate` hands to stopping criteria: after the
-        prompt for plain batches; at 0 for prefixed ones (generate() from embeddings has no prompt ids)."""
-        return prompt_length if not bool(self.uses_latent(z).any()) else 0
+        """Where new tokens begin in the ids `lm.generate` shows stopping criteria: after the cached
+        slot and prefix placeholders and the prompt (after the prompt alone for plain batches)."""
+        return prompt_length + (self.lead if bool(self.uses_latent(z).any()) else 0)
 
     @torch.no_grad()
     def generate(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor, **kwargs
     ) -> torch.Tensor:
-        """transformers ``generate()`` with the read-out; (B, T + new) ids (the prefix is not in them).
-        Batches must be left-padded."""
+        """transformers ``generate()`` with the read-out; (B, T + new) ids (the slot and prefix are not
+        in them). Batches must be left-padded."""
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("EmbeddingPrefixDecoder.generate supports num_beams=1 and num_return_sequences=1")
         kwargs.setdefault("pad_token_id", self.pad_token_id)
@@ -135,9 +196,17 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
             return self.lm.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                position_ids=self._plain_positions(attention_mask),
+                position_ids=self._positions(attention_mask.long()),
                 **kwargs,
             )
-        x, full_mask, positions = self._inputs(input_ids, attention_mask, z)
-        new = self.lm.generate(inputs_embeds=x, attention_mask=full_mask, position_ids=positions, **kwargs)
-        return torch.cat([input_ids, new], 1)
+        cache, ids, full_mask, positions, z_lat = self._prefilled(input_ids, attention_mask, z)
+        placeholders = torch.full((ids.shape[0], self.lead), self.pad_token_id, dtype=ids.dtype, device=ids.device)
+        with self._shifted(z_lat):
+            out = self.lm.generate(
+                input_ids=torch.cat([placeholders, ids], 1),
+                attention_mask=full_mask,
+                position_ids=positions,
+                cache=cache,
+                **kwargs,
+            )
+        return torch.cat([input_ids, out[:, self.lead + ids.shape[1] :]], 1)

@@ -30,6 +30,11 @@ def test_shipped_adapters_are_in_hugging_faces_shape(name):
     gen = GenerationConfig.from_pretrained(d)
     assert gen.do_sample is False and gen.eos_token_id is not None
     card = (d / "README.md").read_text()
+    # a derived model (`larimar derive`) was not trained itself: its card gives the command that made it
+    # from its source, and the source's recipe
+    source = config.get("derived_from", {}).get("model")
+    recipe = f"larimar/recipes/{source or name}.yaml"
+    made = [f"larimar derive --from {source}"] if source else []
     for heading in (
         "Base models",
         "Apache-2.0",
@@ -39,9 +44,12 @@ def test_shipped_adapters_are_in_hugging_faces_shape(name):
         "Commands:",
         "Intended use",
         "Limits",
-        f"larimar/recipes/{name}.yaml",
+        recipe,
+        *made,
     ):
         assert heading in card, (name, heading)
+    if source:
+        assert source in bundled_models()  # the source ships too, so the card's command runs
 
 
 def test_the_demo_model_is_shipped():

@@ -1,7 +1,7 @@
 """The ``larimar`` command: one entry point for the recipes.
 
     larimar train --config tiny [key=value ...]          Ray Train + DeepSpeed (larimar.cli.train)
-    larimar eval counterfact --model larimar-smol-v2 --data FILE [key=value ...]   (larimar.cli.eval)
+    larimar eval counterfact --model larimar-smol-v3 --data FILE [key=value ...]   (larimar.cli.eval)
     larimar derive --from larimar-smol-v2 --out DIR [key=value ...]   change how a model reads (larimar.cli.derive)
     larimar sweep --config sweep-tiny [key=value ...]    Ray Tune (larimar.cli.sweep)
     larimar serve [--config settings.yaml] [key=value ...]   the Ray Serve application (larimar.cli.serve)

@@ -1,9 +1,9 @@
 """``larimar demo``: edit a Larimar's memory, recall, forget; in Python, then over HTTP.
 
-    larimar demo [--model larimar-smol-v2] [--out runs/demo] [--serve]      (python jobs/demo.py: the same)
+    larimar demo [--model larimar-smol-v3] [--out runs/demo] [--serve]      (python jobs/demo.py: the same)
     larimar demo --train [--config demo] [key=value ...]
 
-By default it loads the shipped Larimar-smol v2 adapter (MiniLM-L6 + SmolLM2-135M, both
+By default it loads the shipped Larimar-smol v3 adapter (MiniLM-L6 + SmolLM2-135M, both
 frozen from their PyPI wheels; larimar/pretrained) and writes counterfactual world facts
 ("The Eiffel Tower is located in the city of Rome"). --train instead trains a small Larimar on
 self-generated facts for ~1.5 minutes on 2 CPU cores (plain PyTorch loop, `larimar.train.loop`),
@@ -28,7 +28,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         help="saved model directory or bundled name (default: the shipped "
-        "larimar.model.DEFAULT_MODEL, larimar-smol-v2)",
+        "larimar.model.DEFAULT_MODEL, larimar-smol-v3)",
     )
     parser.add_argument("--train", action="store_true", help="train the small synthetic-facts model first and use it")
     parser.add_argument("--serve", action="store_true", help="also run the edits over HTTP against Ray Serve")

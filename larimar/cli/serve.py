@@ -1,6 +1,6 @@
 """``larimar serve``: start the Ray Serve application (larimar.serving.app) and keep it running.
 
-    larimar serve                                          # the bundled larimar-smol-v2, runs/serve-store
+    larimar serve                                          # the bundled larimar-smol-v3, runs/serve-store
     larimar serve --config serve/settings.dev.yaml         # ServeSettings from a YAML file
     larimar serve model=/models/v2 storage=s3://bucket/store limits.max_new_tokens=64 --port 8000
 
@@ -26,7 +26,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default="larimar", help="Serve application name")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray it starts (default: all)")
-    p.add_argument("overrides", nargs="*", help="key=value ServeSettings fields, e.g. model=larimar-smol-v2")
+    p.add_argument("overrides", nargs="*", help="key=value ServeSettings fields, e.g. model=larimar-smol-v3")
     return p
 
 

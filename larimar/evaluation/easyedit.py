@@ -1,7 +1,7 @@
 """EasyEdit's editor interface on Larimar: `from_hparams`, `edit`, `batch_edit`, EasyEdit's metrics.
 
     from larimar.evaluation.easyedit import BaseEditor, LarimarHyperParams
-    hparams = LarimarHyperParams.from_hparams("larimar-smol-v2")       # or a path to a YAML file
+    hparams = LarimarHyperParams.from_hparams("larimar-smol-v3")       # or a path to a YAML file
     editor = BaseEditor.from_hparams(hparams)
     metrics, memory, ids = editor.edit(
         prompts=["The Eiffel Tower is in"], target_new=["Rome"], ground_truth=["Paris"], subject=["Eiffel Tower"],
@@ -41,7 +41,7 @@ class LarimarHyperParams:
     """EasyEdit-style hyperparameters (`hparams/LARIMAR/<model>.yaml`), typed like every config here."""
 
     alg_name: Literal["LARIMAR"] = "LARIMAR"
-    model_name: str = "larimar-smol-v2"  # a saved model directory or a bundled name
+    model_name: str = "larimar-smol-v3"  # a saved model directory or a bundled name
     device: str = "cpu"
     slots: int | None = None  # memory size K (None: the model's)
     keys: Literal["linear", "relu"] = "linear"
@@ -56,7 +56,7 @@ class LarimarHyperParams:
     @classmethod
     def from_hparams(cls, name_or_path: str | Path) -> "LarimarHyperParams":
         """A YAML file (".yaml" may be left off, as in EasyEdit) or a bundled name such as
-        "larimar-smol-v2" (larimar/hparams/LARIMAR/). Unknown keys and bad values raise a
+        "larimar-smol-v3" (larimar/hparams/LARIMAR/). Unknown keys and bad values raise a
         `ConfigError` naming the key."""
         path = Path(name_or_path)
         if path.suffix != ".yaml" and not path.exists():

@@ -1,6 +1,6 @@
 """Larimar on Ray Serve: HTTP ingress, encoder, decoder and the single memory actor.
 
-    serve run larimar.serving.app:build model=larimar-smol-v2 storage=runs/serve-store     # dev
+    serve run larimar.serving.app:build model=larimar-smol-v3 storage=runs/serve-store     # dev
     serve deploy serve/config.yaml                                                # from the built config
 
 Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)
