@@ -192,7 +192,7 @@ class LarimarModel(nn.Module):
 
     @property
     def value_dim(self) -> int:
-        """V, the width of a memory value: C for latent values, value_tokens * H in decoder space."""
+        """V, the width of a memory value: C (latent), value_tokens * H (decoder) or their sum (latent+decoder)."""
         return self.decoder.value_dim
 
     # -- tokenization -------------------------------------------------------------------------

@@ -341,3 +341,40 @@ def test_counterfact_reports_the_papers_paraphrase_protocol(job, tiny_model, dat
     assert 0.0 <= result["summary"]["no_scope"]["PS_ref"] <= 1.0
     assert len(payload["records"][0]["no_scope"]["paraphrase_ref"]["nll_new"]) == 2
     assert payload["config"]["use_subjects"] is False and payload["config"]["readout"] == "value_norm"
+
+
+@pytest.fixture(scope="module")
+def decoder_space_model(tiny_model, tmp_path_factory):
+    """The tiny model derived to latent+decoder values (`larimar derive`)."""
+    model, _ = LarimarModel.derive(tiny_model, ["value_space=latent+decoder", 'value_template="{value} ."'])
+    return str(model.save_pretrained(tmp_path_factory.mktemp("latent_decoder")))
+
+
+def test_perplexity_and_refusals_with_decoder_space_values(job, decoder_space_model, tmp_path, capsys):
+    """z = 0 is still the base LM for a model with wider values; the hierarchical long-context
+    memory, which writes read-outs as keys, refuses it naming the option."""
+    text = tmp_path / "wiki.raw"
+    text.write_text("\n".join(f"The river number {i} flows past the old mill into the sea ." * 3 for i in range(4)))
+    result, _ = run(job, tmp_path, "perplexity", "--model", decoder_space_model, "--data", str(text))
+    assert (
+        abs(result["summary"]["z0_vs_base"]) < 1e-4 and result["summary"]["ppl_self"] != result["summary"]["ppl_base"]
+    )
+    with pytest.raises(SystemExit):
+        job.main(
+            [
+                "long-context",
+                "--model",
+                decoder_space_model,
+                "--data",
+                "synthetic:8",
+                "--sizes",
+                "8",
+                "--segment-facts",
+                "4",
+                "--scope-model",
+                "none",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+    assert "value_space" in capsys.readouterr().err

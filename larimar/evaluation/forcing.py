@@ -76,7 +76,7 @@ def force_with_memory(
     for s in range(0, len(prompts), batch_size):
         p, a = prompts[s : s + batch_size], answers[s : s + batch_size]
         if memory is None:
-            z = torch.zeros(len(p), model.cfg.memory.latent_dim, device=model.device)
+            z = torch.zeros(len(p), model.value_dim, device=model.device)
         else:
             z, _ = memory.read(p, use_scope)
         out.extend(teacher_force(model, p, a, z))

@@ -21,6 +21,7 @@ import random
 import torch
 
 from larimar.memory import reference_memory
+from larimar.config import ConfigError
 from larimar.evaluation.config import EvalConfig
 from larimar.evaluation.context import EvalContext
 from larimar.evaluation.forcing import recall, recall_rates, teacher_force
@@ -56,6 +57,11 @@ def hierarchical_read(ctx: EvalContext, segments: list, queries: list[str]) -> t
 
 def evaluate_count(ctx: EvalContext, n_asked: int) -> dict:
     cfg = ctx.cfg
+    if ctx.model.cfg.value_space != "latent":  # the tree writes read-outs as keys: they must be latents
+        raise ConfigError(
+            f"long-context needs a model whose values are latents (value_space: latent); "
+            f"--model {cfg.model} has value_space {ctx.model.cfg.value_space!r}"
+        )
     facts = ctx.facts[:n_asked]
     n = len(facts)
     segments = []

@@ -6,7 +6,8 @@ WikiText-2 test) cut into chunks of ``model.max_length - 2`` decoder tokens like
 data, each scored as ``<bos> chunk <eos>`` three ways:
 - base: the plain pretrained LM (``decoder.lm``, no slot, no hooks);
 - z0: the Larimar decoder with z = 0 (what an out-of-scope query gets);
-- self: the Larimar decoder given the chunk's own encoding (how much the latent carries).
+- self: the Larimar decoder given the chunk's own value, as a memory would store it (how much the
+  value carries; for decoder-space values the chunk's first tokens are in the soft prompt).
 Perplexity = exp(total NLL / total target tokens) over all chunks.
 """
 
@@ -19,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from larimar.config import ConfigError
+from larimar.fact_encoder import encode_facts
+from larimar.facts import make_fact
 from larimar.sources import chunk_paragraphs, read_paragraphs
 from larimar.evaluation.config import EvalConfig
 from larimar.evaluation.context import EvalContext
@@ -52,9 +55,10 @@ def _nll(ctx: EvalContext, texts: list[str]) -> dict[str, tuple[float, int]]:
             logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum"
         )
     )
-    zero = torch.zeros(len(texts), m.cfg.memory.latent_dim, device=m.device)
+    zero = torch.zeros(len(texts), m.value_dim, device=m.device)
     out["z0"] = float(-m.decoder.token_logprobs(ids, mask, zero).sum())
-    out["self"] = float(-m.decoder.token_logprobs(ids, mask, m.encode_texts(texts)).sum())
+    own = encode_facts(m, [make_fact(text=t) for t in texts], scope=False).values  # what a memory would store
+    out["self"] = float(-m.decoder.token_logprobs(ids, mask, own.to(m.device)).sum())
     return {k: (v, n) for k, v in out.items()}
 
 
