@@ -365,3 +365,45 @@ def test_serve_config_validates_with_rays_schema():
                 ]
             }
         )
+
+
+def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run, tmp_path):
+    """The same application on a model whose values are [latent | decoder embeddings] (how
+    Larimar-smol v3 reads): wider values travel from the encoder deployment through the memory
+    actor to the decoder, HTTP answers equal the Python editor's, streaming equals the whole
+    answer, and the exported memory holds the Python path's values bit for bit. Runs last: it
+    replaces the module's application."""
+    import openai
+
+    from larimar import LarimarEditor, LarimarModel
+    from larimar.facts import make_fact
+    from larimar.serving.app import build
+
+    model, dropped = LarimarModel.derive(
+        str(demo_run[0] / "model"), ["value_space=latent+decoder", "readout=value_norm", 'value_template="{value} ."']
+    )
+    assert dropped == []
+    model_dir = model.save_pretrained(tmp_path / "latent_decoder")
+    settings = {**service["settings"], "model": str(model_dir), "storage": str(tmp_path / "store")}
+    serve.run(build(settings), name="larimar", route_prefix="/")
+    fact = {"prompt": "alice lives in", "target": "tokyo", "subject": "alice"}
+    mid = create(name="wide", slots=32)
+    assert requests.post(f"{URL}/v1/memories/{mid}/facts", json={"facts": [fact]}, headers=h("acme")).status_code == 200
+    editor = LarimarEditor.from_pretrained(str(model_dir))
+    local = editor.create_memory(slots=32)
+    local.write_facts([make_fact(**fact)])
+    for prompt in ["alice lives in", "where does alice live? alice lives in", "bob plays the"]:
+        served = requests.post(
+            f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": prompt, "max_tokens": 4}
+        ).json()
+        [mine] = local.generate([prompt], max_new_tokens=4)
+        assert (served["text"], served["used_memory"]) == (mine.text, mine.in_scope), prompt
+    client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEYS["acme"])
+    whole = client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4)
+    chunks = list(client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4, stream=True))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    exported = requests.get(f"{URL}/v1/memories/{mid}/export", headers=h("acme"))
+    (tmp_path / "wide.safetensors").write_bytes(exported.content)
+    back = editor.load_memory(tmp_path / "wide.safetensors")
+    assert back.state.V == model.value_dim == local.state.V > back.state.C
+    assert torch.equal(back.core.latents[1][1], local.core.latents[1][1])  # the value, bit for bit

@@ -92,6 +92,6 @@ def summarize(records: list[dict], cfg: EvalConfig, slots: int) -> Report:
     notes = [
         f"{summary['chunks']} chunks of <= max_length - 2 decoder tokens from {cfg.data}, scored as "
         "<bos> chunk <eos>; base = the plain pretrained LM; z0 = the Larimar decoder with z = 0; self = "
-        "conditioned on the chunk's own encoding."
+        "conditioned on the chunk's own value (what a memory would store for it)."
     ]
     return Report(summary, table, records, notes=notes)
