@@ -190,19 +190,21 @@ class SequentialMemory:
             W = torch.relu(W * (self.K**0.5) / norm)
         return W
 
-    def _batched(self, X: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    def _batched(self, X: torch.Tensor, width: int | None = None, what: str = "keys") -> torch.Tensor:
         width = self.C if width is None else width
         if X.ndim == 2:
             X = X.unsqueeze(0).expand(self.batch, *X.shape)
         if X.ndim != 3 or X.shape[0] != self.batch or X.shape[-1] != width:
-            raise ValueError(f"expected rows of shape (n, {width}) or ({self.batch}, n, {width}), got {tuple(X.shape)}")
+            raise ValueError(
+                f"expected {what} of shape (n, {width}) or ({self.batch}, n, {width}), got {tuple(X.shape)}"
+            )
         return X.to(self.dtype)
 
     def update(self, Z_key: torch.Tensor, Z_value: torch.Tensor, alpha: float) -> None:
         """Add (alpha=+1) or remove (alpha=-1) n facts in every memory of the batch at once."""
         if alpha not in (1, -1, 1.0, -1.0):
             raise ValueError(f"alpha must be +1 (write) or -1 (forget), got {alpha}")
-        Zk, Zv = self._batched(Z_key), self._batched(Z_value, self.V)
+        Zk, Zv = self._batched(Z_key), self._batched(Z_value, self.V, "values")
         if Zk.shape[:-1] != Zv.shape[:-1]:
             raise ValueError(f"keys {tuple(Zk.shape)} and values {tuple(Zv.shape)} must be as many")
         n = Zk.shape[1]
@@ -233,7 +235,7 @@ class SequentialMemory:
 
     def read(self, Z_query: torch.Tensor) -> torch.Tensor:
         """(B, n, C) or (n, C) queries -> (B, n, V) read-outs, addressed through the reference keys."""
-        return self.keys(self._batched(Z_query)) @ self.M  # (B, n, K) @ (B, K, V)
+        return self.keys(self._batched(Z_query, what="queries")) @ self.M  # (B, n, K) @ (B, K, V)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {

@@ -18,7 +18,8 @@ value in front of the rows, z = [latent (C) | rows (L * H)], and the inner `Late
 (times ``latent_scale``) in its key/value slot as before: the trained slot makes CounterFact's
 counterfactuals win against SmolLM2's priors, the in-context text spells rare objects, and both
 come from one memory read. On the dev slices (README, "Larimar-smol v3"): slot alone zsRE 52 /
-50, CounterFact PS 100; text alone 94 / 84, PS 93; both at latent_scale 0.5, 93 / 89 and PS 100.
+50, CounterFact PS 100; text alone 94 / 84, PS 93; both at latent_scale 0.5, 93 / 89 and PS 100
+(the shipped v3 uses 0.75: chat-formatted questions need the stronger slot).
 
 Rows whose norm is under half the smallest token embedding's are empty (a fact shorter than L, or
 what a blended read leaves there) and are masked out. The query's own <bos> is replaced by the

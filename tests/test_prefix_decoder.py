@@ -176,3 +176,25 @@ def test_the_store_sizes_and_builds_decoder_space_memories(tmp_path):
     assert new_memory_bytes(16, C, V) > new_memory_bytes(16, C)
     again = MemoryStore(StoreConfig(storage=str(tmp_path), latent_dim=C, value_dim=V, default_slots=16))
     assert torch.equal(again.records[mid].memory.state.M, store.records[mid].memory.state.M)
+
+
+@pytest.mark.parametrize("snapshot_every", [1000, 1])
+def test_memories_of_another_value_width_are_marked_not_fatal(tmp_path, snapshot_every):
+    """A storage written by a model with other values (v2's latents under a v3 server, say): from the
+    log or from a snapshot, that memory is marked damaged with the reason, the server still starts
+    and its other memories and new ones work."""
+    from larimar.serving.store import MemoryStore, StoreConfig, Unavailable
+
+    C = 8
+    old = MemoryStore(StoreConfig(storage=str(tmp_path), latent_dim=C, default_slots=16, snapshot_every=snapshot_every))
+    mid = old.commit(old.prepare_create("t", "old")).id
+    scope = torch.nn.functional.normalize(torch.randn(2, 5), dim=1)
+    old.commit(
+        old.prepare_write("t", mid, [{"prompt": "p", "target": "x"}], torch.randn(1, C), torch.randn(1, C), scope)
+    )
+    new = MemoryStore(StoreConfig(storage=str(tmp_path), latent_dim=C, value_dim=3 * C, default_slots=16))
+    assert mid in new.damaged and "values" in new.damaged[mid].message()
+    with pytest.raises(Unavailable, match="values"):
+        new.get("t", mid)
+    fresh = new.commit(new.prepare_create("t", "new")).id
+    assert new.records[fresh].memory.state.V == 3 * C

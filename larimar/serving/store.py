@@ -627,7 +627,10 @@ class MemoryStore:
                 continue
             try:
                 memory = memory_file.from_bytes(
-                    blob, ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold)
+                    blob,
+                    ScopeDetector(None, self.cfg.scope_threshold, self.cfg.subject_threshold),
+                    latent_dim=self.cfg.latent_dim,
+                    value_dim=self._value_dim,
                 )
             except memory_file.MemoryFileError as err:
                 self.damaged[mid] = Damage(mid, info.tenant, r["file"], index["seq"], str(err), info.version)
@@ -705,6 +708,10 @@ class MemoryStore:
                     f"does not follow version {version} of its memory (an earlier entry is missing)",
                 )
                 continue
-            self.apply(entry)
+            try:
+                self.apply(entry)
+            except ValueError as err:  # e.g. latents of another model: the memory, not the server, is lost
+                self._mark(mid, entry.get("tenant"), name, seq, f"does not fit this server's model: {err}")
+                continue
             self.restored_entries += 1
         self.seq = highest  # new entries never reuse the number of a skipped (damaged) one
