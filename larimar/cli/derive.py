@@ -1,6 +1,7 @@
 """``larimar derive``: a new model from a trained one, its config changed, no training.
 
-    larimar derive --from larimar-smol-v2 --out runs/v3 value_space=decoder readout=value_norm
+    larimar derive --from larimar-smol-v2 --out runs/v3 value_space=latent+decoder readout=value_norm \
+        value_latent_scale=0.75 'value_template="New Fact:{value}\\nPrompt:"'      # how larimar-smol-v3 was made
 
 Some options change how a trained model reads its memory without new weights: `value_space:
 decoder` keeps the trained key encoder and reads facts back in the decoder's own embedding space
