@@ -54,6 +54,16 @@ def service(demo_run, tmp_path_factory):
     ray.shutdown()
 
 
+def assert_served_as_local(mid: str, local, prompts: list[str]) -> None:
+    """Greedy answers over HTTP equal the Python memory's, text and whether the memory was used."""
+    for prompt in prompts:
+        served = requests.post(
+            f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": prompt, "max_tokens": 4}
+        ).json()
+        [mine] = local.generate([prompt], max_new_tokens=4)
+        assert (served["text"], served["used_memory"]) == (mine.text, mine.in_scope), prompt
+
+
 def create(tenant="acme", **body) -> str:
     r = requests.post(f"{URL}/v1/memories", json=body, headers=h(tenant))
     assert r.status_code == 201, r.text
@@ -139,12 +149,7 @@ def test_a_memory_built_in_python_serves_over_http_and_exports_back(service, dem
     assert r.status_code == 201, r.text
     info = r.json()
     assert (info["name"], info["facts"], info["keys"]) == ("offline", 2, "relu")
-    for prompt in ["alice lives in", "bob plays the", "alicia lives in"]:
-        served = requests.post(
-            f"{URL}/v1/memories/{info['id']}/generate", headers=h("acme"), json={"prompt": prompt, "max_tokens": 4}
-        ).json()
-        [local] = mem.generate([prompt], max_new_tokens=4)
-        assert (served["text"], served["used_memory"]) == (local.text, local.in_scope), prompt
+    assert_served_as_local(info["id"], mem, ["alice lives in", "bob plays the", "alicia lives in"])
     exported = requests.get(f"{URL}/v1/memories/{info['id']}/export", headers=h("acme"))
     assert exported.status_code == 200 and exported.headers["content-type"] == "application/octet-stream"
     (tmp_path / "back.safetensors").write_bytes(exported.content)
@@ -392,12 +397,7 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
     editor = LarimarEditor.from_pretrained(str(model_dir))
     local = editor.create_memory(slots=32)
     local.write_facts([make_fact(**fact)])
-    for prompt in ["alice lives in", "where does alice live? alice lives in", "bob plays the"]:
-        served = requests.post(
-            f"{URL}/v1/memories/{mid}/generate", headers=h("acme"), json={"prompt": prompt, "max_tokens": 4}
-        ).json()
-        [mine] = local.generate([prompt], max_new_tokens=4)
-        assert (served["text"], served["used_memory"]) == (mine.text, mine.in_scope), prompt
+    assert_served_as_local(mid, local, ["alice lives in", "where does alice live? alice lives in", "bob plays the"])
     client = openai.OpenAI(base_url=f"{URL}/v1", api_key=KEYS["acme"])
     whole = client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4)
     chunks = list(client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4, stream=True))
