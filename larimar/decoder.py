@@ -62,6 +62,11 @@ class ConditionedDecoder(nn.Module):
         """Index of the first new token in the ids `lm.generate` shows stopping criteria."""
         raise NotImplementedError
 
+    def chat_read(self, z: torch.Tensor) -> torch.Tensor:
+        """The read-outs to condition chat-formatted queries on (`EmbeddingPrefixDecoder` weighs its
+        slot differently there); the same z for a decoder that reads every query alike."""
+        return z
+
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x_t | x_<t, z) for t = 1..T-1 -> (B, T-1); 0 at padded targets."""
         logits = self(input_ids, attention_mask, z)[:, :-1].float()

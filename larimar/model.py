@@ -91,6 +91,9 @@ class LarimarConfig:
     # one value [latent | rows] read once and decoded through the slot and the soft prompt together
     value_tokens: int = 24  # decoder-space values: fact tokens kept (rows of a value)
     value_latent_scale: float = 1.0  # latent+decoder: the latent part's weight in the slot (vs the rows' text)
+    value_chat_latent_scale: float | None = None  # the same for chat-formatted queries (None: as above).
+    # SmolLM2-Instruct in a chat turn ignores a fact given as text (0 of 3 Eiffel Tower questions, in
+    # the system or the user message: README, v3), so there the slot must carry it alone
     value_template: str = "New Fact:{value}\nPrompt:"  # decoder-space values: the text around the soft
     # prompt (IKE's; its "Prompt:" cue is worth 16 zsRE points over "New Fact:{value}\n": README, v3)
     readout: Literal["raw", "value_norm"] = "raw"  # how read-outs are decoded (larimar.facts.FactMemory):
@@ -119,6 +122,12 @@ class LarimarConfig:
                 raise ValueError(f"value_tokens must be >= 1, got {self.value_tokens}")
             if self.value_latent_scale < 0:
                 raise ValueError(f"value_latent_scale must be >= 0, got {self.value_latent_scale}")
+            chat = self.value_chat_latent_scale
+            if chat is not None and (chat < 0 or (chat > 0 and self.value_latent_scale == 0)):
+                raise ValueError(
+                    f"value_chat_latent_scale must be >= 0 and needs value_latent_scale > 0, got {chat} "
+                    f"with value_latent_scale {self.value_latent_scale}"
+                )
             if self.value_template.count("{value}") != 1 or self.value_template.endswith("{value}"):
                 raise ValueError(
                     f"value_template must hold '{{value}}' once, with text after it, got {self.value_template!r}"
@@ -171,6 +180,7 @@ class LarimarModel(nn.Module):
                 ids(tail),
                 latent,
                 cfg.value_latent_scale,
+                cfg.value_chat_latent_scale,
             )
         self.decoder.lm.requires_grad_(cfg.decoder_trainable)
         hidden = lm.get_input_embeddings().embedding_dim

@@ -18,8 +18,10 @@ value in front of the rows, z = [latent (C) | rows (L * H)], and the inner `Late
 (times ``latent_scale``) in its key/value slot as before: the trained slot makes CounterFact's
 counterfactuals win against SmolLM2's priors, the in-context text spells rare objects, and both
 come from one memory read. On the dev slices (README, "Larimar-smol v3"): slot alone zsRE 52 /
-50, CounterFact PS 100; text alone 94 / 84, PS 93; both at latent_scale 0.5, 93 / 89 and PS 100
-(the shipped v3 uses 0.75: chat-formatted questions need the stronger slot).
+50, CounterFact PS 100; text alone in IKE's template 94 / 84, PS 93; both, with one worked
+demonstration in the template and the slot at 0.5, 96 / 97 and PS 100. Chat-formatted queries
+read with ``chat_latent_scale`` instead (`chat_read`): SmolLM2-Instruct in a chat turn ignores the
+text, so there the slot must carry the fact alone.
 
 Rows whose norm is under half the smallest token embedding's are empty (a fact shorter than L, or
 what a blended read leaves there) and are masked out. The query's own <bos> is replaced by the
@@ -55,12 +57,14 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
         tail_ids: list[int],
         latent: LatentDecoder | None = None,
         latent_scale: float = 1.0,
+        chat_latent_scale: float | None = None,
     ):
         """rows: L, the value rows (fact tokens kept); head_ids / tail_ids: the template's tokens
         before and after the rows (tail_ids must not be empty: its last token takes the place of
         the query's <bos>); latent: a trained latent decoder on the same LM, conditioned on the
         first C dims of each read-out (None: read-outs are rows only); latent_scale: what the latent
-        part is multiplied by before it reaches the slot (how hard the slot pulls against the text)."""
+        part is multiplied by before it reaches the slot (how hard the slot pulls against the text);
+        chat_latent_scale: the same for chat-formatted queries (`chat_read`; None: latent_scale)."""
         super().__init__()
         if rows < 1:
             raise ValueError(f"value rows must be >= 1, got {rows}")
@@ -80,6 +84,9 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
         self.hidden = table.shape[1]
         self.latent_dim = latent.value_dim if latent is not None else 0
         self.latent_scale = latent_scale
+        self.chat_latent_scale = latent_scale if chat_latent_scale is None else chat_latent_scale
+        if self.chat_latent_scale != latent_scale and latent_scale == 0:
+            raise ValueError("chat_latent_scale needs latent_scale > 0 (it rescales the latent part)")
         # the template without the rows: <bos> head | tail[:-1]; the rows go in at value_start
         self.register_buffer("template_ids", torch.tensor([bos_id, *head_ids, *tail_ids[:-1]]), persistent=False)
         self.value_start = 1 + len(head_ids)
@@ -89,6 +96,15 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
     @property
     def value_dim(self) -> int:
         return self.latent_dim + self.rows * self.hidden
+
+    def chat_read(self, z: torch.Tensor) -> torch.Tensor:
+        """z with its latent part reweighted so that the slot gets chat_latent_scale instead of
+        latent_scale: a linear rescale, so z = 0 stays 0 and each row of a batch can be either."""
+        if self.latent is None or self.chat_latent_scale == self.latent_scale:
+            return z
+        z = z.clone()
+        z[:, : self.latent_dim] *= self.chat_latent_scale / self.latent_scale
+        return z
 
     @property
     def lead(self) -> int:

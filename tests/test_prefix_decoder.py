@@ -89,6 +89,42 @@ def test_conditioned_queries_must_start_with_bos(decoder):
         decoder(ids, mask, values(decoder, [[20]]))
 
 
+def test_chat_reads_weigh_the_slot_by_their_own_scale():
+    """chat_latent_scale: a chat read-out decodes as a decoder with latent_scale = chat_latent_scale
+    decodes the plain read-out (the rows untouched, z = 0 still the plain LM); without one, chat
+    reads are the read-outs themselves."""
+    torch.manual_seed(0)
+    lm = tiny_lm("llama")
+    latent = LatentDecoder(lm, C, pad_token_id=0).eval()
+    build = lambda scale, chat=None: EmbeddingPrefixDecoder(  # noqa: E731
+        lm, 0, BOS, L, HEAD, TAIL, latent=latent, latent_scale=scale, chat_latent_scale=chat
+    )
+    weak, strong, chatty = build(0.5), build(2.0), build(0.5, 2.0)
+    ids, mask = queries(B=2)
+    z = values(chatty, [[20, 21, 22], [30]])
+    z[1] = 0
+    chat_z = chatty.chat_read(z)
+    assert torch.equal(chat_z[:, C:], z[:, C:]) and torch.equal(chat_z[1], z[1])
+    torch.testing.assert_close(chatty(ids, mask, chat_z), strong(ids, mask, z), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chatty(ids, mask, z), weak(ids, mask, z), atol=0, rtol=0)
+    assert weak.chat_read(z) is z and EmbeddingPrefixDecoder(lm, 0, BOS, L, HEAD, TAIL).chat_read(z) is z
+    with pytest.raises(ValueError, match="latent_scale > 0"):
+        build(0.0, 1.0)
+
+
+def test_chat_latent_scale_is_checked_by_the_config():
+    from larimar.model import LarimarConfig
+
+    base = {"value_space": "latent+decoder", "value_latent_scale": 0.5}
+    assert LarimarConfig(**base, value_chat_latent_scale=1.0).value_chat_latent_scale == 1.0
+    for bad in (
+        {**base, "value_chat_latent_scale": -1.0},
+        {**base, "value_latent_scale": 0.0, "value_chat_latent_scale": 1.0},
+    ):
+        with pytest.raises(ValueError, match="value_chat_latent_scale"):
+            LarimarConfig(**bad)
+
+
 def test_memory_holds_values_wider_than_its_keys():
     """SequentialMemory(value_dim=V): exact recall of each written value, and forgetting one
     restores the state without it."""

@@ -382,10 +382,18 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
 
     from larimar import LarimarEditor, LarimarModel
     from larimar.facts import make_fact
+    from larimar.serving import completion
     from larimar.serving.app import build
 
     model, dropped = LarimarModel.derive(
-        str(demo_run[0] / "model"), ["value_space=latent+decoder", "readout=value_norm", 'value_template="{value} ."']
+        str(demo_run[0] / "model"),
+        [
+            "value_space=latent+decoder",
+            "readout=value_norm",
+            'value_template="{value} ."',
+            "value_latent_scale=0.5",
+            "value_chat_latent_scale=3.0",
+        ],
     )
     assert dropped == []
     model_dir = model.save_pretrained(tmp_path / "latent_decoder")
@@ -402,6 +410,15 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
     whole = client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4)
     chunks = list(client.completions.create(model=f"larimar:{mid}", prompt="alice lives in", max_tokens=4, stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    # a chat turn is decoded with the slot at value_chat_latent_scale (ConditionedDecoder.chat_read)
+    messages = [{"role": "user", "content": "where does alice live?"}]
+    chat = client.chat.completions.create(model=f"larimar:{mid}", messages=messages, max_tokens=4)
+    z, _ = local.read([messages[0]["content"]])
+    assert bool(z.abs().sum() > 0)
+    ids = [completion.chat_ids(model, messages)]
+    [mine] = completion.complete(model, ids, model.decoder.chat_read(z), 4)
+    assert chat.choices[0].message.content == mine.text
+    assert float(model.decoder.chat_read(z)[0, :8].norm()) == pytest.approx(6 * float(z[0, :8].norm()), rel=1e-5)
     exported = requests.get(f"{URL}/v1/memories/{mid}/export", headers=h("acme"))
     (tmp_path / "wide.safetensors").write_bytes(exported.content)
     back = editor.load_memory(tmp_path / "wide.safetensors")

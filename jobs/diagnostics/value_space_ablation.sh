@@ -17,9 +17,11 @@ derive v3h-C value_space=latent+decoder 'value_template="{value}\n"'
 derive v3h-B05 value_space=latent+decoder value_latent_scale=0.5 "$ike"
 derive v3h-E value_space=latent+decoder "$demo"
 derive v3h-E05 value_space=latent+decoder value_latent_scale=0.5 "$demo"
-for m in v3-decoder v3-B v3-C v3-D v3-E v3h-B v3h-C v3h-B05 v3h-E v3h-E05; do
+derive v3h-E03 value_space=latent+decoder value_latent_scale=0.3 "$demo"
+derive v3h-B03 value_space=latent+decoder value_latent_scale=0.3 "$ike"
+for m in v3-decoder v3-B v3-C v3-D v3-E v3h-B v3h-C v3h-B05 v3h-E v3h-E05 v3h-E03 v3h-B03; do
   nice larimar eval zsre --model "runs/$m" --data $D/zsre/dev_eval_300.json --limit 40 --out "runs/eval/$m"
 done
-for m in v3-decoder v3-B v3-C v3-E v3h-B v3h-B05 v3h-E05; do
+for m in v3-decoder v3-B v3-C v3-E v3h-B v3h-B05 v3h-E05 v3h-E03; do
   nice larimar eval counterfact --model "runs/$m" --data $D/counterfact/dev_canonical_100.json --limit 50 --out "runs/eval/$m"
 done

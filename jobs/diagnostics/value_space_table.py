@@ -22,13 +22,18 @@ ROWS = [
     ("v3h-B", "latent+decoder", "IKE's", 1.0),
     ("v3h-E", "latent+decoder", "one demonstration + IKE's", 1.0),
     ("v3h-B05", "latent+decoder", "IKE's", 0.5),
+    ("v3h-B03", "latent+decoder", "IKE's", 0.3),
+    ("v3h-E03", "latent+decoder", "one demonstration + IKE's", 0.3),
     ("v3h-E05", "latent+decoder", "one demonstration + IKE's", 0.5),
-    ("v3 (shipped)", "latent+decoder", "IKE's", 0.75),
+    ("v3 at 0.75 (shipped before)", "latent+decoder", "IKE's", 0.75),
+    ("v3 (shipped)", "latent+decoder", "one demonstration + IKE's", 0.5),
 ]
 PATHS = {
     "v2": ("runs/curves/larimar-smol-v2/step_1400/zsre.json", "runs/ablate/v2-cf/counterfact.json"),
-    # the shipped model's full runs (larimar eval ... --model larimar-smol-v3 --out runs/eval/v3s75/<experiment>)
-    "v3 (shipped)": ("runs/eval/v3s75/zsre/zsre.json", "runs/eval/v3s75/counterfact/counterfact.json"),
+    # the shipped model's full runs (larimar eval ... --model larimar-smol-v3 --out runs/eval/v3d/<experiment>),
+    # and those of its previous setting (IKE's template, slot 0.75)
+    "v3 at 0.75 (shipped before)": ("runs/eval/v3s75/zsre/zsre.json", "runs/eval/v3s75/counterfact/counterfact.json"),
+    "v3 (shipped)": ("runs/eval/v3d/zsre/zsre.json", "runs/eval/v3d/counterfact/counterfact.json"),
 }
 f = lambda v: "n/a" if v is None else f"{100 * v:.1f}"  # noqa: E731
 print("| variant | values | template | latent scale | zsRE edit / rephrase | exact | CF ES / PS / NS |")

@@ -1,7 +1,10 @@
 """``larimar derive``: a new model from a trained one, its config changed, no training.
 
-    larimar derive --from larimar-smol-v2 --out runs/v3 value_space=latent+decoder readout=value_norm \
-        value_latent_scale=0.75 'value_template="New Fact:{value}\\nPrompt:"'      # how larimar-smol-v3 was made
+    demo='New Fact: The Colosseum is in the city of Toronto.\nPrompt: Where is the Colosseum? It is in the city of Toronto.\n'
+    larimar derive --from larimar-smol-v2 --out runs/v3 readout=value_norm value_space=latent+decoder \
+        value_latent_scale=0.5 value_chat_latent_scale=1.0 "value_template=\"${demo}New Fact:{value}\\nPrompt:\""
+
+(how larimar-smol-v3 was made: its template holds one worked demonstration before IKE's).
 
 Some options change how a trained model reads its memory without new weights: `value_space:
 decoder` keeps the trained key encoder and reads facts back in the decoder's own embedding space

@@ -163,6 +163,10 @@ class Decoder:
             completion.check_length(x, req["max_prompt_tokens"], "prompt" if len(ids) == 1 else f"prompt[{i}]")
         return ids
 
+    def _z(self, req: dict) -> torch.Tensor:
+        """The read-outs the request is decoded with: chat turns through `ConditionedDecoder.chat_read`."""
+        return self.model.decoder.chat_read(req["z"]) if "messages" in req else req["z"]
+
     def complete(self, req: dict) -> dict:
         """{"prompts": [...]} or {"messages": [...]}, "z", "max_tokens", "temperature", "top_p", "stop"
         -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit)."""
@@ -171,7 +175,7 @@ class Decoder:
             outs = completion.complete(
                 self.model,
                 ids,
-                req["z"],
+                self._z(req),
                 req["max_tokens"],
                 req["temperature"],
                 req["top_p"],
@@ -194,7 +198,7 @@ class Decoder:
         for item in completion.stream(
             self.model,
             ids[0],
-            req["z"],
+            self._z(req),
             req["max_tokens"],
             req["temperature"],
             req["top_p"],
