@@ -64,7 +64,7 @@ def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
 def conditioning_overhead(model, new_tokens: int, repeats: int) -> dict:
     prompts = ["alice lives in", "the capital of the country is"]
     batch = model.tokenize_for_decoder(prompts, add_eos=False, padding_side="left")
-    z = torch.randn(len(prompts), model.cfg.memory.latent_dim)
+    z = torch.randn(len(prompts), model.value_dim)  # v3: [latent | decoder rows]
     lm = model.decoder.lm
     gen = {
         "max_new_tokens": new_tokens,
