@@ -134,6 +134,8 @@ class LarimarConfig:
                 )
         if self.value_space == "decoder" and (self.value_target or self.value_target_tokens):
             raise ValueError("value_target and value_target_tokens shape latent values (value_space: latent[+decoder])")
+        if self.value_space != "latent+decoder" and self.value_chat_latent_scale is not None:
+            raise ValueError("value_chat_latent_scale weighs the latent slot of value_space: latent+decoder models")
 
 
 @dataclass

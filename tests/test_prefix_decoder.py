@@ -123,6 +123,8 @@ def test_chat_latent_scale_is_checked_by_the_config():
     ):
         with pytest.raises(ValueError, match="value_chat_latent_scale"):
             LarimarConfig(**bad)
+    with pytest.raises(ValueError, match="value_chat_latent_scale"):
+        LarimarConfig(value_space="decoder", value_target=False, value_chat_latent_scale=1.0)
 
 
 def test_memory_holds_values_wider_than_its_keys():
