@@ -391,8 +391,8 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
             "value_space=latent+decoder",
             "readout=value_norm",
             'value_template="{value} ."',
-            "value_latent_scale=0.5",
-            "value_chat_latent_scale=3.0",
+            "value_latent_scale=0.2",
+            "value_chat_latent_scale=4.0",
         ],
     )
     assert dropped == []
@@ -412,13 +412,15 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
     # a chat turn is decoded with the slot at value_chat_latent_scale (ConditionedDecoder.chat_read)
     messages = [{"role": "user", "content": "where does alice live?"}]
-    chat = client.chat.completions.create(model=f"larimar:{mid}", messages=messages, max_tokens=4)
+    chat = client.chat.completions.create(model=f"larimar:{mid}", messages=messages, max_tokens=8)
     z, _ = local.read([messages[0]["content"]])
     assert bool(z.abs().sum() > 0)
     ids = [completion.chat_ids(model, messages)]
-    [mine] = completion.complete(model, ids, model.decoder.chat_read(z), 4)
+    [mine] = completion.complete(model, ids, model.decoder.chat_read(z), 8)
+    [unscaled] = completion.complete(model, ids, z, 8)
+    assert mine.text != unscaled.text  # the scale changes this answer, so the check below can tell them apart
     assert chat.choices[0].message.content == mine.text
-    assert float(model.decoder.chat_read(z)[0, :8].norm()) == pytest.approx(6 * float(z[0, :8].norm()), rel=1e-5)
+    assert float(model.decoder.chat_read(z)[0, :8].norm()) == pytest.approx(20 * float(z[0, :8].norm()), rel=1e-5)
     exported = requests.get(f"{URL}/v1/memories/{mid}/export", headers=h("acme"))
     (tmp_path / "wide.safetensors").write_bytes(exported.content)
     back = editor.load_memory(tmp_path / "wide.safetensors")
