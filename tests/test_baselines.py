@@ -206,34 +206,33 @@ def test_eval_job_runs_a_baseline_with_the_shared_metric_code(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_bench_writes_table_csv_json_and_plot(tmp_path, monkeypatch):
+def test_bench_writes_table_csv_json_and_plot(tmp_path, monkeypatch, capsys):
     require_shared("data")
     monkeypatch.setenv("LARIMAR_CACHE_DIR", str(tmp_path / "cache"))
     bench = _load_job("bench_edit")
-    out = bench.main(
-        [
-            "--larimar-model",
-            "tiny",
-            "--base",
-            "larimar",
-            "--methods",
-            "larimar,rome",
-            "--cases",
-            "2",
-            "--stream",
-            "2",
-            "--checkpoints",
-            "1",
-            "--scope-model",
-            "none",
-            "--opt",
-            "rome:stats_tokens=2000",
-            "--opt",
-            "rome:v_steps=3",
-            "--out",
-            str(tmp_path / "bench"),
-        ]
-    )
+    argv = [
+        "--larimar-model",
+        "tiny",
+        "--base",
+        "larimar",
+        "--methods",
+        "larimar,rome",
+        "--cases",
+        "2",
+        "--stream",
+        "2",
+        "--checkpoints",
+        "1",
+        "--scope-model",
+        "none",
+        "--opt",
+        "rome:stats_tokens=2000",
+        "--opt",
+        "rome:v_steps=3",
+        "--out",
+        str(tmp_path / "bench"),
+    ]
+    out = bench.main(argv)
     paths = {k: Path(v) for k, v in out["paths"].items()}
     assert all(p.exists() and p.stat().st_size > 0 for p in paths.values())
     results = {r["method"]: r for r in out["results"]}
@@ -243,3 +242,13 @@ def test_bench_writes_table_csv_json_and_plot(tmp_path, monkeypatch):
     md = paths["md"].read_text()
     assert "| larimar (no_scope) | tiny-llama |" in md and "faster" in md
     assert paths["csv"].read_text().splitlines()[0].startswith("method,decoder,ES,PS,NS,Score")
+    # the same command again resumes: every method is read back from <out>/methods, nothing reruns
+    saved = {m: (tmp_path / "bench" / "methods" / f"{m}.json").stat().st_mtime_ns for m in ("larimar", "rome")}
+    again = bench.main(argv)
+    assert {m: (tmp_path / "bench" / "methods" / f"{m}.json").stat().st_mtime_ns for m in saved} == saved
+    assert [r["edit"]["median_s"] for r in again["results"]] == [r["edit"]["median_s"] for r in out["results"]]
+    assert "measured earlier" in capsys.readouterr().err
+    # a changed setting of one method reruns that method only
+    bench.main([a.replace("rome:v_steps=3", "rome:v_steps=2") for a in argv])
+    assert (tmp_path / "bench" / "methods" / "larimar.json").stat().st_mtime_ns == saved["larimar"]
+    assert (tmp_path / "bench" / "methods" / "rome.json").stat().st_mtime_ns != saved["rome"]
