@@ -3,7 +3,9 @@
     python jobs/bench_serve.py [--model larimar-smol-v2] [--out runs/bench_serve.json]
 
 1. Starts the Serve application on an embedded local Ray and measures single-fact edit latency
-   (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s.
+   (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s; then
+   the floor under it, requests that do no model work (GET /healthz: HTTP, proxy and ingress;
+   GET /v1/memories: one more hop, to the memory actor) at 1 and 32 clients.
 2. In-process, on the same decoder: generation tokens/s with memory conditioning
    (`LarimarModel.generate_text` with a nonzero latent) next to the decoder's plain
    `generate()`, greedy, fixed number of new tokens. Run once for the served model and, with
@@ -31,19 +33,15 @@ URL = "http://127.0.0.1:8000"
 KEY = "bench-key"
 
 
-def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
-    mid = requests.post(f"{URL}/v1/memories", json={"slots": 512}, headers=headers).json()["id"]  # the paper's K
+def _drive(clients: int, per_client: int, send) -> dict:
+    """`clients` threads, each calling `send(session, i, j)` `per_client` times: latency and rate."""
     latencies: list[float] = []
 
     def client(i: int) -> None:
         with requests.Session() as s:
-            for j in range(edits_per_client):
+            for j in range(per_client):
                 t0 = time.perf_counter()
-                r = s.post(
-                    f"{URL}/v1/memories/{mid}/facts",
-                    headers=headers,
-                    json={"facts": [{"prompt": f"person {i} item {j} is", "target": f"value {j}"}]},
-                )
+                r = send(s, i, j)
                 latencies.append((time.perf_counter() - t0) * 1e3)
                 r.raise_for_status()
 
@@ -54,10 +52,31 @@ def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
     latencies.sort()
     return {
         "clients": clients,
-        "edits": len(latencies),
+        "requests": len(latencies),
         "p50_ms": statistics.median(latencies),
         "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
-        "edits_per_s": len(latencies) / wall,
+        "per_s": len(latencies) / wall,
+    }
+
+
+def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
+    mid = requests.post(f"{URL}/v1/memories", json={"slots": 512}, headers=headers).json()["id"]  # the paper's K
+
+    def send(s, i, j):
+        fact = {"prompt": f"person {i} item {j} is", "target": f"value {j}"}
+        return s.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": [fact]})
+
+    row = _drive(clients, edits_per_client, send)
+    return {**row, "edits": row["requests"], "edits_per_s": row["per_s"]}
+
+
+def hop_floor(clients: int, per_client: int, headers: dict) -> dict:
+    """What a request costs before any model work: GET /healthz (HTTP, Serve's proxy and the
+    FastAPI ingress) and GET /v1/memories (the same plus one call to the memory actor)."""
+    return {
+        "clients": clients,
+        "healthz": _drive(clients, per_client, lambda s, i, j: s.get(f"{URL}/healthz")),
+        "list_memories": _drive(clients, per_client, lambda s, i, j: s.get(f"{URL}/v1/memories", headers=headers)),
     }
 
 
@@ -126,6 +145,7 @@ def main() -> None:
                     "storage": storage,
                     "torch_threads": args.torch_threads,
                     "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}],
+                    "limits": {"requests_per_second": 10000, "burst": 10000},  # measure the server, not the quota
                 }
             ),
             name="larimar",
@@ -139,6 +159,16 @@ def main() -> None:
             print(
                 f"edits, {clients:2d} clients: p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
                 f"{row['edits_per_s']:.1f} edits/s",
+                flush=True,
+            )
+        report["hop_floor"] = []
+        for clients in (1, 32):
+            row = hop_floor(clients, max(1, args.edits // clients), headers)
+            report["hop_floor"].append(row)
+            print(
+                f"floor, {clients:2d} clients: /healthz p50 {row['healthz']['p50_ms']:.1f} ms "
+                f"{row['healthz']['per_s']:.0f}/s; GET /v1/memories p50 {row['list_memories']['p50_ms']:.1f} ms "
+                f"{row['list_memories']['per_s']:.0f}/s",
                 flush=True,
             )
         serve.shutdown()

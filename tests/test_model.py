@@ -249,3 +249,18 @@ def test_target_token_values_carry_the_decoders_embeddings_of_the_target():
         model.target_token_features_of([r["target"] for r in rows]),
     )
     torch.testing.assert_close(after, expected.detach())
+
+
+def test_pooled_texts_in_length_sorted_chunks_equal_each_text_alone():
+    """encode_pooled's length-sorted chunks change only the padding, never a text's result or its place."""
+    model = LarimarModel(tiny_config()).eval()
+    texts = ["a", "the capital of france is paris", "b c", "one two three four five six seven eight", "x y z", "a"]
+    with torch.no_grad():
+        alone = torch.cat([model.encode_pooled([t]) for t in texts])
+        chunked = model.encode_pooled(texts, chunk=2)
+        padded = model.encoder.pooled(**model.tokenize_for_encoder(texts))  # one batch padded to the longest
+    assert chunked.shape == (len(texts), alone.shape[1])
+    torch.testing.assert_close(chunked, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked, padded, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(chunked[0], chunked[1])  # distinct texts stay distinct (nothing was shuffled)
+    torch.testing.assert_close(chunked[0], chunked[5])

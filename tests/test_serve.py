@@ -29,6 +29,7 @@ from larimar.serving.store import MemoryStore, StoreConfig  # noqa: E402
 pytestmark = pytest.mark.slow
 KEYS = {"acme": "key-acme-123", "globex": "key-globex-456"}
 URL = "http://127.0.0.1:8000"
+LOAD_KEY = "key-load-789"  # the failover test's clients: no rate limit in the way
 
 
 def h(tenant: str) -> dict:
@@ -44,7 +45,8 @@ def service(demo_run, tmp_path_factory):
         "model": str(demo_run[0] / "model"),
         "storage": str(storage),
         "snapshot_every": 25,
-        "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()],
+        "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()]
+        + [{"tenant": "load", "sha256": hash_key(LOAD_KEY), "requests_per_second": 10000, "burst": 10000}],
         "limits": {"max_text_chars": 200, "max_facts_per_request": 8, "max_tokens": 16},
     }
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
@@ -301,6 +303,29 @@ def test_killing_the_memory_actor_loses_no_acknowledged_edit(service):
     stored = {f["id"] for f in r.json()["stored"]}
     assert acked and set(acked) <= stored  # every acknowledged write survived the crash
     assert len(stored) == len({f["text"] for f in r.json()["stored"]})  # none applied twice
+
+
+def test_killing_each_replica_under_load_answers_503_with_retry_after_and_loses_no_edit(service):
+    """16 clients write and generate (whole and streamed) while the decoder, the encoder and the
+    memory actor are killed in turn (jobs/bench_failover.py, the same code as the benchmark)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_failover", ROOT / "jobs" / "bench_failover.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    headers = {"Authorization": f"Bearer {LOAD_KEY}"}
+    r = requests.post(f"{URL}/v1/memories", json={"name": "failover", "slots": 256}, headers=headers)
+    assert r.status_code == 201, r.text
+    report = bench.run_failover(URL, headers, r.json()["id"], clients=16, settle_s=3.0, timeout_s=90)
+    assert [w["target"] for w in report["outages"]] == ["Decoder", "Encoder", "MemoryActor"]
+    assert report["before_first_kill"]["other_errors"] == 0 and report["before_first_kill"]["ok"] > 0
+    for w in report["outages"]:
+        assert w["recovered"], w  # /readyz said ready again
+        assert w["readyz_503_seen"], w  # ... after saying 503 while the replica was being replaced
+        assert w["other_errors"] == 0, w  # only 200 or 503 + Retry-After: no 500, no hang, no silent stream cut
+        assert w["ok"] > 0, w
+    assert report["acknowledged"] > 0
+    assert report["acknowledged_lost"] == [] and report["duplicates"] == 0  # retried writes kept exactly once
 
 
 def test_tenants_cannot_see_each_other(service):

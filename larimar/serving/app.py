@@ -31,6 +31,7 @@ from larimar.model import LarimarModel
 from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
+from larimar.serving.availability import Dependency
 from larimar.serving.errors import ApiError, error_body, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
@@ -470,8 +471,8 @@ class MemoryActor:
         }
 
     async def check_health(self) -> None:
-        """Serve calls this every 10 s: it also re-sets the gauges, which Ray 2.60 stops exporting
-        when they are not set for two export intervals (2 x 10 s), even on an idle actor."""
+        """Serve calls this every `health_check_period_s`: it also re-sets the gauges, which Ray 2.60
+        stops exporting when they are not set for two export intervals (2 x 10 s), even on an idle actor."""
         self._update_gauges()
 
 
@@ -536,9 +537,15 @@ def _unwrap(result: dict) -> Any:
 @serve.ingress(api)
 class Ingress:
     def __init__(self, encoder, decoder, memory, settings: dict):
-        self.encoder, self.decoder, self.memory = encoder, decoder, memory
         self.settings = ServeSettings(**settings)
         self.limits: Limits = self.settings.limits
+        # Every call to another deployment answers or becomes a 503 with Retry-After
+        # (larimar.serving.availability); decoding may take its whole deadline on top.
+        wait, retry = self.limits.unavailable_after_s, self.limits.retry_after_s
+        self.encoder = Dependency("encoder", encoder, wait, retry)
+        self.decoder = Dependency("decoder", decoder, wait + self.limits.deadline_s, retry)
+        self.memory = Dependency("memory actor", memory, wait, retry)
+        self.app_name = serve.get_replica_context().app_name
         self.keys = ApiKeys(self.settings.api_keys)
         self.started = time.time()
         self.requests = Counter("larimar_http_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
@@ -598,6 +605,19 @@ class Ingress:
 
     # -- health ----------------------------------------------------------------------------------
 
+    async def _deployments_down(self) -> list[str]:
+        """This application's deployments with no RUNNING replica, from Serve's controller."""
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self.app_name)
+        if app is None:
+            return ["the application"]
+        down = []
+        for name, d in app.deployments.items():
+            states = {str(getattr(state, "value", state)): n for state, n in d.replica_states.items()}
+            if states.get("RUNNING", 0) < 1:
+                down.append(name)
+        return sorted(down)
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok"}
@@ -605,12 +625,22 @@ class Ingress:
     @api.get("/readyz")
     async def readyz(self) -> dict:
         """ "ready", or "degraded" with the damaged memories (every other memory is served; a
-        degraded store stays in rotation); 503 when a dependency does not answer."""
+        degraded store stays in rotation); 503 with Retry-After while a deployment has no running
+        replica (one being replaced after a crash, as Serve's controller sees it) or the memory
+        actor does not answer. The controller's view, not a request through each deployment's
+        queue: under load a ping would wait behind real work and flap readiness."""
+        down = await self._deployments_down()
+        if down:
+            raise ApiError(
+                503,
+                f"not ready: no running replica of {', '.join(down)} (being replaced)",
+                code="unavailable",
+                headers={"Retry-After": str(self.limits.retry_after_s)},
+            )
         try:
-            health = await asyncio.wait_for(self.memory.health.remote(), timeout=5)
-            await asyncio.wait_for(self.encoder.encode_queries.remote(["ready?"]), timeout=30)
-        except Exception as err:  # any failure of a dependency means not ready
-            raise ApiError(503, f"not ready: {type(err).__name__}") from None
+            health = await self.memory.wait(self.memory.handle.health.remote(), self.limits.readiness_timeout_s)
+        except ApiError as err:
+            raise ApiError(503, f"not ready: {err.message}", code="unavailable", headers=err.headers) from None
         if health["damaged"] or health["problems"]:
             return {"status": "degraded", **health}
         return {"status": "ready"}
@@ -857,21 +887,24 @@ class Ingress:
             if chat:
                 return oai.chat_body(rid, body.model, outs[0], {**larimar, "used_memory": larimar["used_memory"][0]})
             return oai.completion_body(rid, body.model, outs, larimar)
-        events = self.decoder.options(stream=True).stream.remote(req)
-        prompt_tokens = _unwrap(await events.__anext__())["prompt_tokens"]  # a 4xx can still be answered here
+        events = self.decoder.stream("stream", req)
+        prompt_tokens = _unwrap(await events.__anext__())["prompt_tokens"]  # a 4xx or 503 can still be answered here
 
         async def sse():
             yield oai.sse(oai.chunk(rid, body.model, chat, first=True, extra=larimar))
-            async for event in events:
-                if "text" in event:
-                    yield oai.sse(oai.chunk(rid, body.model, chat, text=event["text"]))
-                else:
-                    done = event["done"]
-                    yield oai.sse(oai.chunk(rid, body.model, chat, finish=done["finish_reason"]))
-                    if body.include_usage:
-                        yield oai.sse(
-                            oai.chunk(rid, body.model, chat, usage_=oai.usage(prompt_tokens, done["completion_tokens"]))
-                        )
+            try:
+                async for event in events:
+                    if "text" in event:
+                        yield oai.sse(oai.chunk(rid, body.model, chat, text=event["text"]))
+                    else:
+                        done = event["done"]
+                        yield oai.sse(oai.chunk(rid, body.model, chat, finish=done["finish_reason"]))
+                        if body.include_usage:
+                            usage = oai.usage(prompt_tokens, done["completion_tokens"])
+                            yield oai.sse(oai.chunk(rid, body.model, chat, usage_=usage))
+            except ApiError as err:  # the decoder replica was lost mid-stream: say so, without [DONE]
+                yield oai.sse(error_body(err.status, err.message, err.param, err.code))
+                return
             yield oai.sse("[DONE]")
 
         return StreamingResponse(
@@ -925,6 +958,7 @@ def build(args: dict):
             "target_ongoing_requests": 2,
         },
         ray_actor_options={"num_cpus": 0.5, "num_gpus": settings.decoder_gpus},
+        health_check_period_s=settings.health_check_period_s,
     ).bind(settings.model, settings.decoder_device, settings.torch_threads)
     encoder = Encoder.options(
         autoscaling_config={
@@ -932,10 +966,12 @@ def build(args: dict):
             "max_replicas": settings.encoder_max_replicas,
             "target_ongoing_requests": 8,
         },
+        health_check_period_s=settings.health_check_period_s,
     ).bind(settings.model, settings.scope_model, settings.torch_threads)
-    return Ingress.bind(
+    memory = MemoryActor.options(health_check_period_s=settings.health_check_period_s)
+    return Ingress.options(health_check_period_s=settings.health_check_period_s).bind(
         encoder,
         decoder,
-        MemoryActor.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
+        memory.bind({k: getattr(store, k) for k in store.__dataclass_fields__}),
         settings.model_dump(mode="json"),
     )

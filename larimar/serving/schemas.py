@@ -54,6 +54,14 @@ class Limits(BaseModel):
     requests_per_second: float = Field(50.0, gt=0, description="per API key; bursts up to burst")
     burst: int = Field(100, ge=1)
     max_import_bytes: int = Field(64 * 2**20, ge=1, description="largest memory file POST /v1/memories/import takes")
+    unavailable_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="a deployment that does not answer within this many seconds (the decoder: deadline_s more) "
+        "gets its request a 503 with Retry-After (larimar.serving.availability)",
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while a replica is being replaced")
+    readiness_timeout_s: float = Field(5.0, gt=0, description="/readyz: the memory actor must answer within this")
     max_prompt_tokens: int = Field(
         1024,
         ge=1,
@@ -95,6 +103,11 @@ class ServeSettings(BaseModel):
         None,
         ge=1,
         description="intra-op threads of the encoder and decoder replicas; None: torch's default (all cores)",
+    )
+    health_check_period_s: float = Field(
+        2.0,
+        gt=0,
+        description="Serve's health check of every replica; a dead replica is replaced within about this",
     )
     encoder_replicas: int = Field(1, ge=1)
     encoder_max_replicas: int = Field(1, ge=1)

@@ -1,0 +1,153 @@
+"""Where the CPU goes while 32 clients write single facts over HTTP: py-spy on every Serve process.
+
+    python jobs/diagnostics/profile_serve_writes.py [--model larimar-smol-v3] [--seconds 15] [--out runs/prof_serve]
+
+Starts the application as `jobs/bench_serve.py` does, drives `--clients` writers, and samples
+the proxy, the ingress, the encoder and the memory actor with `py-spy record --format raw`
+(collapsed stacks, idle frames dropped) for `--seconds`. Prints, per process, its share of the
+samples (busy CPU) and the functions with the most inclusive samples; writes the raw files.
+Needs `pip install py-spy` (a diagnostic, not a dependency of the project).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+URL = "http://127.0.0.1:8000"
+KEY = "prof-key"
+ROLES = {
+    "ProxyActor": "proxy",
+    "Ingress": "ingress",
+    "Encoder": "encoder",
+    "MemoryActor": "memory",
+    "Decoder": "decoder",
+}
+
+
+def serve_pids() -> dict[str, int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    pids = {}
+    for line in out.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        for needle, role in ROLES.items():
+            if args.startswith("ray::") and needle in args and role not in pids:
+                pids[role] = int(pid)
+    return pids
+
+
+def summarize(raw: Path, top: int) -> tuple[int, list[tuple[str, int]]]:
+    """Total samples and the `top` frames by inclusive samples (each frame once per stack)."""
+    total, incl = 0, collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for frame in set(stack.split(";")):
+            incl[frame] += int(n)
+    return total, incl.most_common(top)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="larimar-smol-v3")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--seconds", type=int, default=15)
+    p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--out", default="runs/prof_serve")
+    a = p.parse_args()
+
+    import ray
+    from ray import serve
+
+    from larimar.serving.app import build
+    from larimar.serving.auth import hash_key
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as storage:
+        ray.init(num_cpus=4, include_dashboard=False)
+        settings = {
+            "model": a.model,
+            "storage": storage,
+            "api_keys": [{"tenant": "prof", "sha256": hash_key(KEY)}],
+            "limits": {"requests_per_second": 10000, "burst": 10000},
+        }
+        serve.run(build(settings), name="larimar", route_prefix="/")
+        headers = {"Authorization": f"Bearer {KEY}"}
+        mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
+        stop, done = threading.Event(), collections.Counter()
+
+        def writer(i: int) -> None:
+            with requests.Session() as s:
+                j = 0
+                while not stop.is_set():
+                    fact = {"prompt": f"person {i} item {j} is", "target": f"value {j}"}
+                    r = s.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": [fact]})
+                    done[r.status_code] += 1
+                    j += 1
+
+        threads = [threading.Thread(target=writer, args=(i,), daemon=True) for i in range(a.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(3)  # warm
+        pids = serve_pids()
+        print("profiling", pids, flush=True)
+        before = sum(done.values())
+        spies = {
+            role: subprocess.Popen(
+                [
+                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-r",
+                    str(a.rate),
+                    "-d",
+                    str(a.seconds),
+                    "-p",
+                    str(pid),
+                    "-o",
+                    str(out / f"{role}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for role, pid in pids.items()
+            if role != "decoder"
+        }
+        t0 = time.time()
+        for sp in spies.values():
+            sp.wait()
+        rate = (sum(done.values()) - before) / (time.time() - t0)
+        stop.set()
+        for t in threads:
+            t.join()
+        serve.shutdown()
+        ray.shutdown()
+    print(f"{rate:.1f} edits/s while profiled (py-spy itself takes CPU); statuses {dict(done)}")
+    for role in spies:
+        raw = out / f"{role}.txt"
+        if not raw.exists():
+            print(f"{role}: no samples")
+            continue
+        total, top = summarize(raw, a.top)
+        print(f"\n== {role}: {total} busy samples = {total / (a.rate * a.seconds):.0%} of one core")
+        for frame, n in top:
+            print(f"{n / max(total, 1):6.1%}  {frame[:150]}")
+
+
+if __name__ == "__main__":
+    main()
