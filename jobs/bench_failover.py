@@ -6,8 +6,9 @@ Starts the Serve application on an embedded local Ray, then runs `clients` HTTP 
 write single facts, each with its own Idempotency-Key and retrying a 503 after its Retry-After;
 half alternate /generate and a streamed /v1/completions) and a /readyz probe every 0.2 s. After
 `--settle-s` of load it kills one replica (`ray.kill`, as a crash or an OOM kill would; Serve's
-controller starts a replacement), waits until /readyz says ready again and the load has run
-`--settle-s` more, then kills the next: Decoder, Encoder, MemoryActor.
+controller starts a replacement), waits until /readyz has said 503 and then ready again (or
+30 s pass without a 503: then `readyz_503_seen` is false) and the load has run `--settle-s`
+more, then kills the next: Decoder, Encoder, MemoryActor.
 
 Reported per outage: requests answered 200, answered 503 with Retry-After, and anything else (a
 500, a 503 without Retry-After, a stream cut without an error event, a client timeout = a hang,
@@ -130,7 +131,7 @@ class Load:
         with requests.Session() as s:
             j = 0
             while not self.stop.is_set():
-                text = f"client {i} of run {self.run_id} wrote item {j} ."
+                text = f"w{i} {self.run_id} {j}"  # unique, and short enough for any encoder's max_length
                 headers = {**self.headers, "Idempotency-Key": f"{self.run_id}-{i}-{j}"}
                 while not self.stop.is_set():  # one fact, retried until acknowledged, as a careful client does
                     r = self._post(
@@ -141,6 +142,8 @@ class Load:
                         with self.lock:
                             self.acked[fid] = text
                         break
+                    if r is not None and r.status_code not in (429, 503):
+                        break  # refused (recorded as an error): retrying the same request cannot help
                     wait = float(r.headers.get("Retry-After", 1)) if r is not None else 1.0
                     self.stop.wait(min(wait, 1.0))
                 j += 1
@@ -175,10 +178,11 @@ class Load:
             self.ready.append((time.time(), status))
             self.stop.wait(0.2)
 
-    def ready_since(self, t: float) -> bool:
-        """/readyz answered 200 at or after `t`, after any 503 it answered since `t`."""
+    def recovered_since(self, t: float) -> tuple[bool, bool]:
+        """(/readyz said not ready at some point after `t`, and it says ready again now)."""
         after = [s for ts, s in list(self.ready) if ts >= t]
-        return bool(after) and after[-1] == 200
+        down = next((i for i, s in enumerate(after) if s != 200), None)
+        return down is not None, down is not None and after[-1] == 200
 
 
 def _window(load: Load, kill_t: float, end_t: float, target: str) -> dict:
@@ -189,8 +193,14 @@ def _window(load: Load, kill_t: float, end_t: float, target: str) -> dict:
     failed = [c for c in calls if c.outcome != "ok"]
     unready = [ts for ts, s in load.ready if kill_t <= ts < end_t and s != 200]
     back = [ts for ts, s in load.ready if ts >= (max(unready) if unready else kill_t) and s == 200 and ts < end_t]
+    transitions, last = [], None  # /readyz over the window: (seconds after the kill, status) at each change
+    for ts, st in load.ready:
+        if kill_t <= ts < end_t and st != last:
+            transitions.append((round(ts - kill_t, 2), st))
+            last = st
     return {
         "target": target,
+        "readyz": transitions,
         "requests": len(calls),
         "outcomes": by,
         "ok": by.get("ok", 0),
@@ -198,7 +208,8 @@ def _window(load: Load, kill_t: float, end_t: float, target: str) -> dict:
         "other_errors": len(failed) - by.get("503", 0),
         "by_kind": {k: sum(1 for c in calls if c.kind == k) for k in ("write", "generate", "stream")},
         "readyz_503_seen": bool(unready),
-        "readyz_unready_s": (max(unready) - kill_t) if unready else 0.0,
+        "readyz_503_from_s": (min(unready) - kill_t) if unready else None,
+        "readyz_503_until_s": (max(unready) - kill_t) if unready else None,
         "readyz_back_after_s": (min(back) - kill_t) if back else None,
         "last_error_after_s": (max(c.t1 for c in failed) - kill_t) if failed else 0.0,
     }
@@ -212,6 +223,7 @@ def run_failover(
     clients: int = 16,
     settle_s: float = 5.0,
     recover_timeout_s: float = 180.0,
+    notice_timeout_s: float = 30.0,
     timeout_s: float = 120.0,
     model: str = "larimar",
 ) -> dict:
@@ -220,17 +232,22 @@ def run_failover(
 
     load = Load(url, headers, memory_id, clients, timeout_s, model)
     load.start()
+    started = time.time()
     time.sleep(settle_s)
     kills = []
     for target in targets:
         actor = replica(target)
         t = time.time()
         ray.kill(actor, no_restart=False)
-        deadline = t + recover_timeout_s
-        time.sleep(0.5)
-        while not load.ready_since(t + 0.5) and time.time() < deadline:
+        # Serve's controller notices the death at its next health check (health_check_period_s):
+        # wait for /readyz to say so, then for it to say ready again.
+        deadline, notice_by = t + recover_timeout_s, t + notice_timeout_s
+        while time.time() < deadline:
+            noticed, back = load.recovered_since(t)
+            if back or (not noticed and time.time() > notice_by):
+                break
             time.sleep(0.2)
-        recovered = load.ready_since(t + 0.5)
+        recovered = load.recovered_since(t)[1]
         time.sleep(settle_s)  # load on the replacement before the next kill
         kills.append((target, t, time.time(), recovered))
     load.finish()
@@ -246,7 +263,7 @@ def run_failover(
         "acknowledged_lost": sorted(i for i in load.acked if stored.get(i) != load.acked[i]),
         "duplicates": len(texts) - len(set(texts)),
         "requests": len(load.calls),
-        "before_first_kill": _window(load, 0, kills[0][1], "none") if kills else None,
+        "before_first_kill": _window(load, started, kills[0][1], "none") if kills else None,
     }
 
 
@@ -282,14 +299,14 @@ def main() -> None:
             route_prefix="/",
         )
         headers = {"Authorization": f"Bearer {KEY}"}
-        mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
+        mid = requests.post(f"{URL}/v1/memories", json={"slots": 2048}, headers=headers).json()["id"]  # room for every write
         report = {"model": args.model} | run_failover(URL, headers, mid, clients=args.clients, settle_s=args.settle_s)
         serve.shutdown()
         ray.shutdown()
     for w in report["outages"]:
         print(
             f"kill {w['target']:11s}: {w['requests']} requests, {w['ok']} ok, {w['unavailable_503']} 503+Retry-After, "
-            f"{w['other_errors']} other {w['outcomes']}; /readyz 503 for {w['readyz_unready_s']:.1f} s, "
+            f"{w['other_errors']} other {w['outcomes']}; /readyz 503 from {w['readyz_503_from_s']} to {w['readyz_503_until_s']} s, "
             f"ready after {w['readyz_back_after_s']} s; last error {w['last_error_after_s']:.1f} s after the kill",
             flush=True,
         )

@@ -4,6 +4,7 @@ Uses the demo model trained by the project's own training code (the session fixt
 """
 
 import concurrent.futures as cf
+import json
 import random
 import sys
 import threading
@@ -312,11 +313,13 @@ def test_killing_each_replica_under_load_answers_503_with_retry_after_and_loses_
 
     spec = importlib.util.spec_from_file_location("bench_failover", ROOT / "jobs" / "bench_failover.py")
     bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks its module up there
     spec.loader.exec_module(bench)
     headers = {"Authorization": f"Bearer {LOAD_KEY}"}
-    r = requests.post(f"{URL}/v1/memories", json={"name": "failover", "slots": 256}, headers=headers)
+    r = requests.post(f"{URL}/v1/memories", json={"name": "failover", "slots": 2048}, headers=headers)
     assert r.status_code == 201, r.text
     report = bench.run_failover(URL, headers, r.json()["id"], clients=16, settle_s=3.0, timeout_s=90)
+    print(json.dumps(report, indent=1))
     assert [w["target"] for w in report["outages"]] == ["Decoder", "Encoder", "MemoryActor"]
     assert report["before_first_kill"]["other_errors"] == 0 and report["before_first_kill"]["ok"] > 0
     for w in report["outages"]:
