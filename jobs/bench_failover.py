@@ -299,7 +299,8 @@ def main() -> None:
             route_prefix="/",
         )
         headers = {"Authorization": f"Bearer {KEY}"}
-        mid = requests.post(f"{URL}/v1/memories", json={"slots": 2048}, headers=headers).json()["id"]  # room for every write
+        # room for every write of the run (a full memory answers 409)
+        mid = requests.post(f"{URL}/v1/memories", json={"slots": 2048}, headers=headers).json()["id"]
         report = {"model": args.model} | run_failover(URL, headers, mid, clients=args.clients, settle_s=args.settle_s)
         serve.shutdown()
         ray.shutdown()

@@ -629,7 +629,10 @@ class Ingress:
         replica (one being replaced after a crash, as Serve's controller sees it) or the memory
         actor does not answer. The controller's view, not a request through each deployment's
         queue: under load a ping would wait behind real work and flap readiness."""
-        down = await self._deployments_down()
+        try:
+            down = await asyncio.wait_for(self._deployments_down(), self.limits.readiness_timeout_s)
+        except TimeoutError:
+            down = ["Serve's controller (no answer)"]
         if down:
             raise ApiError(
                 503,

@@ -61,7 +61,9 @@ class Limits(BaseModel):
         "gets its request a 503 with Retry-After (larimar.serving.availability)",
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while a replica is being replaced")
-    readiness_timeout_s: float = Field(5.0, gt=0, description="/readyz: the memory actor must answer within this")
+    readiness_timeout_s: float = Field(
+        5.0, gt=0, description="/readyz: the controller and the memory actor must answer within this"
+    )
     max_prompt_tokens: int = Field(
         1024,
         ge=1,
