@@ -224,7 +224,8 @@ def run(cfg: BenchConfig, log=print) -> tuple[list[dict], dict[str, Path]]:
     """Each method's result is saved as it finishes (``<out>/methods/<method>.json``, with the
     settings it was measured under), so a run cut short resumes with the same command: methods
     already measured under the same settings are read back, not rerun (a 100-case run of all
-    five methods takes over an hour on 2 cores)."""
+    five methods takes over an hour on 2 cores). The key is the settings, not the weights: after
+    retraining a model under the same name or path, delete ``<out>/methods``."""
     results = []
     done_dir = Path(cfg.out) / "methods"
     done_dir.mkdir(parents=True, exist_ok=True)
