@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import threading
 import time
 import uuid
@@ -33,8 +32,8 @@ import requests
 
 from larimar.model import DEFAULT_MODEL
 
-URL = "http://127.0.0.1:8000"
-KEY = "bench-key"
+from larimar.serving.local import URL
+
 TARGETS = ("Decoder", "Encoder", "MemoryActor")
 
 
@@ -277,33 +276,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench_failover.json")
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
+    from larimar.serving.local import local_application
 
-    from larimar.serving.app import build
-    from larimar.serving.auth import hash_key
-
-    with tempfile.TemporaryDirectory() as storage:
-        ray.init(num_cpus=4, include_dashboard=False)
-        serve.run(
-            build(
-                {
-                    "model": args.model,
-                    "storage": storage,
-                    "snapshot_every": 50,
-                    "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}],
-                    "limits": {"requests_per_second": 1000, "burst": 1000},
-                }
-            ),
-            name="larimar",
-            route_prefix="/",
-        )
-        headers = {"Authorization": f"Bearer {KEY}"}
+    with local_application(args.model, snapshot_every=50) as headers:
         # room for every write of the run (a full memory answers 409)
         mid = requests.post(f"{URL}/v1/memories", json={"slots": 2048}, headers=headers).json()["id"]
         report = {"model": args.model} | run_failover(URL, headers, mid, clients=args.clients, settle_s=args.settle_s)
-        serve.shutdown()
-        ray.shutdown()
     for w in report["outages"]:
         print(
             f"kill {w['target']:11s}: {w['requests']} requests, {w['ok']} ok, {w['unavailable_503']} 503+Retry-After, "

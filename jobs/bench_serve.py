@@ -20,7 +20,6 @@ import argparse
 import concurrent.futures as cf
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import torch
 
 from larimar.model import DEFAULT_MODEL
 
-URL = "http://127.0.0.1:8000"
-KEY = "bench-key"
+from larimar.serving.local import URL
 
 
 def _drive(clients: int, per_client: int, send) -> dict:
@@ -127,31 +125,12 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, default=None, help="ServeSettings.torch_threads")
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
-
     from larimar.config import from_dict
     from larimar.model import LarimarConfig, LarimarModel
-    from larimar.serving.auth import hash_key
-    from larimar.serving.app import build
+    from larimar.serving.local import local_application
 
     report: dict = {"model": args.model, "replica_torch_threads": args.torch_threads}
-    with tempfile.TemporaryDirectory() as storage:
-        ray.init(num_cpus=4, include_dashboard=False)
-        serve.run(
-            build(
-                {
-                    "model": args.model,
-                    "storage": storage,
-                    "torch_threads": args.torch_threads,
-                    "api_keys": [{"tenant": "bench", "sha256": hash_key(KEY)}],
-                    "limits": {"requests_per_second": 10000, "burst": 10000},  # measure the server, not the quota
-                }
-            ),
-            name="larimar",
-            route_prefix="/",
-        )
-        headers = {"Authorization": f"Bearer {KEY}"}
+    with local_application(args.model, torch_threads=args.torch_threads) as headers:
         report["edit_latency"] = []
         for clients in (1, 8, 32):
             row = edit_latency(clients, max(1, args.edits // clients), headers)
@@ -171,8 +150,6 @@ def main() -> None:
                 f"{row['list_memories']['per_s']:.0f}/s",
                 flush=True,
             )
-        serve.shutdown()
-        ray.shutdown()
 
     torch.set_num_threads(2)
     report["conditioning"] = {}

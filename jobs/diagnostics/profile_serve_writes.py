@@ -16,15 +16,14 @@ import collections
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-URL = "http://127.0.0.1:8000"
-KEY = "prof-key"
+from larimar.serving.local import URL
+
 ROLES = {
     "ProxyActor": "proxy",
     "Ingress": "ingress",
@@ -68,24 +67,11 @@ def main() -> None:
     p.add_argument("--out", default="runs/prof_serve")
     a = p.parse_args()
 
-    import ray
-    from ray import serve
-
-    from larimar.serving.app import build
-    from larimar.serving.auth import hash_key
+    from larimar.serving.local import local_application
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as storage:
-        ray.init(num_cpus=4, include_dashboard=False)
-        settings = {
-            "model": a.model,
-            "storage": storage,
-            "api_keys": [{"tenant": "prof", "sha256": hash_key(KEY)}],
-            "limits": {"requests_per_second": 10000, "burst": 10000},
-        }
-        serve.run(build(settings), name="larimar", route_prefix="/")
-        headers = {"Authorization": f"Bearer {KEY}"}
+    with local_application(a.model) as headers:
         mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
         stop, done = threading.Event(), collections.Counter()
 
@@ -135,8 +121,6 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
-        serve.shutdown()
-        ray.shutdown()
     print(f"{rate:.1f} edits/s while profiled (py-spy itself takes CPU); statuses {dict(done)}")
     for role in spies:
         raw = out / f"{role}.txt"
