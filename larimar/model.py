@@ -249,15 +249,15 @@ class LarimarModel(nn.Module):
         if len(texts) <= 1:
             batch = self.tokenize_for_encoder(texts)
             return self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
-        lengths = [
-            len(x) for x in self.encoder_tokenizer(texts, truncation=True, max_length=self.cfg.max_length)["input_ids"]
-        ]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
+        tok = self.encoder_tokenizer
+        ids = tok(texts, truncation=True, max_length=self.cfg.max_length)["input_ids"]  # once, unpadded
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out: list[torch.Tensor | None] = [None] * len(texts)
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
-            batch = self.tokenize_for_encoder([texts[i] for i in idx])
-            for i, row in zip(idx, self.encoder.pooled(batch["input_ids"], batch["attention_mask"])):
+            batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            pooled = self.encoder.pooled(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            for i, row in zip(idx, pooled):
                 out[i] = row
         return torch.stack(out)
 
