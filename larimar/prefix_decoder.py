@@ -115,11 +115,12 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
         """Token ids of facts -> (n, L * H) rows: their first L input embeddings, zero-padded (the
         latent part of a latent+decoder value is the model's, `LarimarModel.decoder_space_values`)."""
         emb = self.lm.get_input_embeddings()
-        out = torch.zeros(len(ids), self.rows, self.hidden, dtype=emb.weight.dtype, device=emb.weight.device)
+        # float32 whatever the LM runs in (larimar.precision): memory values are float32
+        out = torch.zeros(len(ids), self.rows, self.hidden, dtype=torch.float32, device=emb.weight.device)
         for i, t in enumerate(ids):
             t = t[: self.rows]
             if t:
-                out[i, : len(t)] = emb(torch.tensor(t, device=emb.weight.device))
+                out[i, : len(t)] = emb(torch.tensor(t, device=emb.weight.device)).float()
         return out.flatten(1)
 
     @staticmethod

@@ -86,3 +86,37 @@ def test_closing_a_stream_early_stops_generation(model):
             break
         threading.Event().wait(0.05)
     assert not [t for t in threading.enumerate() if t.name == "larimar-stream"]
+
+
+@pytest.mark.slow
+def test_one_batched_pass_answers_each_job_as_it_would_be_answered_alone(model):
+    """What the decoder deployment does with concurrent requests (`run_jobs`): one left-padded
+    generate over all their prompts, each row with its own read-out (conditioned or z = 0), its own
+    max_tokens and stop sequences, streamed or not."""
+    from larimar.serving.completion import Job, run_jobs
+
+    V = model.cfg.memory.latent_dim
+    torch.manual_seed(0)
+    cond = torch.randn(1, V) * 0.5
+    streamed: list[str] = []
+
+    def jobs():
+        streamed.clear()
+        return [
+            Job([prompt_ids(model, COUNT)], torch.zeros(1, V), 8),
+            Job([prompt_ids(model, "The capital of France is")], cond, 12, stop=["."]),
+            Job([prompt_ids(model, "Roses are red,")], torch.zeros(1, V), 5, on_text=streamed.append),
+            Job(
+                [prompt_ids(model, "A B C"), prompt_ids(model, "Monday, Tuesday,")],
+                torch.cat([cond, torch.zeros(1, V)]),
+                6,
+            ),
+        ]
+
+    alone = [run_jobs(model, [j])[0] for j in jobs()]
+    alone_stream = list(streamed)
+    together = run_jobs(model, jobs())
+    assert [[c.to_dict() for c in outs] for outs in together] == [[c.to_dict() for c in outs] for outs in alone]
+    assert "".join(streamed) == "".join(alone_stream) == together[2][0].text and len(streamed) >= 2
+    assert together[0][0].completion_tokens == 8 and together[2][0].completion_tokens == 5
+    assert together[1][0].finish_reason == "stop" and "." not in together[1][0].text

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from larimar.config import ConfigError
+from larimar.precision import PRECISIONS
 
 EXPERIMENTS = {
     "counterfact": "larimar.evaluation.counterfact",
@@ -60,6 +61,10 @@ class EvalConfig:
     readout: str | None = field(
         default=None, metadata={"help": "override the model's read-out convention: 'raw' or 'value_norm'"}
     )
+    decoder_precision: str = field(
+        default="fp32",
+        metadata={"help": "the decoder's weights at inference: fp32 (as trained), bf16 or int8 (larimar.precision)"},
+    )
     use_scope: bool = field(default=False, metadata={"help": "memory experiments: gate reads with the scope detector"})
     checkpoints: int = field(default=10, metadata={"help": "sequential: evaluate after every N/checkpoints edits"})
     sizes: list[int] = field(
@@ -94,6 +99,10 @@ class EvalConfig:
                 raise ConfigError(
                     f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, not {self.experiment!r}"
                 )
+        if self.decoder_precision not in PRECISIONS:
+            raise ConfigError(
+                f"--decoder-precision must be one of {', '.join(PRECISIONS)}, got {self.decoder_precision!r}"
+            )
         if self.readout not in (None, "raw", "value_norm"):
             raise ConfigError(f"--readout must be 'raw' or 'value_norm', got {self.readout!r}")
         if not -1.0 <= self.subject_threshold <= 1.0:

@@ -13,13 +13,14 @@ decoders) gets a plain "role: content" transcript ending in "assistant:".
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from larimar.model import LarimarModel, pad
 from larimar.serving.errors import ApiError
@@ -87,97 +88,168 @@ class StopScanner:
         return out
 
 
-class _Until(StoppingCriteria):
-    """Ends generation early: for every row once a stop sequence appears in its new text, for all
-    rows once `cancel` is set (a client that went away) or the deadline has passed."""
-
-    def __init__(self, tokenizer, start: int, stops: list[str], cancel: threading.Event, deadline: float | None):
-        self.tokenizer, self.start, self.stops, self.cancel, self.deadline = tokenizer, start, stops, cancel, deadline
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            self.cancel.set()
-        done = torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
-        if self.stops and not self.cancel.is_set():
-            texts = self.tokenizer.batch_decode(input_ids[:, self.start :], skip_special_tokens=True)
-            done = torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
-        return done
-
-
-class _CountingStreamer(TextIteratorStreamer):
-    """TextIteratorStreamer that also keeps the generated token ids (for usage and finish_reason)."""
-
-    def __init__(self, tokenizer, timeout: float | None):
-        super().__init__(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=True)
-        self.ids: list[int] = []
-
-    def put(self, value: torch.Tensor) -> None:
-        if not (self.skip_prompt and self.next_tokens_are_prompt):
-            self.ids.extend(value.reshape(-1).tolist())
-        super().put(value)
-
-
 def _sampling(temperature: float, top_p: float) -> dict:
     if temperature < GREEDY_BELOW:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_p": top_p}
 
 
-def _generate(
-    model: LarimarModel,
-    ids: list[list[int]],
-    z: torch.Tensor,
-    max_tokens: int,
-    temperature: float,
-    top_p: float,
-    stops: list[str],
-    cancel: threading.Event,
-    streamer=None,
-    deadline: float | None = None,
-) -> torch.Tensor:
-    """(B, new) generated ids; rows that ended early are padded with the pad (= eos for SmolLM2) id."""
-    batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
-    T = batch["input_ids"].shape[1]
-    start = model.decoder.generation_start(T, z)  # where new tokens begin in what generate() shows
-    until = _Until(model.decoder_tokenizer, start, stops, cancel, deadline)
-    out = model.decoder.generate(
-        batch["input_ids"],
-        batch["attention_mask"],
-        z.to(model.device),
-        max_new_tokens=max_tokens,
-        eos_token_id=model.eos_id,
-        stopping_criteria=StoppingCriteriaList([until]),
-        streamer=streamer,
-        **_sampling(temperature, top_p),
-    )
-    return out[:, T:]
+@dataclass(eq=False)
+class Job:
+    """One request's share of a decoder pass: its prompts (token ids), their read-outs z (one row
+    each) and its settings. Jobs with the same sampling settings run as one left-padded batch
+    (`run_jobs`); `on_text` receives a one-prompt job's text as it is generated, cut at its stop
+    sequences; setting `cancel` (a client that went away) ends its rows at the next token."""
+
+    ids: list[list[int]]
+    z: torch.Tensor
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] | None = None
+    deadline_s: float | None = None
+    on_text: Callable[[str], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    min_tokens: int = 0  # no end of sequence before this many tokens (vLLM's min_tokens; benchmarks)
+
+    def __post_init__(self) -> None:
+        self.stops = [s for s in (self.stop or []) if s]
+        self.deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
+        self.timed_out = False
+
+    @property
+    def sampling(self) -> tuple:
+        """The generate() settings that rows of one batch must share."""
+        kw = _sampling(self.temperature, self.top_p) | ({"min_new_tokens": self.min_tokens} if self.min_tokens else {})
+        return tuple(sorted(kw.items()))
 
 
-def _finish(
-    model: LarimarModel,
-    new: list[int],
-    prompt_len: int,
-    max_tokens: int,
-    stops: list[str],
-    streamed: tuple[str, bool] | None = None,
-) -> Completion:
-    """Usage and finish reason of one row of generated ids. `streamed`: the text already cut at a
-    stop sequence by the stream, and whether it was."""
-    ends = [i for i, t in enumerate(new) if t in (model.eos_id, model.decoder_tokenizer.pad_token_id)]
-    eos = ends[0] if ends else None  # rows that ended early continue as padding
-    kept = new if eos is None else new[:eos]
-    if streamed is None:
-        scanner = StopScanner(stops)
-        text, hit = scanner.feed(model.decoder_tokenizer.decode(kept, skip_special_tokens=True))
-        text += "" if hit else scanner.flush()
-    else:
-        text, hit = streamed
-    ended = eos is not None and new[eos] == model.eos_id
-    reason = "stop" if (ended or hit) else "length"
-    return Completion(text=text, prompt_tokens=prompt_len, completion_tokens=len(kept) + ended, finish_reason=reason)
+class _RowText(TextStreamer):
+    """transformers' incremental detokenizer for one row (it holds text back until a word is
+    complete), its finished text passed through the row's stop scanner."""
+
+    def __init__(self, tokenizer, row: "_Row"):
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.row = row
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.row.take(text, stream_end)
+
+
+class _Row:
+    """What one prompt has generated so far, and whether it is finished (and why)."""
+
+    def __init__(self, model: LarimarModel, job: Job, prompt: list[int]):
+        self.job, self.prompt_tokens = job, len(prompt)
+        self.end_ids = {model.eos_id, model.decoder_tokenizer.pad_token_id}
+        self.eos_id = model.eos_id
+        self.scanner, self.detok = StopScanner(job.stops), _RowText(model.decoder_tokenizer, self)
+        self.tokens, self.text, self.done, self.ended, self.hit = 0, "", False, False, False
+
+    def put(self, token: int) -> None:
+        if self.done:
+            return
+        if token in self.end_ids:  # rows that end early continue as padding: not theirs
+            self.ended, self.tokens = token == self.eos_id, self.tokens + (token == self.eos_id)
+            self.finish()
+            return
+        self.tokens += 1
+        self.detok.put(torch.tensor([token]))
+        if not self.done and self.tokens >= self.job.max_tokens:
+            self.finish()
+
+    def take(self, piece: str, stream_end: bool) -> None:
+        if self.hit:
+            return
+        out, self.hit = self.scanner.feed(piece)
+        if stream_end and not self.hit:
+            out += self.scanner.flush()
+        if out:
+            self.text += out
+            if self.job.on_text is not None:
+                self.job.on_text(out)
+        if self.hit:
+            self.done = True
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.detok.end()  # the held-back tail, through the scanner
+
+    def completion(self) -> Completion:
+        reason = "stop" if (self.ended or self.hit) else "length"
+        return Completion(self.text, self.prompt_tokens, self.tokens, reason)
+
+
+class _Pass(StoppingCriteria):
+    """The bookkeeping of one batched `generate`: transformers hands it every step's tokens (as a
+    streamer) and asks it which rows are finished (as a stopping criterion): a row is finished at
+    its end of sequence, its own max_tokens, a stop sequence in its text, its job's cancel or
+    deadline."""
+
+    def __init__(self, rows: list[_Row]):
+        self.rows, self.prompt_seen = rows, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() shows the prompt first
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist()):
+            row.put(token)
+
+    def end(self) -> None:
+        for row in self.rows:
+            row.finish()
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        now = time.monotonic()
+        for row in self.rows:
+            job = row.job
+            if not row.done and job.deadline is not None and now > job.deadline:
+                job.timed_out = True
+                job.cancel.set()
+            if job.cancel.is_set():
+                row.finish()
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 @torch.no_grad()
+def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
+    """Every job's completions, one `generate` per sampling setting over all their prompts: the
+    batch the Serve decoder deployment forms from concurrent requests (`serve.batch`), and the
+    whole of `complete` and `stream`. A job whose deadline passed comes back with `timed_out` set
+    (its rows end with finish_reason "length")."""
+    rows = {id(j): [_Row(model, j, p) for p in j.ids] for j in jobs}
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.sampling, []).append(job)
+    for group in groups.values():
+        ids = [p for j in group for p in j.ids]
+        z = torch.cat([j.z.reshape(len(j.ids), -1) for j in group]).to(model.device)
+        batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
+        todo = _Pass([r for j in group for r in rows[id(j)]])
+        model.decoder.generate(
+            batch["input_ids"],
+            batch["attention_mask"],
+            z,
+            max_new_tokens=max(j.max_tokens for j in group),
+            eos_token_id=model.eos_id,
+            stopping_criteria=StoppingCriteriaList([todo]),
+            streamer=todo,
+            **dict(group[0].sampling),
+        )
+    return [[r.completion() for r in rows[id(j)]] for j in jobs]
+
+
+def timeout_error(deadline_s: float | None) -> ApiError:
+    return ApiError(
+        504,
+        f"the completion took longer than the {deadline_s:g} s deadline; ask for fewer tokens",
+        param="max_tokens",
+        code="timeout",
+    )
+
+
 def complete(
     model: LarimarModel,
     ids: list[list[int]],
@@ -190,18 +262,11 @@ def complete(
 ) -> list[Completion]:
     """Complete each prompt (token ids from `prompt_ids`/`chat_ids`) conditioned on its row of z.
     Past `deadline_s` seconds the generation stops and ApiError 504 is raised."""
-    stops = [s for s in (stop or []) if s]
-    cancel = threading.Event()
-    deadline = time.monotonic() + deadline_s if deadline_s else None
-    new = _generate(model, ids, z, max_tokens, temperature, top_p, stops, cancel, deadline=deadline).tolist()
-    if cancel.is_set():
-        raise ApiError(
-            504,
-            f"the completion took longer than the {deadline_s:g} s deadline; ask for fewer tokens",
-            param="max_tokens",
-            code="timeout",
-        )
-    return [_finish(model, row, len(p), max_tokens, stops) for row, p in zip(new, ids)]
+    job = Job(ids, z, max_tokens, temperature, top_p, stop, deadline_s)
+    [outs] = run_jobs(model, [job])
+    if job.timed_out:
+        raise timeout_error(deadline_s)
+    return outs
 
 
 @torch.no_grad()
@@ -250,52 +315,32 @@ def stream(
 ) -> Iterator[str | Completion]:
     """Text pieces as they are generated, then one `Completion` (the whole text, usage, reason).
 
-    Generation runs in a thread feeding transformers' TextIteratorStreamer; closing the iterator
-    early (a client that disconnected) stops the generation at the next token, and so does the
-    deadline (the stream then ends with finish_reason "length")."""
-    stops = [s for s in (stop or []) if s]
-    timeout = deadline_s + 60 if deadline_s else 600.0  # the streamer's wait for a token, a backstop
-    streamer, cancel, failure = _CountingStreamer(model.decoder_tokenizer, timeout), threading.Event(), []
-    deadline = time.monotonic() + deadline_s if deadline_s else None
+    Generation runs in a thread (`run_jobs` with a one-prompt job); closing the iterator early (a
+    client that disconnected) stops the generation at the next token, and so does the deadline
+    (the stream then ends with finish_reason "length")."""
+    pieces: queue.Queue = queue.Queue()
+    job = Job([ids], z.reshape(1, -1), max_tokens, temperature, top_p, stop, deadline_s, on_text=pieces.put)
+    result: list = []
 
     def run() -> None:
         try:
-            with torch.no_grad():
-                _generate(
-                    model,
-                    [ids],
-                    z.reshape(1, -1),
-                    max_tokens,
-                    temperature,
-                    top_p,
-                    stops,
-                    cancel,
-                    streamer,
-                    deadline=deadline,
-                )
+            result.append(run_jobs(model, [job])[0][0])
         except BaseException as err:  # surfaced to the consumer below
-            failure.append(err)
-            streamer.end()
+            result.append(err)
+        pieces.put(_END)
 
     worker = threading.Thread(target=run, name="larimar-stream", daemon=True)
     worker.start()
-    scanner, text, hit = StopScanner(stops), "", False
     try:
-        for piece in streamer:
-            out, hit = scanner.feed(piece)
-            if out:
-                text += out
-                yield out
-            if hit:
-                cancel.set()
-                break
-        if not hit and (rest := scanner.flush()):
-            text += rest
-            yield rest
-    except BaseException:  # closed early (GeneratorExit) or the streamer timed out: stop generating
-        cancel.set()
+        while (piece := pieces.get()) is not _END:
+            yield piece
+    except BaseException:  # closed early (GeneratorExit): stop generating
+        job.cancel.set()
         raise
     worker.join()
-    if failure:
-        raise failure[0]
-    yield _finish(model, streamer.ids, len(ids), max_tokens, stops, streamed=(text, hit))
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    yield result[0]
+
+
+_END = object()

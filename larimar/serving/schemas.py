@@ -101,6 +101,14 @@ class ServeSettings(BaseModel):
     decoder_replicas: int = Field(1, ge=1)
     decoder_max_replicas: int = Field(1, ge=1)
     decoder_gpus: float = Field(0, ge=0)
+    decoder_precision: Literal["fp32", "bf16", "int8"] = Field(
+        "fp32",
+        description="the decoder's weights at inference (larimar.precision): int8 is CPU only",
+    )
+    decoder_batch_size: int = Field(8, ge=1, description="most concurrent requests in one batched decoder pass")
+    decoder_batch_wait_s: float = Field(
+        0.005, ge=0, description="how long a decoder pass waits for more requests to batch with"
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -115,6 +123,12 @@ class ServeSettings(BaseModel):
     encoder_max_replicas: int = Field(1, ge=1)
 
     model_config = {"extra": "forbid"}
+
+    @model_validator(mode="after")
+    def _int8_on_cpu(self) -> "ServeSettings":
+        if self.decoder_precision == "int8" and self.decoder_device != "cpu":
+            raise ValueError("decoder_precision int8 runs on CPU only; use bf16 with decoder_device cuda or auto")
+        return self
 
 
 def load_settings(args: dict, defaults: dict | None = None) -> ServeSettings:

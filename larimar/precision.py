@@ -1,0 +1,79 @@
+"""The decoder's weights at inference precision: fp32 (as trained), bf16, or int8 weight-only.
+
+Why: generating one token on CPU is bound by reading the decoder's weights, not by arithmetic.
+On SmolLM2-135M (2 cores, single stream, `jobs/bench_serve.py`) 89% of a decode step is inside
+``aten::mm`` streaming 540 MB of fp32 weights at about 17 GB/s; the rest of the step (norms,
+rotary, attention, Python) is about 3.5 ms. Halving the bytes (bf16) nearly doubles tokens/s;
+int8 weights with one scale per output channel halve them again. int8 runs on PyTorch's own CPU
+kernel for that format, ``aten::_weight_int8pack_mm`` (bf16 activations, int8 weights, bf16
+per-channel scales), the kernel optimum-quanto and torchao dispatch to on CPU. optimum-quanto
+itself reached 57 tokens/s here against 72 for this module, because its tensor-subclass dispatch
+and autograd Function cost 3.6 ms per token on 2 cores; `torch.compile` bought bf16 only
+45 -> 51 tokens/s after a two-minute compile. Hence a plain module around the kernel.
+
+The conditioning (latent slots, embedding shift, prefix rows) follows the LM into bf16, so the
+slot entries of the KV cache have the dtype the layers' own keys and values have. The encoder side
+(`LarimarModel.encode_*`, `decoder_space_values`) is untouched: memory values stay float32.
+
+SmolLM2's shipped weights are themselves a Q4_1 GGUF, dequantized on load (larimar.backbones):
+per-channel int8 adds a rounding of at most half a step of max|w|/127 per weight on top of it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from larimar.decoder import ConditionedDecoder
+
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+class Int8WeightOnlyLinear(nn.Module):
+    """A frozen `nn.Linear` with int8 weights, one bf16 scale per output feature (symmetric:
+    w = q * scale, q in [-127, 127]); inputs are computed in bf16 and outputs come back in bf16."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight_int8, self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.view(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def set_decoder_precision(decoder: ConditionedDecoder, precision: str) -> ConditionedDecoder:
+    """Cast a conditioned decoder (its LM and its conditioning) for inference, in place:
+    "fp32" leaves it as it is, "bf16" casts it, "int8" casts it to bf16 and swaps every linear
+    layer of the LM (the tied output head included, as its own int8 copy) for
+    `Int8WeightOnlyLinear`. For generation and scoring only: int8 layers have no gradient."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"decoder precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return decoder
+    if precision == "int8" and next(decoder.lm.parameters()).device.type != "cpu":
+        raise ValueError("decoder precision 'int8' runs on CPU only; use 'bf16' on GPUs")
+    decoder.to(torch.bfloat16)
+    latent = getattr(decoder, "latent", None)  # EmbeddingPrefixDecoder keeps its latent decoder unregistered
+    if isinstance(latent, nn.Module):
+        latent.to(torch.bfloat16)
+    if precision == "int8":
+        lm = decoder.lm
+        for module in list(lm.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, Int8WeightOnlyLinear(child))
+        lm.requires_grad_(False)
+    return decoder
