@@ -62,6 +62,26 @@ class ConditionedDecoder(nn.Module):
         """Index of the first new token in the ids `lm.generate` shows stopping criteria."""
         raise NotImplementedError
 
+    def _split_mixed(self, forward, input_ids, attention_mask, z, logits_to_keep: int) -> torch.Tensor | None:
+        """A batch with both kinds of rows as two passes, the z = 0 rows through the LM alone; None
+        when the batch is all one kind. In float32 the masked slot makes a plain row of a mixed
+        batch equal the LM alone to ~1e-5 anyway; in bf16/int8 (`larimar.precision`) rounding
+        differs between the two paths by tenths of a logit, enough to flip near-ties, and a z = 0
+        row must answer as the plain decoder does (the locality the scope detector promises)."""
+        cond = self.uses_latent(z).bool()
+        if bool(cond.all()) or not bool(cond.any()):
+            return None
+        plain = self.lm(
+            input_ids=input_ids[~cond],
+            attention_mask=attention_mask[~cond],
+            position_ids=(attention_mask[~cond].long().cumsum(-1) - 1).clamp_min(0) * attention_mask[~cond].long(),
+            logits_to_keep=logits_to_keep,
+        ).logits
+        conditioned = forward(input_ids[cond], attention_mask[cond], z[cond], logits_to_keep)
+        out = plain.new_empty((input_ids.shape[0], *plain.shape[1:]))
+        out[~cond], out[cond] = plain, conditioned.to(plain.dtype)
+        return out
+
     def chat_read(self, z: torch.Tensor) -> torch.Tensor:
         """The read-outs to condition chat-formatted queries on (`EmbeddingPrefixDecoder` weighs its
         slot differently there); the same z for a decoder that reads every query alike."""
@@ -189,6 +209,8 @@ class LatentDecoder(ConditionedDecoder):
     ) -> torch.Tensor:
         """input_ids (B, T), attention_mask (B, T), z (B, C) -> logits (B, T, V); with `logits_to_keep`
         k > 0 only the last k positions' (B, k, V): the vocabulary projection is most of the memory."""
+        if (split := self._split_mixed(self.forward, input_ids, attention_mask, z, logits_to_keep)) is not None:
+            return split
         full_mask, positions = self._inputs(z, attention_mask)
         with self._shifted(z):
             out = self.lm(

@@ -184,6 +184,8 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 position_ids=self._positions(attention_mask.long()),
                 logits_to_keep=logits_to_keep,
             ).logits
+        if (split := self._split_mixed(self.forward, input_ids, attention_mask, z, logits_to_keep)) is not None:
+            return split
         cache, ids, full_mask, positions, z_lat = self._prefilled(input_ids, attention_mask, z)
         with self._shifted(z_lat):
             out = self.lm(

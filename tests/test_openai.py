@@ -5,6 +5,7 @@ The served model is the demo's (trained by the project's own code on six facts s
 the drums"), so "with a memory" checks that the written fact, not the plain decoder, answers.
 """
 
+import concurrent.futures as cf
 import json
 import sys
 from pathlib import Path
@@ -119,6 +120,35 @@ def test_chat_with_and_without_memory_streaming_and_not(app):
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+
+
+def test_concurrent_requests_share_decoder_passes_and_each_gets_its_own_answer(app):
+    """The decoder deployment batches concurrent requests (`serve.batch` + `completion.run_jobs`):
+    each answer, streamed or whole, read with the memory or not, with its own max_tokens, is the
+    one the request gets alone."""
+    client, mid = app["client"], app["memory"]
+    asks = [
+        {"model": f"larimar:{mid}", "prompt": "bob plays the", "max_tokens": 6},
+        {"model": "larimar", "prompt": "bob plays the", "max_tokens": 4},
+        {"model": f"larimar:{mid}", "prompt": "alice lives in", "max_tokens": 5},
+        {"model": "larimar", "prompt": "one two three", "max_tokens": 8, "stop": [" four"]},
+    ]
+
+    def ask(kw: dict, stream: bool) -> tuple[str, int, str]:
+        if not stream:
+            out = client.completions.create(**kw)
+            return out.choices[0].text, out.usage.completion_tokens, out.choices[0].finish_reason
+        chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        reason = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        return text, chunks[-1].usage.completion_tokens, reason[0]
+
+    alone = [ask(kw, False) for kw in asks]
+    both = [(kw, stream) for kw in asks for stream in (False, True)]
+    with cf.ThreadPoolExecutor(len(both)) as pool:
+        together = list(pool.map(lambda a: ask(*a), both))
+    assert together == [alone[i // 2] for i in range(len(both))]
+    assert alone[0][0].strip().startswith("drums")
 
 
 def test_raw_sse_frames(app):

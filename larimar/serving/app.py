@@ -1010,7 +1010,7 @@ def build(args: dict):
         settings.model,
         settings.decoder_device,
         settings.torch_threads,
-        settings.decoder_precision,
+        settings.decoder_dtype,
         settings.decoder_batch_size,
         settings.decoder_batch_wait_s,
     )

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
+from larimar.decoder import ConditionedDecoder
 from larimar.model import LarimarModel, pad
 from larimar.serving.errors import ApiError
 
@@ -123,6 +124,13 @@ class Job:
         kw = _sampling(self.temperature, self.top_p) | ({"min_new_tokens": self.min_tokens} if self.min_tokens else {})
         return tuple(sorted(kw.items()))
 
+    def parts(self) -> list[list[int]]:
+        """Its prompts split into plain (z = 0) and conditioned ones: each kind gets its own pass, so
+        an out-of-scope prompt answers as the plain decoder whatever it was batched with
+        (`ConditionedDecoder._split_mixed`)."""
+        cond = ConditionedDecoder.uses_latent(self.z.reshape(len(self.ids), -1)).bool().tolist()
+        return [[i for i, c in enumerate(cond) if c == kind] for kind in (False, True)]
+
 
 class _RowText(TextStreamer):
     """transformers' incremental detokenizer for one row (it holds text back until a word is
@@ -215,28 +223,29 @@ class _Pass(StoppingCriteria):
 
 @torch.no_grad()
 def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
-    """Every job's completions, one `generate` per sampling setting over all their prompts: the
-    batch the Serve decoder deployment forms from concurrent requests (`serve.batch`), and the
-    whole of `complete` and `stream`. A job whose deadline passed comes back with `timed_out` set
+    """Every job's completions, one `generate` over all their prompts per sampling setting and per
+    kind of prompt (plain, conditioned: `Job.parts`): the batch the Serve decoder deployment forms
+    from concurrent requests (`serve.batch`), and the whole of `complete` and `stream`. A job whose deadline passed comes back with `timed_out` set
     (its rows end with finish_reason "length")."""
     rows = {id(j): [_Row(model, j, p) for p in j.ids] for j in jobs}
-    groups: dict[tuple, list[Job]] = {}
+    groups: dict[tuple, list[tuple[Job, int]]] = {}  # (sampling, conditioned) -> (job, prompt index)
     for job in jobs:
-        groups.setdefault(job.sampling, []).append(job)
-    for group in groups.values():
-        ids = [p for j in group for p in j.ids]
-        z = torch.cat([j.z.reshape(len(j.ids), -1) for j in group]).to(model.device)
-        batch = pad(ids, model.decoder_tokenizer.pad_token_id, "left", model.device)
-        todo = _Pass([r for j in group for r in rows[id(j)]])
+        for kind, idx in enumerate(job.parts()):
+            for i in idx:
+                groups.setdefault((job.sampling, kind), []).append((job, i))
+    for (sampling, _), group in groups.items():
+        z = torch.stack([j.z.reshape(len(j.ids), -1)[i] for j, i in group]).to(model.device)
+        batch = pad([j.ids[i] for j, i in group], model.decoder_tokenizer.pad_token_id, "left", model.device)
+        todo = _Pass([rows[id(j)][i] for j, i in group])
         model.decoder.generate(
             batch["input_ids"],
             batch["attention_mask"],
             z,
-            max_new_tokens=max(j.max_tokens for j in group),
+            max_new_tokens=max(j.max_tokens for j, _ in group),
             eos_token_id=model.eos_id,
             stopping_criteria=StoppingCriteriaList([todo]),
             streamer=todo,
-            **dict(group[0].sampling),
+            **dict(sampling),
         )
     return [[r.completion() for r in rows[id(j)]] for j in jobs]
 

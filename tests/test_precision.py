@@ -1,0 +1,60 @@
+"""The decoder at inference precision (larimar/precision.py): int8 weight-only layers close to the
+fp32 ones, a cast decoder that still conditions (its KV-cache slot in the layers' dtype), z = 0
+still the plain LM, memory values still float32, bad names refused."""
+
+import pytest
+import torch
+from torch import nn
+
+from larimar.decoder import LatentDecoder
+from larimar.precision import Int8WeightOnlyLinear, set_decoder_precision
+from larimar.prefix_decoder import EmbeddingPrefixDecoder
+from tests.test_decoder import tiny_lm
+
+BOS, C = 1, 12
+
+
+def test_int8_weight_only_linear_is_close_to_the_float_layer():
+    torch.manual_seed(0)
+    layer = nn.Linear(96, 40, bias=True)
+    q = Int8WeightOnlyLinear(layer)
+    assert q.weight_int8.dtype == torch.int8 and q.scale.shape == (40,)
+    x = torch.randn(3, 5, 96)
+    want, got = layer(x), q(x)
+    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    assert (got.float() - want).norm() / want.norm() < 0.02  # bf16 inputs + int8 weights: about 1%
+    assert (got.float() - want).norm() / want.norm() > 0  # really quantized
+
+
+def decoder(arch: str) -> EmbeddingPrefixDecoder:
+    torch.manual_seed(0)
+    lm = tiny_lm(arch)
+    latent = LatentDecoder(lm, C, pad_token_id=0, init="normal").eval()
+    return EmbeddingPrefixDecoder(lm, pad_token_id=0, bos_id=BOS, rows=4, head_ids=[7, 8], tail_ids=[9], latent=latent)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_cast_decoder_conditions_like_the_fp32_one(precision):
+    ref, dec = decoder("llama"), set_decoder_precision(decoder("llama"), precision)
+    if precision == "int8":
+        kinds = {type(m) for m in dec.lm.modules()}
+        assert Int8WeightOnlyLinear in kinds and nn.Linear not in kinds  # the output head too
+    assert dec.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    rows = dec.fact_values([[20, 21, 22]])
+    assert rows.dtype == torch.float32  # memory values stay float32 whatever the decoder runs in
+    torch.testing.assert_close(rows, ref.fact_values([[20, 21, 22]]), atol=0.02, rtol=0.02)
+    ids = torch.tensor([[BOS, 30, 31, 32]])
+    mask = torch.ones_like(ids)
+    z = torch.cat([torch.randn(1, C), rows], 1)
+    want, got = ref(ids, mask, z), dec(ids, mask, z).float()
+    assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
+    out = dec.generate(ids, mask, z, max_new_tokens=3, do_sample=False)  # the slot's cache entries in bf16
+    assert out.shape == (1, 7)
+    zero = torch.zeros_like(z)
+    torch.testing.assert_close(dec(ids, mask, zero), dec.lm(input_ids=ids).logits)  # z = 0: the LM alone
+
+
+def test_an_unknown_precision_is_refused_and_fp32_leaves_the_decoder_as_trained():
+    with pytest.raises(ValueError, match="fp32, bf16, int8"):
+        set_decoder_precision(decoder("gpt2"), "fp16")
+    assert set_decoder_precision(d := decoder("gpt2"), "fp32") is d  # as trained: untouched
