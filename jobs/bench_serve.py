@@ -6,9 +6,10 @@
    (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s; then
    the floor under it, requests that do no model work (GET /healthz: HTTP, proxy and ingress;
    GET /v1/memories: one more hop, to the memory actor) at 1 and 32 clients.
-2. Generation over HTTP (streamed /v1/completions, greedy, memory-conditioned prompts) at 1 and
-   8 clients on the decoder deployment as served (`--serve-precision`, batching on): aggregate
-   tokens/s, time to first token and per-request latency.
+2. Generation over HTTP (streamed /v1/completions, greedy) at 1 and 8 clients on the decoder
+   deployment as served (`--serve-precision`, batching on), twice: open prompts to the plain
+   decoder (long answers) and the prompts of written facts (conditioned, short answers):
+   aggregate tokens/s and requests/s, time to first token and per-request latency.
 3. In-process, one fresh model per `--precisions` entry (fp32 first: "before"): single-stream
    tokens/s of the plain decoder (z = 0) and memory-conditioned, split into time to first token
    (the conditioned one prefills the slot and the 66-position prefix) and time per further token;
@@ -127,10 +128,22 @@ FACTS = [
 ]
 
 
-def _sse_completion(s, mid: str, headers: dict, prompt: str, max_tokens: int) -> dict:
+OPEN_PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works.",
+    "Describe a walk through a forest in autumn.",
+    "Give advice to someone learning to cook.",
+    "Tell me about the history of the printing press.",
+    "Describe the city you would most like to visit.",
+    "Explain why the sky is blue.",
+    "Write a letter to a friend about your week.",
+]
+
+
+def _sse_completion(s, mid: str | None, headers: dict, prompt: str, max_tokens: int) -> dict:
     """One streamed greedy completion: time to first text, total time, completion tokens (usage)."""
     body = {
-        "model": f"larimar:{mid}",
+        "model": f"larimar:{mid}" if mid else "larimar",
         "prompt": prompt,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -155,17 +168,22 @@ def _sse_completion(s, mid: str, headers: dict, prompt: str, max_tokens: int) ->
     }
 
 
-def generation_load(clients: int, per_client: int, max_tokens: int, headers: dict) -> dict:
-    """`clients` threads each streaming `per_client` completions of in-scope prompts (conditioned)."""
-    mid = requests.post(f"{URL}/v1/memories", json={}, headers=headers).json()["id"]
-    facts = [{"prompt": p, "target": t} for p, t in FACTS]
-    requests.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": facts}).raise_for_status()
+def generation_load(clients: int, per_client: int, max_tokens: int, headers: dict, memory: bool) -> dict:
+    """`clients` threads each streaming `per_client` completions: with `memory`, the prompts of
+    written facts (conditioned, short answers: "Rome" and the end of sequence), else open prompts
+    to the plain decoder (long answers, up to max_tokens)."""
+    mid, prompts = None, OPEN_PROMPTS
+    if memory:
+        mid = requests.post(f"{URL}/v1/memories", json={}, headers=headers).json()["id"]
+        facts = [{"prompt": p, "target": t} for p, t in FACTS]
+        requests.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": facts}).raise_for_status()
+        prompts = [p for p, _ in FACTS]
     results: list[dict] = []
 
     def client(i: int) -> None:
         with requests.Session() as s:
             for j in range(per_client):
-                results.append(_sse_completion(s, mid, headers, FACTS[(i + j) % len(FACTS)][0], max_tokens))
+                results.append(_sse_completion(s, mid, headers, prompts[(i + j) % len(prompts)], max_tokens))
 
     start = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
@@ -174,7 +192,9 @@ def generation_load(clients: int, per_client: int, max_tokens: int, headers: dic
     totals, ttfts = sorted(r["total_s"] for r in results), sorted(r["ttft_s"] for r in results)
     return {
         "clients": clients,
+        "memory": memory,
         "requests": len(results),
+        "requests_per_s": len(results) / wall,
         "tokens": sum(r["tokens"] for r in results),
         "tokens_per_s": sum(r["tokens"] for r in results) / wall,
         "latency_p50_s": statistics.median(totals),
@@ -299,17 +319,19 @@ def main() -> None:
                         flush=True,
                     )
             if "generation" in sections:
-                generation_load(1, 1, 4, headers)  # warm-up
+                generation_load(1, 1, 4, headers, memory=True)  # warm-up
                 report["generation"] = []
-                for clients in (1, 8):
-                    row = generation_load(clients, args.generations, args.new_tokens, headers)
-                    report["generation"].append(row)
-                    print(
-                        f"generation over HTTP ({args.serve_precision}), {clients} clients: "
-                        f"{row['tokens_per_s']:.1f} tok/s, latency p50 {row['latency_p50_s']:.2f} s "
-                        f"(max {row['latency_max_s']:.2f}), first token p50 {row['ttft_p50_s']:.2f} s",
-                        flush=True,
-                    )
+                for memory in (False, True):
+                    for clients in (1, 8):
+                        row = generation_load(clients, args.generations, args.new_tokens, headers, memory)
+                        report["generation"].append(row)
+                        print(
+                            f"generation over HTTP ({args.serve_precision}, {'memory' if memory else 'plain'}), "
+                            f"{clients} clients: {row['tokens_per_s']:.1f} tok/s, {row['requests_per_s']:.2f} "
+                            f"req/s, latency p50 {row['latency_p50_s']:.2f} s (max {row['latency_max_s']:.2f}), "
+                            f"first token p50 {row['ttft_p50_s']:.2f} s",
+                            flush=True,
+                        )
 
     torch.set_num_threads(2)
     if "decode" in sections:

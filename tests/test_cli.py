@@ -85,6 +85,14 @@ def test_serve_settings_errors_name_the_key():
         ("limits.bogus=1", "limits.bogus"),
         ("default_slots=0", "default_slots"),
         ("scope_threshold=2", "scope_threshold"),
+        ("decoder_precision=fp16", "decoder_precision"),
+        ("decoder_batch_size=0", "decoder_batch_size"),
     ]:
         with pytest.raises(ConfigError, match=named):
             load_settings({"overrides": [bad]}, {"model": "larimar-smol-v2"})
+    # the decoder's precision: int8 by default on CPU, as trained on GPUs, int8 refused there
+    assert settings.decoder_dtype == "int8"
+    gpu = load_settings({"overrides": ["decoder_device=cuda"]}, {"model": "larimar-smol-v2"})
+    assert gpu.decoder_dtype == "fp32"
+    with pytest.raises(ConfigError, match="int8 runs on CPU only"):
+        load_settings({"overrides": ["decoder_device=cuda", "decoder_precision=int8"]}, {"model": "larimar-smol-v2"})

@@ -33,6 +33,7 @@ from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.availability import Dependency
+from larimar.serving.batcher import WhenFree
 from larimar.serving.errors import ApiError, error_body, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
@@ -127,25 +128,43 @@ class Encoder:
             start += len(facts)
         return out
 
-    def encode_queries(self, queries: list[str]) -> dict:
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
+    async def encode_queries(self, requests: list[list[str]]) -> list[dict]:
         """Latents and, with a scope model, the query sentences' scope vectors; without one
         (``scope_model: null``) "sentences" is None and the memory is read for every query, as the
-        Python editor does without a scope detector."""
-        enc = encode_queries(self.model, queries, self.scope_on, embed=self._embed, shared=self.shared)
-        return {"z": enc.latents, "sentences": enc.sentences, "owners": enc.owners, "texts": enc.texts}
+        Python editor does without a scope detector. Concurrent requests share one encoder pass:
+        under generation load the encoder shares the cores with the decoder, and one pass per
+        request let generations reach the decoder one at a time, too late to be batched there."""
+        return await asyncio.to_thread(self._encode_queries, requests)
+
+    def _encode_queries(self, requests: list[list[str]]) -> list[dict]:
+        flat = [q for r in requests for q in r]
+        enc = encode_queries(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
+        out, start = [], 0
+        for r in requests:
+            rows = [i for i, o in enumerate(enc.owners) if start <= o < start + len(r)]
+            out.append(
+                {
+                    "z": enc.latents[start : start + len(r)],
+                    "sentences": enc.sentences[rows] if enc.sentences is not None else None,
+                    "owners": [enc.owners[i] - start for i in rows],
+                    "texts": enc.texts[start : start + len(r)],
+                }
+            )
+            start += len(r)
+        return out
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
 class Decoder:
     """The latent-conditioned decoder; `device="auto"` shards its layers over the replica's GPUs.
 
-    Concurrent generations share decoder passes: `serve.batch` gathers up to `batch_size` requests
-    (waiting at most `batch_wait_s` for more) and `completion.run_jobs` runs them as one
-    left-padded batch, each prompt with its own read-out, limits and stop sequences; streamed
-    requests receive their text from that pass as it is generated. On 2 CPU cores a step over 8
-    rows costs about 1.7 steps over one (`jobs/bench_serve.py`), so 8 clients get several times
-    one client's tokens/s. The batch is formed once: a request that arrives mid-batch waits for the
-    next one. `precision` casts the decoder for inference (`larimar.precision`)."""
+    Concurrent generations share decoder passes: up to `batch_size` requests that arrived while
+    the previous pass ran (`larimar.serving.batcher.WhenFree`; an idle decoder waits `batch_wait_s`
+    for company) run as one left-padded batch (`completion.run_jobs`), each prompt with its own
+    read-out, limits and stop sequences; streamed requests receive their text from that pass as it
+    is generated. A request that arrives mid-pass waits for the next one. `precision` casts the
+    decoder for inference (`larimar.precision`)."""
 
     def __init__(
         self,
@@ -170,18 +189,17 @@ class Decoder:
             if self.model.decoder.emb_proj is not None:
                 self.model.decoder.emb_proj.to(lm.device)
         set_decoder_precision(self.model.decoder, precision)
-        self._run.set_max_batch_size(batch_size)
-        self._run.set_batch_wait_timeout_s(batch_wait_s)
         self.batch_rows = Histogram(
             "larimar_decoder_batch_rows",
             description="prompts in one batched decoder pass",
             boundaries=[1, 2, 4, 8, 16, 32],
         )
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _run(self, jobs: list[completion.Job]) -> list[list[completion.Completion]]:
-        self.batch_rows.observe(sum(len(j.ids) for j in jobs))
-        return await asyncio.to_thread(completion.run_jobs, self.model, jobs)
+        self._run = WhenFree(
+            lambda jobs: completion.run_jobs(self.model, jobs),
+            batch_size,
+            batch_wait_s,
+            on_batch=lambda jobs: self.batch_rows.observe(sum(len(j.ids) for j in jobs)),
+        )
 
     def _prompt_ids(self, req: dict) -> list[list[int]]:
         """Token ids of the request's prompts (or its chat), each checked against the token limit."""
@@ -208,6 +226,16 @@ class Decoder:
             on_text=on_text,
         )
 
+    async def _submit(self, job: completion.Job) -> list[completion.Completion]:
+        """The job's completions from the next pass, as soon as its own rows are done."""
+        loop = asyncio.get_running_loop()
+        early = loop.create_future()
+        job.on_done = lambda outs: loop.call_soon_threadsafe(lambda: early.done() or early.set_result(outs))
+        whole = asyncio.ensure_future(self._run(job))
+        whole.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if answered early
+        await asyncio.wait({early, whole}, return_when=asyncio.FIRST_COMPLETED)
+        return early.result() if early.done() else whole.result()
+
     async def complete(self, req: dict) -> dict:
         """{"prompts": [...]} or {"messages": [...]}, "z", "max_tokens", "temperature", "top_p", "stop"
         -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit, the deadline)."""
@@ -216,7 +244,7 @@ class Decoder:
         except ApiError as err:
             return _error(err)
         try:
-            outs = await self._run(job)
+            outs = await self._submit(job)
         finally:
             job.cancel.set()  # a caller that went away (cancelled) frees its rows of the pass
         if job.timed_out:
@@ -235,7 +263,7 @@ class Decoder:
         yield {"ok": {"prompt_tokens": len(ids[0])}}
         loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
         job = self._job(req, ids, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
-        result = asyncio.ensure_future(self._run(job))
+        result = asyncio.ensure_future(self._submit(job))
         try:
             while not result.done():
                 piece = asyncio.ensure_future(pieces.get())

@@ -112,11 +112,12 @@ class Job:
     on_text: Callable[[str], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     min_tokens: int = 0  # no end of sequence before this many tokens (vLLM's min_tokens; benchmarks)
+    on_done: Callable[[list[Completion]], None] | None = None  # its completions, once its own rows end
 
     def __post_init__(self) -> None:
         self.stops = [s for s in (self.stop or []) if s]
         self.deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
-        self.timed_out = False
+        self.timed_out, self.reported = False, False
 
     @property
     def sampling(self) -> tuple:
@@ -153,6 +154,7 @@ class _Row:
         self.eos_id = model.eos_id
         self.scanner, self.detok = StopScanner(job.stops), _RowText(model.decoder_tokenizer, self)
         self.tokens, self.text, self.done, self.ended, self.hit = 0, "", False, False, False
+        self.siblings: list[_Row] = [self]  # the rows of its job (`run_jobs`)
 
     def put(self, token: int) -> None:
         if self.done:
@@ -177,12 +179,22 @@ class _Row:
             if self.job.on_text is not None:
                 self.job.on_text(out)
         if self.hit:
-            self.done = True
+            self._ended()
 
     def finish(self) -> None:
         if not self.done:
             self.done = True
             self.detok.end()  # the held-back tail, through the scanner
+            self._ended()
+
+    def _ended(self) -> None:
+        """Done; the last of its job's rows to end hands the job its completions (`Job.on_done`),
+        so a short answer does not wait for the longest row of the pass."""
+        self.done = True
+        job = self.job
+        if job.on_done is not None and all(r.done for r in self.siblings) and not job.reported:
+            job.reported = True
+            job.on_done([r.completion() for r in self.siblings])
 
     def completion(self) -> Completion:
         reason = "stop" if (self.ended or self.hit) else "length"
@@ -228,6 +240,9 @@ def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
     from concurrent requests (`serve.batch`), and the whole of `complete` and `stream`. A job whose deadline passed comes back with `timed_out` set
     (its rows end with finish_reason "length")."""
     rows = {id(j): [_Row(model, j, p) for p in j.ids] for j in jobs}
+    for siblings in rows.values():
+        for row in siblings:
+            row.siblings = siblings
     groups: dict[tuple, list[tuple[Job, int]]] = {}  # (sampling, conditioned) -> (job, prompt index)
     for job in jobs:
         for kind, idx in enumerate(job.parts()):
