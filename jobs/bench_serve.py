@@ -140,12 +140,13 @@ OPEN_PROMPTS = [
 ]
 
 
-def _sse_completion(s, mid: str | None, headers: dict, prompt: str, max_tokens: int) -> dict:
+def _sse_completion(s, mid: str | None, headers: dict, prompt: str, max_tokens: int, min_tokens: int = 0) -> dict:
     """One streamed greedy completion: time to first text, total time, completion tokens (usage)."""
     body = {
         "model": f"larimar:{mid}" if mid else "larimar",
         "prompt": prompt,
         "max_tokens": max_tokens,
+        "min_tokens": min_tokens,
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -171,19 +172,21 @@ def _sse_completion(s, mid: str | None, headers: dict, prompt: str, max_tokens: 
 def generation_load(clients: int, per_client: int, max_tokens: int, headers: dict, memory: bool) -> dict:
     """`clients` threads each streaming `per_client` completions: with `memory`, the prompts of
     written facts (conditioned, short answers: "Rome" and the end of sequence), else open prompts
-    to the plain decoder (long answers, up to max_tokens)."""
-    mid, prompts = None, OPEN_PROMPTS
+    to the plain decoder, each exactly max_tokens long (`min_tokens`, vLLM's extension, as vLLM's
+    own serving benchmark fixes lengths with ignore_eos)."""
+    mid, prompts, min_tokens = None, OPEN_PROMPTS, max_tokens
     if memory:
         mid = requests.post(f"{URL}/v1/memories", json={}, headers=headers).json()["id"]
         facts = [{"prompt": p, "target": t} for p, t in FACTS]
         requests.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": facts}).raise_for_status()
-        prompts = [p for p, _ in FACTS]
+        prompts, min_tokens = [p for p, _ in FACTS], 0
     results: list[dict] = []
 
     def client(i: int) -> None:
         with requests.Session() as s:
             for j in range(per_client):
-                results.append(_sse_completion(s, mid, headers, prompts[(i + j) % len(prompts)], max_tokens))
+                prompt = prompts[(i + j) % len(prompts)]
+                results.append(_sse_completion(s, mid, headers, prompt, max_tokens, min_tokens))
 
     start = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:

@@ -149,6 +149,14 @@ def test_concurrent_requests_share_decoder_passes_and_each_gets_its_own_answer(a
         together = list(pool.map(lambda a: ask(*a), both))
     assert together == [alone[i // 2] for i in range(len(both))]
     assert alone[0][0].strip().startswith("drums")
+    # vLLM's min_tokens: no end of sequence before it (benchmarks fix answer lengths with it)
+    fixed = client.completions.create(
+        model="larimar", prompt="bob plays the", max_tokens=7, extra_body={"min_tokens": 7}
+    )
+    assert fixed.usage.completion_tokens == 7 and fixed.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="larimar", prompt="bob", max_tokens=2, extra_body={"min_tokens": 3})
+    assert err.value.body["param"] == "min_tokens"
 
 
 def test_raw_sse_frames(app):

@@ -224,6 +224,7 @@ class Decoder:
             req["stop"],
             req.get("deadline_s"),
             on_text=on_text,
+            min_tokens=req.get("min_tokens", 0),
         )
 
     async def _submit(self, job: completion.Job) -> list[completion.Completion]:
@@ -827,9 +828,9 @@ class Ingress:
     # -- queries ---------------------------------------------------------------------------------
 
     async def _read(self, tenant: str, memory_id: str | None, prompts: list[str], use_scope: bool) -> dict:
+        if memory_id is None:  # the plain decoder: nothing to encode
+            return {"z": torch.zeros(len(prompts), 1), "version": 0, "matches": None}
         enc = await self.encoder.encode_queries.remote(prompts)
-        if memory_id is None:
-            return {"z": torch.zeros_like(enc["z"]), "version": 0, "matches": None}
         return _unwrap(await self.memory.read.remote(tenant, memory_id, enc, use_scope))
 
     @staticmethod
@@ -950,7 +951,10 @@ class Ingress:
         if body.stream and len(prompts) > 1:
             raise ApiError(400, "stream: true takes one prompt", param="prompt", code="unsupported_parameter")
         read = await self._read(tenant, memory_id, prompts, True)  # once: a concurrent edit cannot change it
+        if body.min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens ({body.min_tokens}) exceeds max_tokens ({max_tokens})", "min_tokens")
         req = self._decode_request(what, read, max_tokens, body.temperature, body.top_p, body.stops)
+        req["min_tokens"] = body.min_tokens
         larimar = {
             "memory_id": memory_id,
             "version": read["version"],

@@ -115,6 +115,10 @@ class Job:
     on_done: Callable[[list[Completion]], None] | None = None  # its completions, once its own rows end
 
     def __post_init__(self) -> None:
+        if self.min_tokens > self.max_tokens:
+            raise ApiError(
+                400, f"min_tokens ({self.min_tokens}) exceeds max_tokens ({self.max_tokens})", param="min_tokens"
+            )
         self.stops = [s for s in (self.stop or []) if s]
         self.deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
         self.timed_out, self.reported = False, False
@@ -248,8 +252,11 @@ def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
         for kind, idx in enumerate(job.parts()):
             for i in idx:
                 groups.setdefault((job.sampling, kind), []).append((job, i))
-    for (sampling, _), group in groups.items():
-        z = torch.stack([j.z.reshape(len(j.ids), -1)[i] for j, i in group]).to(model.device)
+    for (sampling, kind), group in groups.items():
+        if kind:
+            z = torch.stack([j.z.reshape(len(j.ids), -1)[i] for j, i in group]).to(model.device)
+        else:  # z = 0 of any width (a request read without a memory has the encoder's latent width)
+            z = torch.zeros(len(group), model.value_dim, device=model.device)
         batch = pad([j.ids[i] for j, i in group], model.decoder_tokenizer.pad_token_id, "left", model.device)
         todo = _Pass([rows[id(j)][i] for j, i in group])
         model.decoder.generate(

@@ -42,6 +42,7 @@ class _OpenAIRequest(RequestBody):
     stop: str | list[str] | None = None
     user: str | None = Field(None, max_length=256)  # accepted like OpenAI's: an end-user id, not used
     memory_id: str | None = Field(None, min_length=1, max_length=128, description="Larimar: the memory to read")
+    min_tokens: int = Field(0, ge=0, description="vLLM's extension: no end of sequence before this many tokens")
 
     @field_validator("stop")
     @classmethod
