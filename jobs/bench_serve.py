@@ -282,6 +282,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16,int8", help="decode: the decoder precisions compared")
     parser.add_argument("--serve-precision", default="int8", help="ServeSettings.decoder_precision")
     parser.add_argument("--torch-threads", type=int, default=None, help="ServeSettings.torch_threads")
+    parser.add_argument("--batch-wait-s", type=float, default=None, help="ServeSettings.decoder_batch_wait_s")
     args = parser.parse_args()
     sections = [x for x in args.sections.split(",") if x]
     if unknown := set(sections) - set(SECTIONS):
@@ -298,9 +299,10 @@ def main() -> None:
         "serve_precision": args.serve_precision,
     }
     if "edits" in sections or "generation" in sections:
-        with local_application(
-            args.model, torch_threads=args.torch_threads, decoder_precision=args.serve_precision
-        ) as headers:
+        served = {"torch_threads": args.torch_threads, "decoder_precision": args.serve_precision}
+        if args.batch_wait_s is not None:
+            served["decoder_batch_wait_s"] = report["decoder_batch_wait_s"] = args.batch_wait_s
+        with local_application(args.model, **served) as headers:
             if "edits" in sections:
                 report["edit_latency"] = []
                 for clients in (1, 8, 32):
