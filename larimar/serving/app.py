@@ -256,14 +256,14 @@ class Decoder:
         """Streamed `complete` of one prompt: {"ok": {"prompt_tokens"}} (or {"error"}) first, so the
         ingress can still answer a 4xx before the stream starts, then {"text"} pieces, then {"done"}.
         Past the deadline the stream ends with finish_reason "length"."""
+        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
         try:
             ids = self._prompt_ids(req)
+            job = self._job(req, ids, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
         except ApiError as err:
             yield _error(err)
             return
         yield {"ok": {"prompt_tokens": len(ids[0])}}
-        loop, pieces = asyncio.get_running_loop(), asyncio.Queue()
-        job = self._job(req, ids, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
         result = asyncio.ensure_future(self._submit(job))
         try:
             while not result.done():
