@@ -98,8 +98,8 @@ def _sampling(temperature: float, top_p: float) -> dict:
 @dataclass(eq=False)
 class Job:
     """One request's share of a decoder pass: its prompts (token ids), their read-outs z (one row
-    each) and its settings. Jobs with the same sampling settings run as one left-padded batch
-    (`run_jobs`); `on_text` receives a one-prompt job's text as it is generated, cut at its stop
+    each) and its settings. Prompts of jobs with the same sampling settings run as one left-padded
+    batch per kind, plain or conditioned (`run_jobs`); `on_text` receives a one-prompt job's text as it is generated, cut at its stop
     sequences; setting `cancel` (a client that went away) ends its rows at the next token."""
 
     ids: list[list[int]]
@@ -240,9 +240,9 @@ class _Pass(StoppingCriteria):
 @torch.no_grad()
 def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
     """Every job's completions, one `generate` over all their prompts per sampling setting and per
-    kind of prompt (plain, conditioned: `Job.parts`): the batch the Serve decoder deployment forms
-    from concurrent requests (`serve.batch`), and the whole of `complete` and `stream`. A job whose deadline passed comes back with `timed_out` set
-    (its rows end with finish_reason "length")."""
+    kind of prompt (plain, conditioned: `Job.parts`): the pass the Serve decoder deployment runs for
+    concurrent requests (`larimar.serving.batcher`), and the whole of `complete` and `stream`. A job
+    whose deadline passed comes back with `timed_out` set (its rows end with finish_reason "length")."""
     rows = {id(j): [_Row(model, j, p) for p in j.ids] for j in jobs}
     for siblings in rows.values():
         for row in siblings:
