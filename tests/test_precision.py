@@ -52,6 +52,11 @@ def test_a_cast_decoder_conditions_like_the_fp32_one(precision):
     assert out.shape == (1, 7)
     zero = torch.zeros_like(z)
     torch.testing.assert_close(dec(ids, mask, zero), dec.lm(input_ids=ids).logits)  # z = 0: the LM alone
+    # ... also batched with a conditioned row: the plain row is run apart, bit for bit the LM alone
+    two = torch.cat([ids, torch.tensor([[BOS, 33, 34, 35]])])
+    mixed = dec(two, torch.ones_like(two), torch.cat([z, zero]))
+    assert torch.equal(mixed[1], dec.lm(input_ids=two[1:]).logits[0])
+    assert torch.equal(mixed[0], dec(ids, mask, z)[0])
 
 
 def test_an_unknown_precision_is_refused_and_fp32_leaves_the_decoder_as_trained():
