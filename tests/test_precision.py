@@ -63,3 +63,13 @@ def test_an_unknown_precision_is_refused_and_fp32_leaves_the_decoder_as_trained(
     with pytest.raises(ValueError, match="fp32, bf16, int8"):
         set_decoder_precision(decoder("gpt2"), "fp16")
     assert set_decoder_precision(d := decoder("gpt2"), "fp32") is d  # as trained: untouched
+
+
+def test_the_serving_settings_offer_exactly_these_precisions():
+    import typing
+
+    from larimar.precision import PRECISIONS
+    from larimar.serving.schemas import ServeSettings
+
+    literal, _none = typing.get_args(ServeSettings.model_fields["decoder_precision"].annotation)
+    assert typing.get_args(literal) == PRECISIONS

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from larimar.config import ConfigError
-from larimar.precision import PRECISIONS
 
 EXPERIMENTS = {
     "counterfact": "larimar.evaluation.counterfact",
@@ -99,6 +98,8 @@ class EvalConfig:
                 raise ConfigError(
                     f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, not {self.experiment!r}"
                 )
+        from larimar.precision import PRECISIONS  # here, not at the top: `--help` must not load torch
+
         if self.decoder_precision not in PRECISIONS:
             raise ConfigError(
                 f"--decoder-precision must be one of {', '.join(PRECISIONS)}, got {self.decoder_precision!r}"

@@ -101,6 +101,7 @@ class ServeSettings(BaseModel):
     decoder_replicas: int = Field(1, ge=1)
     decoder_max_replicas: int = Field(1, ge=1)
     decoder_gpus: float = Field(0, ge=0)
+    # the names of larimar.precision.PRECISIONS, spelled out: this module does not load torch
     decoder_precision: Literal["fp32", "bf16", "int8"] | None = Field(
         None,
         description="the decoder's weights at inference (larimar.precision); None: int8 on CPU "
