@@ -1,15 +1,17 @@
 """The decoder's weights at inference precision: fp32 (as trained), bf16, or int8 weight-only.
 
 Why: generating one token on CPU is bound by reading the decoder's weights, not by arithmetic.
-On SmolLM2-135M (2 cores, single stream, `jobs/bench_serve.py`) 89% of a decode step is inside
+On SmolLM2-135M (2 cores, single stream, torch.profiler) 86-89% of a decode step is inside
 ``aten::mm`` streaming 540 MB of fp32 weights at about 17 GB/s; the rest of the step (norms,
 rotary, attention, Python) is about 3.5 ms. Halving the bytes (bf16) nearly doubles tokens/s;
 int8 weights with one scale per output channel halve them again. int8 runs on PyTorch's own CPU
 kernel for that format, ``aten::_weight_int8pack_mm`` (bf16 activations, int8 weights, bf16
 per-channel scales), the kernel optimum-quanto and torchao dispatch to on CPU. optimum-quanto
 itself reached 57 tokens/s here against 72 for this module, because its tensor-subclass dispatch
-and autograd Function cost 3.6 ms per token on 2 cores; `torch.compile` bought bf16 only
-45 -> 51 tokens/s after a two-minute compile. Hence a plain module around the kernel.
+and autograd Function cost 3.6 ms per token on 2 cores; torchao's int8 weight-only config, without
+`torch.compile`, ran at 20 tokens/s (below fp32's 24); `torch.compile` bought bf16 only 45 -> 51
+tokens/s after a two-minute compile; and the kernel's float32-activation path is about 20 times
+slower than its bf16 one. Hence a plain module around the kernel, with bf16 activations.
 
 The conditioning (latent slots, embedding shift, prefix rows) follows the LM into bf16, so the
 slot entries of the KV cache have the dtype the layers' own keys and values have. The encoder side
