@@ -108,8 +108,23 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
 
     @property
     def lead(self) -> int:
-        """Cached positions before the query: the latent slots and the prefix."""
+        """Cached positions before the query at most: the latent slots and the prefix with all L rows."""
         return (self.latent.slots if self.latent is not None else 0) + len(self.template_ids) + self.rows
+
+    def _filled(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, L, H) value rows -> (B, L) 1 where a row holds a token embedding, 0 where it is empty."""
+        return (values.norm(dim=-1) >= self.row_floor).long()
+
+    def _kept(self, z: torch.Tensor) -> torch.Tensor:
+        """(L,) the value rows a batch runs: those filled in at least one of its rows. A row empty in
+        every one is masked for all of them, so leaving it out changes no logit; it only saves its
+        prefill and its place in every later attention (a CounterFact fact fills ~10 of 24)."""
+        values = z[:, self.latent_dim :].reshape(z.shape[0], self.rows, self.hidden)
+        return self._filled(values).bool().any(0)
+
+    def _lead(self, z: torch.Tensor) -> int:
+        """Cached positions before the query for this batch's read-outs."""
+        return self.lead - self.rows + int(self._kept(z).sum())
 
     def fact_values(self, ids: list[list[int]]) -> torch.Tensor:
         """Token ids of facts -> (n, L * H) rows: their first L input embeddings, zero-padded (the
@@ -129,7 +144,7 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
 
     def _prefilled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor):
         """Run the slot and the prefix into a cache -> (cache, query ids, (B, lead + T) mask and positions,
-        the latent part of z or None)."""
+        the latent part of z or None, lead: the cached positions, `_lead`)."""
         B, L, H = input_ids.shape[0], self.rows, self.hidden
         cond = self.uses_latent(z).bool()  # (B,)
         mask = attention_mask.long()
@@ -147,17 +162,17 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
         else:
             cache, slot_mask = DynamicCache(config=self.lm.config), mask[:, :0]
         template = self.lm.get_input_embeddings()(self.template_ids).unsqueeze(0).expand(B, -1, -1)
-        values = values.to(template.dtype).view(B, L, H)
+        values = values.to(template.dtype).view(B, L, H)[:, self._kept(z)]
         s = self.value_start
         prefix = torch.cat([template[:, :s], values, template[:, s:]], 1)  # (B, P, H)
         if self.latent is not None and self.latent.emb_proj is not None:  # the shift its hook gives token embeddings
             prefix = prefix + self.latent.emb_proj(z_lat.to(self.latent.emb_proj.weight.dtype)).unsqueeze(1)
         ones = torch.ones(B, template.shape[1], dtype=torch.long, device=mask.device)
-        filled = (values.norm(dim=-1) >= self.row_floor).long()  # empty rows are masked
+        filled = self._filled(values)  # rows empty here but filled in another row of the batch are masked
         prefix_mask = torch.cat([ones[:, :s], filled, ones[:, s:]], 1) * cond.long().unsqueeze(1)
         full_mask = torch.cat([slot_mask.long(), prefix_mask, mask], 1)
         positions = self._positions(full_mask)
-        S, lead = slot_mask.shape[1], self.lead
+        S, lead = slot_mask.shape[1], slot_mask.shape[1] + prefix.shape[1]
         self.lm(
             inputs_embeds=prefix,
             attention_mask=full_mask[:, :lead],
@@ -166,7 +181,7 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
             use_cache=True,
             logits_to_keep=1,
         )
-        return cache, ids, full_mask, positions, (z_lat if self.latent is not None else None)
+        return cache, ids, full_mask, positions, (z_lat if self.latent is not None else None), lead
 
     def _shifted(self, z_lat: torch.Tensor | None):
         """The inner latent decoder's embedding shift of the query tokens, if it has one."""
@@ -186,12 +201,12 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
             ).logits
         if (split := self._split_mixed(self.forward, input_ids, attention_mask, z, logits_to_keep)) is not None:
             return split
-        cache, ids, full_mask, positions, z_lat = self._prefilled(input_ids, attention_mask, z)
+        cache, ids, full_mask, positions, z_lat, lead = self._prefilled(input_ids, attention_mask, z)
         with self._shifted(z_lat):
             out = self.lm(
                 input_ids=ids,
                 attention_mask=full_mask,
-                position_ids=positions[:, self.lead :],
+                position_ids=positions[:, lead:],
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
@@ -201,7 +216,7 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
     def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
         """Where new tokens begin in the ids `lm.generate` shows stopping criteria: after the cached
         slot and prefix placeholders and the prompt (after the prompt alone for plain batches)."""
-        return prompt_length + (self.lead if bool(self.uses_latent(z).any()) else 0)
+        return prompt_length + (self._lead(z) if bool(self.uses_latent(z).any()) else 0)
 
     @torch.no_grad()
     def generate(
@@ -219,8 +234,8 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 position_ids=self._positions(attention_mask.long()),
                 **kwargs,
             )
-        cache, ids, full_mask, positions, z_lat = self._prefilled(input_ids, attention_mask, z)
-        placeholders = torch.full((ids.shape[0], self.lead), self.pad_token_id, dtype=ids.dtype, device=ids.device)
+        cache, ids, full_mask, positions, z_lat, lead = self._prefilled(input_ids, attention_mask, z)
+        placeholders = torch.full((ids.shape[0], lead), self.pad_token_id, dtype=ids.dtype, device=ids.device)
         with self._shifted(z_lat):
             out = self.lm.generate(
                 input_ids=torch.cat([placeholders, ids], 1),
@@ -229,4 +244,4 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 cache=cache,
                 **kwargs,
             )
-        return torch.cat([input_ids, out[:, self.lead + ids.shape[1] :]], 1)
+        return torch.cat([input_ids, out[:, lead + ids.shape[1] :]], 1)
