@@ -210,7 +210,8 @@ def generation_load(clients: int, per_client: int, max_tokens: int, headers: dic
 def decode_speed(model, new_tokens: int, repeats: int) -> dict:
     """Single-stream greedy generation, plain (z = 0) and conditioned (a read-out of a written
     fact), as time to first token and time per further token; and 8 one-prompt jobs run one after
-    another against one batched pass. Medians over `repeats`, interleaved."""
+    another against one batched pass (once each). Single-stream figures are medians over
+    `repeats`, plain and conditioned interleaved."""
     from larimar.editor import LarimarEditor
     from larimar.serving.completion import Job, prompt_ids, run_jobs
 
