@@ -158,6 +158,8 @@ def _sse_completion(s, mid: str | None, headers: dict, prompt: str, max_tokens: 
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # a stream cut by the server: not a measurement
+                raise RuntimeError(f"stream ended with an error: {chunk['error']}")
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             if first is None and any(c.get("text") for c in chunk.get("choices", [])):
