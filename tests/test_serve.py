@@ -454,3 +454,20 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
     back = editor.load_memory(tmp_path / "wide.safetensors")
     assert back.state.V == model.value_dim == local.state.V > back.state.C
     assert torch.equal(back.core.latents[1][1], local.core.latents[1][1])  # the value, bit for bit
+
+
+@pytest.mark.slow
+def test_the_encoder_answers_concurrent_query_batches_as_each_request_alone():
+    """Encoder.encode_queries batches requests (serve.batch); its split of latents, scope sentences
+    and their owners must give each request what it would get alone. In-process, without Ray."""
+    from larimar.serving.app import Encoder
+
+    encoder = Encoder.func_or_class("larimar-smol-v3", "minilm-l6")
+    requests_ = [["Where is the Eiffel Tower? Tell me."], ["Who wrote it", "The Nile flows into. Which sea?"]]
+    together = encoder._encode_queries(requests_)
+    for req, got in zip(requests_, together):
+        [alone] = encoder._encode_queries([req])
+        assert got["owners"] == alone["owners"] and got["texts"] == alone["texts"] == req
+        torch.testing.assert_close(got["z"], alone["z"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got["sentences"], alone["sentences"], atol=1e-5, rtol=1e-5)
+    assert together[1]["owners"] == [0, 1, 1]  # re-based on the request's own queries
