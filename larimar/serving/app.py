@@ -700,8 +700,11 @@ class Ingress:
         """ "ready", or "degraded" with the damaged memories (every other memory is served; a
         degraded store stays in rotation); 503 with Retry-After while a deployment has no running
         replica (one being replaced after a crash, as Serve's controller sees it) or the memory
-        actor does not answer. The controller's view, not a request through each deployment's
-        queue: under load a ping would wait behind real work and flap readiness."""
+        actor does not answer its lock-free health ping within `readiness_ping_s`. The
+        controller's view, not a request through the encoder's and decoder's queues: under load
+        such a ping would wait behind real work and flap readiness. The memory actor's ping is
+        the exception: it waits behind nothing while the actor lives, and in Serve's queue for
+        the whole restore of a replacement, which the controller may not have noticed yet."""
         try:
             down = await asyncio.wait_for(self._deployments_down(), self.limits.readiness_timeout_s)
         except TimeoutError:
@@ -714,7 +717,7 @@ class Ingress:
                 headers={"Retry-After": str(self.limits.retry_after_s)},
             )
         try:
-            health = await self.memory.wait(self.memory.handle.health.remote(), self.limits.readiness_timeout_s)
+            health = await self.memory.wait(self.memory.handle.health.remote(), self.limits.readiness_ping_s)
         except ApiError as err:
             raise ApiError(503, f"not ready: {err.message}", code="unavailable", headers=err.headers) from None
         if health["damaged"] or health["problems"]:

@@ -61,8 +61,13 @@ class Limits(BaseModel):
         "gets its request a 503 with Retry-After (larimar.serving.availability)",
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After of a 503 while a replica is being replaced")
-    readiness_timeout_s: float = Field(
-        5.0, gt=0, description="/readyz: the controller and the memory actor must answer within this"
+    readiness_timeout_s: float = Field(5.0, gt=0, description="/readyz: Serve's controller must answer within this")
+    readiness_ping_s: float = Field(
+        1.0,
+        gt=0,
+        description="/readyz: the memory actor's health ping must answer within this. Its `health` takes no "
+        "lock, so a live actor answers in milliseconds even under load; a replica being replaced holds the "
+        "ping in Serve's queue for its whole restore, which must read as not ready, not as a late 200",
     )
     max_prompt_tokens: int = Field(
         1024,
