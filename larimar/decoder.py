@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,73 @@ def attention_geometry(config) -> tuple[int, int, int, int]:
     kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
     head_dim = getattr(cfg, "head_dim", None) or hidden // heads
     return cfg.num_hidden_layers, kv_heads, head_dim, hidden
+
+
+@dataclass
+class Decoding:
+    """Prompts being decoded one token at a time, each row at its own length: the cache of every
+    position so far (left-padded to a common length), the (B, T) mask over those positions, each
+    row's next position (B,) and the embedding shift its new tokens get ((B, 1, H), or None).
+
+    Rows join (`concat`) and leave (`select`) between two tokens: what serving's continuous
+    batching (`larimar.serving.completion.Batch`) does with it. A row's logits do not depend on
+    what it shares a batch with beyond the padding's rounding (exact in float32, to ~1e-5)."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+    positions: torch.Tensor
+    shift: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.mask.shape[0]
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    @staticmethod
+    def _cache(config, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+        cache = DynamicCache(config=config)
+        for i, (k, v) in enumerate(layers):
+            cache.update(k, v, i)
+        return cache
+
+    def select(self, rows: list[int], config) -> "Decoding":
+        """The given rows only, without the leading positions none of them attends to any more."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask[idx]
+        start = int(mask.any(0).long().argmax()) if bool(mask.any()) else mask.shape[1]
+        layers = [(k[idx, :, start:], v[idx, :, start:]) for k, v in self._layers()]
+        shift = self.shift[idx] if self.shift is not None else None
+        return Decoding(self._cache(config, layers), mask[:, start:], self.positions[idx], shift)
+
+    @staticmethod
+    def concat(parts: list["Decoding"], config) -> "Decoding":
+        """One batch of the parts' rows, in order, each left-padded (cache zeros, mask 0) to the longest."""
+        if len(parts) == 1:
+            return parts[0]
+        T = max(p.mask.shape[1] for p in parts)
+
+        def left(x: torch.Tensor, dim: int) -> torch.Tensor:
+            short = T - x.shape[dim]
+            if not short:
+                return x
+            shape = list(x.shape)
+            shape[dim] = short
+            return torch.cat([x.new_zeros(shape), x], dim)
+
+        layers = [
+            (torch.cat([left(k, 2) for k, _ in per], 0), torch.cat([left(v, 2) for _, v in per], 0))
+            for per in zip(*(p._layers() for p in parts))
+        ]
+        mask = torch.cat([left(p.mask, 1) for p in parts], 0)
+        positions = torch.cat([p.positions for p in parts], 0)
+        shift = None
+        if any(p.shift is not None for p in parts):
+            ref = next(p.shift for p in parts if p.shift is not None)
+            shift = torch.cat(
+                [p.shift if p.shift is not None else ref.new_zeros(len(p), *ref.shape[1:]) for p in parts]
+            )
+        return Decoding(Decoding._cache(config, layers), mask, positions, shift)
 
 
 class ConditionedDecoder(nn.Module):
@@ -61,6 +129,31 @@ class ConditionedDecoder(nn.Module):
     def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
         """Index of the first new token in the ids `lm.generate` shows stopping criteria."""
         raise NotImplementedError
+
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, Decoding]:
+        """Left-padded prompts and their read-outs -> (B, vocab) logits of the first new token, and
+        the `Decoding` to continue from (`decode`). What `generate` does before its first token."""
+        raise NotImplementedError
+
+    def _applying(self, shift: torch.Tensor | None):
+        """A context in which token embeddings get `shift` (`LatentDecoder`'s embedding shift)."""
+        return contextlib.nullcontext()
+
+    def decode(self, tokens: torch.Tensor, state: Decoding) -> torch.Tensor:
+        """One new token per row (B,) -> (B, vocab) logits of the next; `state` moves on by one."""
+        mask = torch.cat([state.mask, state.mask.new_ones(len(state), 1)], 1)
+        with self._applying(state.shift):
+            out = self.lm(
+                input_ids=tokens.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=state.positions.unsqueeze(1),
+                cache=state.cache,
+                use_cache=True,
+            )
+        state.mask, state.positions = mask, state.positions + 1
+        return out.logits[:, -1]
 
     def _split_mixed(self, forward, input_ids, attention_mask, z, logits_to_keep: int) -> torch.Tensor | None:
         """A batch with both kinds of rows as two passes, the z = 0 rows through the LM alone, when
@@ -161,16 +254,23 @@ class LatentDecoder(ConditionedDecoder):
         shift = self._shift.get()
         return output if shift is None else output + shift.to(output.dtype)
 
+    def shift_of(self, z: torch.Tensor) -> torch.Tensor | None:
+        """(B, 1, H): what the embedding shift adds to each token embedding of a row (None without one)."""
+        return None if self.emb_proj is None else self.emb_proj(z.to(self.emb_proj.weight.dtype)).unsqueeze(1)
+
     @contextlib.contextmanager
-    def _shifted(self, z: torch.Tensor) -> Iterator[None]:
-        if self.emb_proj is None:
+    def _applying(self, shift: torch.Tensor | None) -> Iterator[None]:
+        if shift is None:
             yield
             return
-        token = self._shift.set(self.emb_proj(z.to(self.emb_proj.weight.dtype)).unsqueeze(1))  # (B, 1, H)
+        token = self._shift.set(shift)
         try:
             yield
         finally:
             self._shift.reset(token)
+
+    def _shifted(self, z: torch.Tensor):
+        return self._applying(self.shift_of(z))
 
     def prefix_cache(self, z: torch.Tensor) -> DynamicCache:
         """S slots per layer, key = value unless untied: (B, C) -> cache of length S (zeros below the
@@ -227,6 +327,23 @@ class LatentDecoder(ConditionedDecoder):
         return out.logits
 
     # -- generation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, Decoding]:
+        full_mask, positions = self._inputs(z, attention_mask)
+        cache, shift = self.prefix_cache(z), self.shift_of(z)
+        with self._applying(shift):
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=full_mask,
+                position_ids=positions[:, self.slots :],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1], Decoding(cache, full_mask, positions[:, -1] + 1, shift)
 
     @torch.no_grad()
     def generate(

@@ -43,7 +43,7 @@ import contextlib
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from larimar.decoder import ConditionedDecoder, LatentDecoder
+from larimar.decoder import ConditionedDecoder, Decoding, LatentDecoder
 
 
 class EmbeddingPrefixDecoder(ConditionedDecoder):
@@ -212,6 +212,41 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 logits_to_keep=logits_to_keep,
             )
         return out.logits
+
+    def _applying(self, shift: torch.Tensor | None):
+        return self.latent._applying(shift) if self.latent is not None else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, Decoding]:
+        """As `forward` on the last position, keeping the cache: a batch with no conditioned row
+        runs the LM on its ids alone; otherwise the slot and prefix are prefilled first."""
+        if not bool(self.uses_latent(z).any()):
+            mask = attention_mask.long()
+            positions = self._positions(mask)
+            cache = DynamicCache(config=self.lm.config)
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            return out.logits[:, -1], Decoding(cache, mask, positions[:, -1] + 1)
+        cache, ids, full_mask, positions, z_lat, lead = self._prefilled(input_ids, attention_mask, z)
+        shift = self.latent.shift_of(z_lat) if z_lat is not None else None
+        with self._applying(shift):
+            out = self.lm(
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions[:, lead:],
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1], Decoding(cache, full_mask, positions[:, -1] + 1, shift)
 
     def generation_start(self, prompt_length: int, z: torch.Tensor) -> int:
         """Where new tokens begin in the ids `lm.generate` shows stopping criteria: after the cached

@@ -120,3 +120,66 @@ def test_one_batched_pass_answers_each_job_as_it_would_be_answered_alone(model):
     assert "".join(streamed) == "".join(alone_stream) == together[2][0].text and len(streamed) >= 2
     assert together[0][0].completion_tokens == 8 and together[2][0].completion_tokens == 5
     assert together[1][0].finish_reason == "stop" and "." not in together[1][0].text
+
+
+@pytest.mark.slow
+def test_a_job_joining_a_running_batch_mid_answer_gets_its_answer_alone(model):
+    """Continuous batching (`Batch`): a job admitted after the running rows have made some tokens,
+    and rows that end and leave while others go on, answer as each job does alone, which is also
+    what transformers' `generate` answers."""
+    from larimar.serving.completion import Batch, Job, run_jobs
+
+    V = model.cfg.memory.latent_dim
+    torch.manual_seed(0)
+    cond = torch.randn(1, V) * 0.5
+
+    def jobs():
+        return [
+            Job([prompt_ids(model, COUNT)], torch.zeros(1, V), 10),
+            Job([prompt_ids(model, "The capital of France is")], cond, 6),
+            Job(
+                [prompt_ids(model, "Roses are red,"), prompt_ids(model, "A B C")],
+                torch.cat([torch.zeros(1, V), cond]),
+                3,
+            ),
+        ]
+
+    alone = [run_jobs(model, [j])[0] for j in jobs()]
+    first, *later = jobs()
+    batch = Batch(model)
+    batch.admit([first])
+    for _ in range(4):
+        batch.step()
+    batch.admit(later)
+    assert len(batch) == 4
+    while len(batch):
+        batch.step()
+    assert [[c.to_dict() for c in [r.completion() for r in j.rows]] for j in [first, *later]] == [
+        [c.to_dict() for c in outs] for outs in alone
+    ]
+    for ids, z, n, out in [
+        (prompt_ids(model, COUNT), torch.zeros(1, V), 10, alone[0][0]),
+        (prompt_ids(model, "The capital of France is"), cond, 6, alone[1][0]),
+    ]:
+        x = torch.tensor([ids])
+        gen = model.decoder.generate(
+            x, torch.ones_like(x), z, max_new_tokens=n, do_sample=False, eos_token_id=model.eos_id
+        )
+        assert model.decoder_tokenizer.decode(gen[0, len(ids) :], skip_special_tokens=True) == out.text
+
+
+@pytest.mark.slow
+def test_sampling_keeps_its_settings_per_row(model):
+    """top_p keeps at least the most likely token, so a tiny top_p samples the greedy answer; a
+    seeded sample is reproducible."""
+    V = model.cfg.memory.latent_dim
+    ids = [prompt_ids(model, "The capital of France is")]
+    z = torch.zeros(1, V)
+    [greedy] = complete(model, ids, z, 8)
+    [narrow] = complete(model, ids, z, 8, temperature=0.9, top_p=1e-9)
+    assert narrow.text == greedy.text
+    torch.manual_seed(3)
+    [a] = complete(model, ids, z, 8, temperature=1.5)
+    torch.manual_seed(3)
+    [b] = complete(model, ids, z, 8, temperature=1.5)
+    assert a.text == b.text

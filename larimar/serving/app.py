@@ -33,7 +33,7 @@ from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.availability import Dependency
-from larimar.serving.batcher import WhenFree
+from larimar.serving.batcher import DecodeLoop
 from larimar.serving.errors import ApiError, error_body, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
@@ -159,11 +159,11 @@ class Encoder:
 class Decoder:
     """The latent-conditioned decoder; `device="auto"` shards its layers over the replica's GPUs.
 
-    Concurrent generations share decoder passes: up to `batch_size` requests that arrived while
-    the previous pass ran (`larimar.serving.batcher.WhenFree`; an idle decoder waits `batch_wait_s`
-    for company) run as one left-padded batch (`completion.run_jobs`), each prompt with its own
-    read-out, limits and stop sequences; streamed requests receive their text from that pass as it
-    is generated. A request that arrives mid-pass waits for the next one. `precision` casts the
+    Concurrent generations are decoded together, continuously batched: a request's prompts join
+    the running rows before the next token (`larimar.serving.batcher.DecodeLoop`, up to
+    `batch_size` prompts; an idle decoder waits `batch_wait_s` for company to prefill with), each
+    with its own read-out, limits, stop sequences and sampling (`completion.Batch`), and leave when
+    they end; streamed requests receive their text as it is generated. `precision` casts the
     decoder for inference (`larimar.precision`)."""
 
     def __init__(
@@ -191,15 +191,10 @@ class Decoder:
         set_decoder_precision(self.model.decoder, precision)
         self.batch_rows = Histogram(
             "larimar_decoder_batch_rows",
-            description="prompts in one batched decoder pass",
+            description="prompts decoded together, per decoding step",
             boundaries=[1, 2, 4, 8, 16, 32],
         )
-        self._run = WhenFree(
-            lambda jobs: completion.run_jobs(self.model, jobs),
-            batch_size,
-            batch_wait_s,
-            on_batch=lambda jobs: self.batch_rows.observe(sum(len(j.ids) for j in jobs)),
-        )
+        self._loop = DecodeLoop(self.model, batch_size, batch_wait_s, on_step=self.batch_rows.observe)
 
     def _prompt_ids(self, req: dict) -> list[list[int]]:
         """Token ids of the request's prompts (or its chat), each checked against the token limit."""
@@ -228,14 +223,18 @@ class Decoder:
         )
 
     async def _submit(self, job: completion.Job) -> list[completion.Completion]:
-        """The job's completions from the next pass, as soon as its own rows are done."""
+        """The job's completions, as soon as its own rows are done (or the error of its batch)."""
         loop = asyncio.get_running_loop()
-        early = loop.create_future()
-        job.on_done = lambda outs: loop.call_soon_threadsafe(lambda: early.done() or early.set_result(outs))
-        whole = asyncio.ensure_future(self._run(job))
-        whole.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if answered early
-        await asyncio.wait({early, whole}, return_when=asyncio.FIRST_COMPLETED)
-        return early.result() if early.done() else whole.result()
+        answer = loop.create_future()
+
+        def settle(how: str, value) -> None:
+            if not answer.done():
+                getattr(answer, how)(value)
+
+        job.on_done = lambda outs: loop.call_soon_threadsafe(settle, "set_result", outs)
+        job.on_error = lambda err: loop.call_soon_threadsafe(settle, "set_exception", err)
+        self._loop.submit(job)
+        return await answer
 
     async def complete(self, req: dict) -> dict:
         """{"prompts": [...]} or {"messages": [...]}, "z", "max_tokens", "temperature", "top_p", "stop"

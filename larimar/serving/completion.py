@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import TemperatureLogitsWarper, TextStreamer, TopPLogitsWarper
 
-from larimar.decoder import ConditionedDecoder
+from larimar.decoder import ConditionedDecoder, Decoding
 from larimar.model import LarimarModel, pad
 from larimar.serving.errors import ApiError
 
@@ -89,18 +89,13 @@ class StopScanner:
         return out
 
 
-def _sampling(temperature: float, top_p: float) -> dict:
-    if temperature < GREEDY_BELOW:
-        return {"do_sample": False}
-    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
-
-
 @dataclass(eq=False)
 class Job:
-    """One request's share of a decoder pass: its prompts (token ids), their read-outs z (one row
-    each) and its settings. Prompts of jobs with the same sampling settings run as one left-padded
-    batch per kind, plain or conditioned (`run_jobs`); `on_text` receives a one-prompt job's text as it is generated, cut at its stop
-    sequences; setting `cancel` (a client that went away) ends its rows at the next token."""
+    """One request's share of the decoder's batch: its prompts (token ids), their read-outs z (one
+    row each) and its settings; each prompt is a row of a `Batch` from its first token to its last.
+    `on_text` receives a one-prompt job's text as it is generated, cut at its stop sequences;
+    `on_done` its completions once its own rows end, `on_error` what broke the batch instead;
+    setting `cancel` (a client that went away) ends its rows at the next token."""
 
     ids: list[list[int]]
     z: torch.Tensor
@@ -113,6 +108,7 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     min_tokens: int = 0  # no end of sequence before this many tokens (vLLM's min_tokens; benchmarks)
     on_done: Callable[[list[Completion]], None] | None = None  # its completions, once its own rows end
+    on_error: Callable[[BaseException], None] | None = None  # an error of a pass its rows were in
 
     def __post_init__(self) -> None:
         if self.min_tokens > self.max_tokens:
@@ -122,19 +118,21 @@ class Job:
         self.stops = [s for s in (self.stop or []) if s]
         self.deadline = time.monotonic() + self.deadline_s if self.deadline_s else None
         self.timed_out, self.reported = False, False
-
-    @property
-    def sampling(self) -> tuple:
-        """The generate() settings that rows of one batch must share."""
-        kw = _sampling(self.temperature, self.top_p) | ({"min_new_tokens": self.min_tokens} if self.min_tokens else {})
-        return tuple(sorted(kw.items()))
+        self.rows: list[_Row] = []  # one per prompt, once admitted to a `Batch`
 
     def parts(self) -> list[list[int]]:
-        """Its prompts split into plain (z = 0) and conditioned ones: each kind gets its own pass, so
-        an out-of-scope prompt answers as the plain decoder whatever it was batched with
-        (`ConditionedDecoder._split_mixed`)."""
+        """Its prompts split into plain (z = 0) and conditioned ones: each kind is prefilled apart
+        (and in bf16/int8 decoded apart, `Batch`), so an out-of-scope prompt answers as the plain
+        decoder whatever it was batched with (`ConditionedDecoder._split_mixed`)."""
         cond = ConditionedDecoder.uses_latent(self.z.reshape(len(self.ids), -1)).bool().tolist()
         return [[i for i, c in enumerate(cond) if c == kind] for kind in (False, True)]
+
+    def expired(self) -> bool:
+        """Cancelled, or past its deadline (then `timed_out`, and cancelled)."""
+        if not self.cancel.is_set() and self.deadline is not None and time.monotonic() > self.deadline:
+            self.timed_out = True
+            self.cancel.set()
+        return self.cancel.is_set()
 
 
 class _RowText(TextStreamer):
@@ -158,7 +156,6 @@ class _Row:
         self.eos_id = model.eos_id
         self.scanner, self.detok = StopScanner(job.stops), _RowText(model.decoder_tokenizer, self)
         self.tokens, self.text, self.done, self.ended, self.hit = 0, "", False, False, False
-        self.siblings: list[_Row] = [self]  # the rows of its job (`run_jobs`)
 
     def put(self, token: int) -> None:
         if self.done:
@@ -196,80 +193,150 @@ class _Row:
         so a short answer does not wait for the longest row of the pass."""
         self.done = True
         job = self.job
-        if job.on_done is not None and all(r.done for r in self.siblings) and not job.reported:
+        if job.on_done is not None and all(r.done for r in job.rows) and not job.reported:
             job.reported = True
-            job.on_done([r.completion() for r in self.siblings])
+            job.on_done([r.completion() for r in job.rows])
 
     def completion(self) -> Completion:
         reason = "stop" if (self.ended or self.hit) else "length"
         return Completion(self.text, self.prompt_tokens, self.tokens, reason)
 
 
-class _Pass(StoppingCriteria):
-    """The bookkeeping of one batched `generate`: transformers hands it every step's tokens (as a
-    streamer) and asks it which rows are finished (as a stopping criterion): a row is finished at
-    its end of sequence, its own max_tokens, a stop sequence in its text, its job's cancel or
-    deadline."""
+def _choose(rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's next token from its (B, vocab) logits, with its job's settings: greedy below
+    `GREEDY_BELOW`, else temperature then top-p (transformers' warpers, in `generate`'s order);
+    no end of sequence before the job's `min_tokens`."""
+    logits = logits.float()
+    tokens = logits.argmax(-1)
+    for i, row in enumerate(rows):
+        job = row.job
+        if job.temperature < GREEDY_BELOW and row.tokens >= job.min_tokens:
+            continue
+        scores = logits[i : i + 1].clone()
+        if row.tokens < job.min_tokens:
+            scores[:, row.eos_id] = -float("inf")
+        if job.temperature < GREEDY_BELOW:
+            tokens[i] = scores.argmax(-1)[0]
+            continue
+        if job.temperature != 1.0:
+            scores = TemperatureLogitsWarper(job.temperature)(None, scores)
+        if job.top_p < 1.0:
+            scores = TopPLogitsWarper(job.top_p)(None, scores)
+        tokens[i] = torch.multinomial(scores.softmax(-1), 1)[0, 0]
+    return tokens
 
-    def __init__(self, rows: list[_Row]):
-        self.rows, self.prompt_seen = rows, False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() shows the prompt first
-            self.prompt_seen = True
-            return
-        for row, token in zip(self.rows, value.reshape(-1).tolist()):
+class _Group:
+    """Rows decoded in one forward pass per token: their `Decoding` and the token each chose last."""
+
+    def __init__(self, rows: list[_Row], state: Decoding, last: torch.Tensor):
+        self.rows, self.state, self.last = rows, state, last
+
+
+class Batch:
+    """Continuous batching: the rows of many jobs decoded together one token at a time, each with its
+    own read-out, limits, stop sequences and sampling settings. Jobs join (`admit`: their prompts
+    are prefilled, then merged into the running rows) and rows leave (when done) between two
+    tokens, so a request that arrives mid-answer starts at the next token instead of waiting for
+    the longest answer in the batch to end (vLLM's scheduling, on transformers' cache objects).
+
+    Plain and conditioned prompts are prefilled apart; in bf16/int8 they are also decoded apart
+    (two groups), because there a plain row's logits shift by tenths when it shares a pass with
+    conditioned rows (`ConditionedDecoder._split_mixed`); in float32 all rows are one group."""
+
+    def __init__(self, model: LarimarModel):
+        self.model = model
+        self.apart = model.decoder.lm.get_input_embeddings().weight.dtype != torch.float32
+        self.groups: dict[int, _Group] = {}
+
+    def __len__(self) -> int:
+        return sum(len(g.rows) for g in self.groups.values())
+
+    def jobs(self) -> list[Job]:
+        return list({id(r.job): r.job for g in self.groups.values() for r in g.rows}.values())
+
+    def admit(self, jobs: list[Job]) -> None:
+        """Prefill the jobs' prompts (one pass per kind) and add them to the running rows. A job
+        already cancelled or past its deadline is finished without running."""
+        model = self.model
+        new: dict[int, list[tuple[Job, _Row, int]]] = {}
+        for job in jobs:
+            job.rows = rows = [_Row(model, job, p) for p in job.ids]
+            if job.expired():
+                for row in rows:
+                    row.finish()
+                continue
+            for kind, idx in enumerate(job.parts()):
+                for i in idx:
+                    new.setdefault(kind, []).append((job, rows[i], i))
+        for kind, group in new.items():
+            if kind:
+                z = torch.stack([j.z.reshape(len(j.ids), -1)[i] for j, _, i in group]).to(model.device)
+            else:  # z = 0 of any width (a request read without a memory has the encoder's latent width)
+                z = torch.zeros(len(group), model.value_dim, device=model.device)
+            batch = pad([j.ids[i] for j, _, i in group], model.decoder_tokenizer.pad_token_id, "left", model.device)
+            logits, state = model.decoder.prefill(batch["input_ids"], batch["attention_mask"], z)
+            rows = [r for _, r, _ in group]
+            last = self._put(rows, logits)
+            key = kind if self.apart else 0
+            if key in self.groups:
+                running = self.groups[key]
+                state = Decoding.concat([running.state, state], model.decoder.lm.config)
+                rows, last = running.rows + rows, torch.cat([running.last, last])
+            self.groups[key] = _Group(rows, state, last)
+        self._drop_done()
+
+    def step(self) -> None:
+        """One more token for every running row (a forward pass per group); finished rows leave."""
+        for group in self.groups.values():
+            for row in group.rows:
+                if row.job.expired():
+                    row.finish()
+        self._drop_done()
+        for group in self.groups.values():
+            logits = self.model.decoder.decode(group.last, group.state)
+            group.last = self._put(group.rows, logits)
+        self._drop_done()
+
+    @staticmethod
+    def _put(rows: list[_Row], logits: torch.Tensor) -> torch.Tensor:
+        tokens = _choose(rows, logits)
+        for row, token in zip(rows, tokens.tolist()):
             row.put(token)
+        return tokens
 
-    def end(self) -> None:
-        for row in self.rows:
-            row.finish()
+    def _drop_done(self) -> None:
+        config = self.model.decoder.lm.config
+        for key, group in list(self.groups.items()):
+            keep = [i for i, r in enumerate(group.rows) if not r.done]
+            if not keep:
+                del self.groups[key]
+            elif len(keep) < len(group.rows):
+                idx = torch.tensor(keep, device=group.last.device)
+                self.groups[key] = _Group(
+                    [group.rows[i] for i in keep], group.state.select(keep, config), group.last[idx]
+                )
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        now = time.monotonic()
-        for row in self.rows:
-            job = row.job
-            if not row.done and job.deadline is not None and now > job.deadline:
-                job.timed_out = True
-                job.cancel.set()
-            if job.cancel.is_set():
-                row.finish()
-        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+    def fail(self, err: BaseException) -> None:
+        """Every running job gets `err` (`Job.on_error`) and the batch is emptied."""
+        for job in self.jobs():
+            if job.on_error is not None and not job.reported:
+                job.reported = True
+                job.on_error(err)
+        self.groups.clear()
 
 
 @torch.no_grad()
 def run_jobs(model: LarimarModel, jobs: list[Job]) -> list[list[Completion]]:
-    """Every job's completions, one `generate` over all their prompts per sampling setting and per
-    kind of prompt (plain, conditioned: `Job.parts`): the pass the Serve decoder deployment runs for
-    concurrent requests (`larimar.serving.batcher`), and the whole of `complete` and `stream`. A job
-    whose deadline passed comes back with `timed_out` set (its rows end with finish_reason "length")."""
-    rows = {id(j): [_Row(model, j, p) for p in j.ids] for j in jobs}
-    for siblings in rows.values():
-        for row in siblings:
-            row.siblings = siblings
-    groups: dict[tuple, list[tuple[Job, int]]] = {}  # (sampling, conditioned) -> (job, prompt index)
-    for job in jobs:
-        for kind, idx in enumerate(job.parts()):
-            for i in idx:
-                groups.setdefault((job.sampling, kind), []).append((job, i))
-    for (sampling, kind), group in groups.items():
-        if kind:
-            z = torch.stack([j.z.reshape(len(j.ids), -1)[i] for j, i in group]).to(model.device)
-        else:  # z = 0 of any width (a request read without a memory has the encoder's latent width)
-            z = torch.zeros(len(group), model.value_dim, device=model.device)
-        batch = pad([j.ids[i] for j, i in group], model.decoder_tokenizer.pad_token_id, "left", model.device)
-        todo = _Pass([rows[id(j)][i] for j, i in group])
-        model.decoder.generate(
-            batch["input_ids"],
-            batch["attention_mask"],
-            z,
-            max_new_tokens=max(j.max_tokens for j, _ in group),
-            eos_token_id=model.eos_id,
-            stopping_criteria=StoppingCriteriaList([todo]),
-            streamer=todo,
-            **dict(sampling),
-        )
-    return [[r.completion() for r in rows[id(j)]] for j in jobs]
+    """Every job's completions from one `Batch` that starts with all of them: `complete` and
+    `stream` are one-job calls of this; the Serve decoder deployment keeps a `Batch` running and
+    admits jobs as they arrive (`larimar.serving.batcher.DecodeLoop`). A job whose deadline passed
+    comes back with `timed_out` set (its rows end with finish_reason "length")."""
+    batch = Batch(model)
+    batch.admit(jobs)
+    while len(batch):
+        batch.step()
+    return [[r.completion() for r in job.rows] for job in jobs]
 
 
 def timeout_error(deadline_s: float | None) -> ApiError:

@@ -112,9 +112,11 @@ class ServeSettings(BaseModel):
         description="the decoder's weights at inference (larimar.precision); None: int8 on CPU "
         "(3x the tokens/s of fp32, the same dev CounterFact scores), fp32 as trained on GPUs",
     )
-    decoder_batch_size: int = Field(8, ge=1, description="most concurrent requests in one batched decoder pass")
+    decoder_batch_size: int = Field(
+        8, ge=1, description="most prompts a decoder replica decodes together (continuous batching)"
+    )
     decoder_batch_wait_s: float = Field(
-        0.005, ge=0, description="how long a decoder pass waits for more requests to batch with"
+        0.005, ge=0, description="how long an idle decoder waits after a request for others to prefill with it"
     )
     torch_threads: int | None = Field(
         None,
