@@ -13,8 +13,8 @@
 3. In-process, one fresh model per `--precisions` entry (fp32 first: "before"): single-stream
    tokens/s of the plain decoder (z = 0) and memory-conditioned, split into time to first token
    (the conditioned one prefills the slot and the 66-position prefix) and time per further token;
-   and 8 one-prompt jobs run one after another against one batched pass (`completion.run_jobs`,
-   what the decoder deployment does with concurrent requests). With --decoder smollm2-135m, also
+   and 8 one-prompt jobs run one after another against all 8 decoded together (`completion.run_jobs`:
+   the `completion.Batch` the decoder deployment keeps running for concurrent requests). With --decoder smollm2-135m, also
    the conditioning cost on a LarimarModel built on SmolLM2-135M with untrained conditioning.
 """
 
@@ -212,7 +212,7 @@ def generation_load(clients: int, per_client: int, max_tokens: int, headers: dic
 def decode_speed(model, new_tokens: int, repeats: int) -> dict:
     """Single-stream greedy generation, plain (z = 0) and conditioned (a read-out of a written
     fact), as time to first token and time per further token; and 8 one-prompt jobs run one after
-    another against one batched pass (once each). Single-stream figures are medians over
+    another against all 8 decoded together (once each). Single-stream figures are medians over
     `repeats`, plain and conditioned interleaved."""
     from larimar.editor import LarimarEditor
     from larimar.serving.completion import Job, prompt_ids, run_jobs

@@ -208,7 +208,7 @@ class Decoder:
         return ids
 
     def _job(self, req: dict, ids: list[list[int]], on_text=None) -> completion.Job:
-        """The request as a share of a batched pass; chat turns read through `ConditionedDecoder.chat_read`."""
+        """The request as rows of the running batch; chat turns read through `ConditionedDecoder.chat_read`."""
         z = self.model.decoder.chat_read(req["z"]) if "messages" in req else req["z"]
         return completion.Job(
             ids,

@@ -3,7 +3,8 @@
 The Serve decoder deployment and any Python caller share this code, so `/v1/completions`,
 `/v1/chat/completions` and `/v1/memories/{id}/generate` answer alike. The latent `z` is read
 once, before the first token (the caller does that), so an edit that lands while a stream is
-running cannot change it half-way.
+running cannot change it half-way. Concurrent requests are decoded together by `Batch`
+(continuous batching: rows join and leave between two tokens), and a lone call is a batch of one.
 
 Prompts are not truncated: a prompt longer than the configured limit in *tokens* is refused
 (413, `ApiError`) instead of silently losing its end. Chat requests are rendered with the
