@@ -1,14 +1,21 @@
-"""The decoder deployment's scheduler (larimar/serving/batcher.py), on a tiny random model: jobs
-submitted while others decode join them before the next token and answer as they would alone,
-the row cap holds (first come, first served), a job cancelled while waiting costs no pass, and a
-failing pass reaches every job in it while the loop carries on."""
+"""The replicas' schedulers (larimar/serving/batcher.py).
 
+`WhenFree` (the encoder's passes, the memory actor's writes): calls that arrive while a batch runs
+share the next batch, each caller gets its own result, an error reaches every caller of its batch
+and the worker carries on; a coroutine `run` is awaited on the loop.
+`DecodeLoop` (the decoder), on a tiny random model: jobs submitted while others decode join them
+before the next token and answer as they would alone, the row cap holds (first come, first
+served), a job cancelled while waiting costs no pass, and a failing pass reaches every job in it
+while the loop carries on."""
+
+import asyncio
 import threading
+import time
 
 import pytest
 import torch
 
-from larimar.serving.batcher import DecodeLoop
+from larimar.serving.batcher import DecodeLoop, WhenFree
 from larimar.serving.completion import Job, prompt_ids, run_jobs
 from tests.test_model import tiny_config
 
@@ -80,3 +87,79 @@ def test_a_failing_pass_reaches_every_job_in_it_and_the_loop_goes_on(model):
     assert [c.to_dict() for c in after.outs] == want
     with pytest.raises(ValueError, match="max_rows"):
         DecodeLoop(model, max_rows=0)
+
+
+def test_calls_arriving_during_a_batch_share_the_next_one():
+    sizes, busy = [], threading.Lock()
+
+    def run(items):
+        assert busy.acquire(blocking=False), "two batches ran at once"
+        try:
+            time.sleep(0.05)  # a pass long enough for the others to arrive
+            return [x * 10 for x in items]
+        finally:
+            busy.release()
+
+    async def main():
+        batcher = WhenFree(run, max_batch=4, wait_s=0, on_batch=lambda items: sizes.append(len(items)))
+
+        async def call(x, delay):
+            await asyncio.sleep(delay)
+            return await batcher(x)
+
+        # one first, then six a few ms apart: Ray's serve.batch made six batches of one of these
+        return await asyncio.gather(call(0, 0), *(call(x, 0.005 * x) for x in range(1, 7)))
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40, 50, 60]
+    assert sizes == [1, 4, 2]  # max_batch caps a batch; the rest go into the one after
+
+
+def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_runs():
+    def run(items):
+        time.sleep(0.02)
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [x.upper() for x in items]
+
+    async def main():
+        batcher = WhenFree(run, max_batch=8, wait_s=0.01)
+        first = await asyncio.gather(batcher("bad"), batcher("good"), return_exceptions=True)
+        second = await batcher("again")
+        return first, second
+
+    (a, b), second = asyncio.run(main())
+    assert isinstance(a, ValueError) and isinstance(b, ValueError) and second == "AGAIN"
+
+
+def test_a_wrong_number_of_results_is_an_error_not_a_hang():
+    async def main():
+        return await asyncio.wait_for(WhenFree(lambda items: [], max_batch=2, wait_s=0)("x"), 5)
+
+    with pytest.raises(RuntimeError, match="1 items got 0 results"):
+        asyncio.run(main())
+    with pytest.raises(ValueError, match="max_batch"):
+        WhenFree(lambda items: items, max_batch=0, wait_s=0)
+
+
+def test_a_coroutine_run_is_awaited_on_the_loop_one_batch_at_a_time():
+    """The memory actor's writes: `run` takes an asyncio lock, so it must run on the caller's loop."""
+    sizes, lock = [], asyncio.Lock()
+
+    async def run(items):
+        assert not lock.locked(), "two batches ran at once"
+        async with lock:
+            sizes.append(len(items))
+            await asyncio.sleep(0.05)
+            return [x + 1 for x in items]
+
+    async def main():
+        batcher = WhenFree(run, max_batch=64)
+
+        async def call(x, delay):
+            await asyncio.sleep(delay)
+            return await batcher(x)
+
+        return await asyncio.gather(call(0, 0), *(call(x, 0.002 * x) for x in range(1, 10)))
+
+    assert asyncio.run(main()) == list(range(1, 11))
+    assert sizes == [1, 9]  # serve.batch formed a batch per 1 ms wait here, run one after another

@@ -458,7 +458,7 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
 
 @pytest.mark.slow
 def test_the_encoder_answers_concurrent_query_batches_as_each_request_alone():
-    """Encoder.encode_queries batches requests (serve.batch); its split of latents, scope sentences
+    """Encoder.encode_queries batches requests (larimar.serving.batcher.WhenFree); its split of latents, scope sentences
     and their owners must give each request what it would get alone. In-process, without Ray."""
     from larimar.serving.app import Encoder
 

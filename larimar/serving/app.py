@@ -6,7 +6,7 @@
 Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)
 -> MemoryActor.read (consistent version; 0 latent when out of scope) -> Decoder.generate.
 Writes: Ingress -> Encoder.encode_facts -> MemoryActor.write, where concurrent writes are batched
-(`serve.batch`), validated, logged durably and applied as one low-rank update per memory under
+(`larimar.serving.batcher.WhenFree`: each batch formed when the one before it is committed), validated, logged durably and applied as one low-rank update per memory under
 one asyncio lock. Only the actor touches memory state; it runs no network (latents arrive
 encoded), so edits stay in the millisecond range. State logic: `larimar.serving.store`.
 No `from __future__ import annotations` here: FastAPI must see the real types of the
@@ -33,7 +33,7 @@ from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.availability import Dependency
-from larimar.serving.batcher import DecodeLoop
+from larimar.serving.batcher import DecodeLoop, WhenFree
 from larimar.serving.errors import ApiError, error_body, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
@@ -70,16 +70,18 @@ class Encoder:
         self.shared = self.model.shares_scope_embedder(scope_model)
         self.embedder = load_embedder(scope_model) if scope_model and not self.shared else None
         self.scope_on = scope_model is not None
+        # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
+        self._facts = WhenFree(self._encode_facts, 32)
+        self._queries = WhenFree(self._encode_queries, 32)
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         if self.embedder is None or not texts:
             return torch.empty(len(texts), 0)
         return embed_texts(self.embedder, texts)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
-    async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
+    async def encode_facts(self, request: list[dict]) -> dict:
         """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
-        return await asyncio.to_thread(self._encode_facts, requests)
+        return await self._facts(request)
 
     def _too_long(self, facts: list[Fact]) -> dict | None:
         """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut:
@@ -128,14 +130,13 @@ class Encoder:
             start += len(facts)
         return out
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.001)
-    async def encode_queries(self, requests: list[list[str]]) -> list[dict]:
+    async def encode_queries(self, request: list[str]) -> dict:
         """Latents and, with a scope model, the query sentences' scope vectors; without one
         (``scope_model: null``) "sentences" is None and the memory is read for every query, as the
         Python editor does without a scope detector. Concurrent requests share one encoder pass:
         under generation load the encoder shares the cores with the decoder, and one pass per
         request let generations reach the decoder one at a time, too late to be batched there."""
-        return await asyncio.to_thread(self._encode_queries, requests)
+        return await self._queries(request)
 
     def _encode_queries(self, requests: list[list[str]]) -> list[dict]:
         flat = [q for r in requests for q in r]
@@ -323,6 +324,7 @@ class MemoryActor:
         self.store = MemoryStore(StoreConfig(**store))
         self.lock = asyncio.Lock()
         self.snapshotting: asyncio.Task | None = None  # a snapshot being written, outside the lock
+        self._writes = WhenFree(self._write_batch, 64)
         self.edits = Counter("larimar_memory_edits", description="acknowledged edits", tag_keys=("op",))
         self.facts_written = Counter("larimar_memory_facts_written", description="facts written")
         self.scope_checks = Counter(
@@ -459,8 +461,13 @@ class MemoryActor:
             }
         }
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.001)
-    async def write(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
+    async def write(self, request: tuple[str, str, list[dict], dict, str | None]) -> dict:
+        """(tenant, memory id, facts, their encodings, Idempotency-Key) -> {"ok": ...} or {"error"}.
+        Concurrent writes are merged (`_write_batch`), a batch formed whenever the one before it
+        is committed (`larimar.serving.batcher.WhenFree`)."""
+        return await self._writes(request)
+
+    async def _write_batch(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
         """Concurrent writes: validated in arrival order, one log entry and one update per memory.
         A request whose Idempotency-Key was already applied gets that first answer back; two in
         one batch share the first's."""

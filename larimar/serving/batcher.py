@@ -1,30 +1,94 @@
-"""The decoder deployment's scheduler: continuous batching on one decoding thread.
+"""Batching of concurrent calls in a Serve replica: `WhenFree` for calls answered in one go (the
+encoder's passes, the memory actor's writes), `DecodeLoop` for generation (continuous batching).
 
-One thread owns a `completion.Batch` and runs it a token at a time. Jobs submitted from the
+Why not `serve.batch`: Ray's batch queue forms a batch as soon as its first request has waited
+`batch_wait_timeout_s`, whether or not the batch before it is still running, then queues it
+behind that one (`_BatchQueue.wait_for_batch`, `_process_batches`). Requests reach a deployment a
+few to tens of milliseconds apart, so under load every batch held one or two requests and they
+ran one after another: measured in the decoder, batches of 1, 1, 1, 1, 1, 1, 1, 2 for 8 clients.
+`WhenFree` forms a batch when the one before it is done, from everything that arrived meanwhile.
+
+`DecodeLoop`: one thread owns a `completion.Batch` and runs it a token at a time. Jobs submitted from the
 replica's event loop join the running rows before the next token (up to `max_rows` prompts in
 all) and are answered through their own callbacks as soon as their rows end, so a request that
 arrives mid-answer waits one token, not for the longest answer in flight.
 
-Why not `serve.batch`: Ray's batch queue forms a batch as soon as its first request has waited
-`batch_wait_timeout_s`, then queues that batch behind the one running (`_BatchQueue._process_batches`).
-Requests reach the decoder a few to tens of milliseconds apart (each has been through the encoder
-and the memory actor first), so on 2 cores every batch held one request and 8 clients were served
-one after another (`jobs/bench_serve.py`: batches of 1, 1, 1, 1, 1, 1, 1, 2). The batcher before
-this one formed a batch when the previous pass ended (2, then 6, for the same 8 clients), but a
-request arriving mid-pass still waited for that whole pass: first token p50 0.92 s at 8 clients.
+`WhenFree` did that for the decoder too (batches of 2, then 6, for the same 8 clients), but a
+generation arriving mid-pass still waited for that whole pass: first token p50 0.92 s at 8 clients.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import inspect
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from larimar.model import LarimarModel
 from larimar.serving.completion import Batch, Job
+
+
+class WhenFree:
+    """``await batcher(item)``: `run(items)` on up to `max_batch` items at a time, one batch at a
+    time; its i-th result answers the i-th item. `run` is a coroutine function (awaited on the
+    event loop: the memory actor's writes, which take its lock) or a plain one (run in a worker
+    thread: model passes). `wait_s` is how long an idle worker waits after the first item for
+    others to join it (0: a lone request is not delayed)."""
+
+    def __init__(
+        self,
+        run: Callable[[list], Any],
+        max_batch: int,
+        wait_s: float = 0.0,
+        on_batch: Callable[[list], None] | None = None,
+    ):
+        """on_batch: called with each batch's items before it runs (metrics)."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.run, self.max_batch, self.wait_s, self.on_batch = run, max_batch, wait_s, on_batch
+        self.waiting: list[tuple[Any, asyncio.Future]] = []
+        self.worker: asyncio.Task | None = None
+
+    async def __call__(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.waiting.append((item, future))
+        if self.worker is None or self.worker.done():
+            self.worker = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Runs batches until nothing is waiting; a new call starts it again."""
+        if self.wait_s > 0:
+            await asyncio.sleep(self.wait_s)
+        while self.waiting:
+            batch = [(i, f) for i, f in self.waiting[: self.max_batch] if not f.cancelled()]
+            del self.waiting[: self.max_batch]
+            if not batch:
+                continue
+            items = [i for i, _ in batch]
+            try:
+                if self.on_batch is not None:
+                    self.on_batch(items)
+                if inspect.iscoroutinefunction(self.run):
+                    results = await self.run(items)
+                else:
+                    results = await asyncio.to_thread(self.run, items)
+                if len(results) != len(items):
+                    raise RuntimeError(f"a batch of {len(items)} items got {len(results)} results")
+            except Exception as err:  # every caller of the batch gets the error; the worker goes on
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(err)
+                continue
+            for (_, f), result in zip(batch, results):
+                if not f.done():
+                    f.set_result(result)
 
 
 class DecodeLoop:
