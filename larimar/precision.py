@@ -12,7 +12,10 @@ and autograd Function cost 3.6 ms per token on 2 cores; torchao's int8 weight-on
 `torch.compile`, ran at 20 tokens/s (below fp32's 24); `torch.compile` bought bf16 only 45 -> 51
 tokens/s after a two-minute compile; and the kernel's float32-activation path is far slower than
 its bf16 one (a 125-token prefill 2.8 s against 71 ms; 15 against 71 tokens/s decoding). Hence a
-plain module around the kernel, with bf16 activations.
+plain module around the kernel, with bf16 activations. That kernel is a matrix-vector one, so a
+prefill (tens of rows) runs instead as a bf16 GEMM on the same int8 weights, dequantized once
+(`GEMM_FROM_ROWS`); with it and the one-pass prefill of `EmbeddingPrefixDecoder.prefill`, the
+v3 decoder's conditioned first token fell from 84 to 47 ms.
 
 The conditioning (latent slots, embedding shift, prefix rows) follows the LM into bf16, so the
 slot entries of the KV cache have the dtype the layers' own keys and values have. The encoder side
@@ -30,11 +33,20 @@ from torch import nn
 from larimar.decoder import ConditionedDecoder
 
 PRECISIONS = ("fp32", "bf16", "int8")
+# From this many input rows on, a bf16 GEMM on the dequantized weights beats the int8 kernel, which
+# is a matrix-vector kernel: its time grows with the rows (SmolLM2's 576 x 1536 layer on 2 cores:
+# 1 row int8 13 us vs bf16 46 us; 8 rows 45 vs 55; 58 rows 322 vs 179; 128 rows 671 vs 287).
+GEMM_FROM_ROWS = 16
 
 
 class Int8WeightOnlyLinear(nn.Module):
     """A frozen `nn.Linear` with int8 weights, one bf16 scale per output feature (symmetric:
-    w = q * scale, q in [-127, 127]); inputs are computed in bf16 and outputs come back in bf16."""
+    w = q * scale, q in [-127, 127]); inputs are computed in bf16 and outputs come back in bf16.
+
+    Decoding (a few rows per call) runs on the int8 kernel; a prefill (`GEMM_FROM_ROWS` rows or
+    more: a prompt, the v3 prefix) runs a bf16 GEMM on the same quantized weights, dequantized
+    once (q * scale in bf16, kept beside the int8 ones: twice the int8 bytes more in memory), so
+    both paths compute with the int8 weights and the prefill is not matrix-vector bound."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -43,14 +55,20 @@ class Int8WeightOnlyLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(torch.bfloat16))
+        dequantized = self.weight_int8.float() * self.scale.float()[:, None]
+        self.register_buffer("weight_gemm", dequantized.to(torch.bfloat16), persistent=False)
         bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight_int8, self.scale)
-        if self.bias is not None:
-            y = y + self.bias
+        x = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        if x.shape[0] >= GEMM_FROM_ROWS:
+            y = nn.functional.linear(x, self.weight_gemm, self.bias)
+        else:
+            y = torch._weight_int8pack_mm(x, self.weight_int8, self.scale)
+            if self.bias is not None:
+                y = y + self.bias
         return y.view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -145,6 +145,21 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
     def _prefilled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor):
         """Run the slot and the prefix into a cache -> (cache, query ids, (B, lead + T) mask and positions,
         the latent part of z or None, lead: the cached positions, `_lead`)."""
+        cache, prefix, ids, full_mask, positions, z_lat, S = self._prefix(input_ids, attention_mask, z)
+        lead = S + prefix.shape[1]
+        self.lm(
+            inputs_embeds=prefix,
+            attention_mask=full_mask[:, :lead],
+            position_ids=positions[:, S:lead],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return cache, ids, full_mask, positions, z_lat, lead
+
+    def _prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, z: torch.Tensor):
+        """The conditioning laid out -> (cache holding the latent slots, (B, P, H) prefix embeddings,
+        query ids, (B, S + P + T) mask and positions, the latent part of z or None, S: the slots)."""
         B, L, H = input_ids.shape[0], self.rows, self.hidden
         cond = self.uses_latent(z).bool()  # (B,)
         mask = attention_mask.long()
@@ -172,16 +187,15 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
         prefix_mask = torch.cat([ones[:, :s], filled, ones[:, s:]], 1) * cond.long().unsqueeze(1)
         full_mask = torch.cat([slot_mask.long(), prefix_mask, mask], 1)
         positions = self._positions(full_mask)
-        S, lead = slot_mask.shape[1], slot_mask.shape[1] + prefix.shape[1]
-        self.lm(
-            inputs_embeds=prefix,
-            attention_mask=full_mask[:, :lead],
-            position_ids=positions[:, S:lead],
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
+        return (
+            cache,
+            prefix,
+            ids,
+            full_mask,
+            positions,
+            (z_lat if self.latent is not None else None),
+            slot_mask.shape[1],
         )
-        return cache, ids, full_mask, positions, (z_lat if self.latent is not None else None), lead
 
     def _shifted(self, z_lat: torch.Tensor | None):
         """The inner latent decoder's embedding shift of the query tokens, if it has one."""
@@ -235,13 +249,16 @@ class EmbeddingPrefixDecoder(ConditionedDecoder):
                 logits_to_keep=1,
             )
             return out.logits[:, -1], Decoding(cache, mask, positions[:, -1] + 1)
-        cache, ids, full_mask, positions, z_lat, lead = self._prefilled(input_ids, attention_mask, z)
+        # The prefix and the query in one pass, not two as `forward` runs them: each pass streams
+        # every weight once, and a pass of 50-odd rows runs as a GEMM (larimar.precision).
+        cache, prefix, ids, full_mask, positions, z_lat, S = self._prefix(input_ids, attention_mask, z)
         shift = self.latent.shift_of(z_lat) if z_lat is not None else None
-        with self._applying(shift):
+        with self._applying(shift):  # the query's token embeddings get the shift, the prefix has its own
+            query = self.lm.get_input_embeddings()(ids)
             out = self.lm(
-                input_ids=ids,
+                inputs_embeds=torch.cat([prefix, query.to(prefix.dtype)], 1),
                 attention_mask=full_mask,
-                position_ids=positions[:, lead:],
+                position_ids=positions[:, S:],
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
