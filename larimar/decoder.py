@@ -141,6 +141,7 @@ class ConditionedDecoder(nn.Module):
         """A context in which token embeddings get `shift` (`LatentDecoder`'s embedding shift)."""
         return contextlib.nullcontext()
 
+    @torch.no_grad()
     def decode(self, tokens: torch.Tensor, state: Decoding) -> torch.Tensor:
         """One new token per row (B,) -> (B, vocab) logits of the next; `state` moves on by one."""
         mask = torch.cat([state.mask, state.mask.new_ones(len(state), 1)], 1)

@@ -256,6 +256,7 @@ class Batch:
     def jobs(self) -> list[Job]:
         return list({id(r.job): r.job for g in self.groups.values() for r in g.rows}.values())
 
+    @torch.no_grad()
     def admit(self, jobs: list[Job]) -> None:
         """Prefill the jobs' prompts (one pass per kind) and add them to the running rows. A job
         already cancelled or past its deadline is finished without running."""
@@ -287,6 +288,7 @@ class Batch:
             self.groups[key] = _Group(rows, state, last)
         self._drop_done()
 
+    @torch.no_grad()
     def step(self) -> None:
         """One more token for every running row (a forward pass per group); finished rows leave."""
         for group in self.groups.values():
