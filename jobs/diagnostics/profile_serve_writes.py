@@ -65,6 +65,7 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default="runs/prof_serve")
+    p.add_argument("--slots", type=int, default=4096, help="K of the memory written (bench_serve's edits: 512)")
     a = p.parse_args()
 
     from larimar.serving.local import local_application
@@ -72,7 +73,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with local_application(a.model) as headers:
-        mid = requests.post(f"{URL}/v1/memories", json={"slots": 4096}, headers=headers).json()["id"]
+        mid = requests.post(f"{URL}/v1/memories", json={"slots": a.slots}, headers=headers).json()["id"]
         stop, done = threading.Event(), collections.Counter()
 
         def writer(i: int) -> None:
