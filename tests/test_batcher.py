@@ -163,3 +163,15 @@ def test_a_coroutine_run_is_awaited_on_the_loop_one_batch_at_a_time():
 
     assert asyncio.run(main()) == list(range(1, 11))
     assert sizes == [1, 9]  # serve.batch formed a batch per 1 ms wait here, run one after another
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death, on purpose
+def test_a_dead_decoding_thread_is_reported_for_the_health_check(model):
+    def die(rows: int) -> None:
+        raise SystemExit  # not an Exception: it ends the thread, as an interpreter shutdown would
+
+    loop = DecodeLoop(model, max_rows=2, on_step=die)
+    assert loop.alive
+    loop.submit(jobs(model)[0])
+    loop.thread.join(30)
+    assert not loop.alive

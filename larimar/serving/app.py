@@ -197,6 +197,12 @@ class Decoder:
         )
         self._loop = DecodeLoop(self.model, batch_size, batch_wait_s, on_step=self.batch_rows.observe)
 
+    def check_health(self) -> None:
+        """Serve calls this every `health_check_period_s`; a replica whose decoding thread died
+        would take requests it never answers, so it reports itself unhealthy and is replaced."""
+        if not self._loop.alive:
+            raise RuntimeError("the decoding thread is not running")
+
     def _prompt_ids(self, req: dict) -> list[list[int]]:
         """Token ids of the request's prompts (or its chat), each checked against the token limit."""
         if "messages" in req:

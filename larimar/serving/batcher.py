@@ -114,6 +114,12 @@ class DecodeLoop:
         self.thread = threading.Thread(target=self._run, name="larimar-decode", daemon=True)
         self.thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the decoding thread still runs (the decoder's health check: a replica whose
+        thread died, which only an error outside `Exception` can do, is replaced by Serve)."""
+        return self.thread.is_alive()
+
     def submit(self, job: Job) -> None:
         with self.wake:
             self.waiting.append(job)
