@@ -11,10 +11,9 @@ ran one after another: measured in the decoder, batches of 1, 1, 1, 1, 1, 1, 1, 
 `DecodeLoop`: one thread owns a `completion.Batch` and runs it a token at a time. Jobs submitted from the
 replica's event loop join the running rows before the next token (up to `max_rows` prompts in
 all) and are answered through their own callbacks as soon as their rows end, so a request that
-arrives mid-answer waits one token, not for the longest answer in flight.
-
-`WhenFree` did that for the decoder too (batches of 2, then 6, for the same 8 clients), but a
-generation arriving mid-pass still waited for that whole pass: first token p50 0.92 s at 8 clients.
+arrives mid-answer waits one token, not for the longest answer in flight. Before it, `WhenFree`
+scheduled the decoder as well (batches of 2, then 6, for the same 8 clients), but a generation
+arriving mid-pass waited for that whole pass: first token p50 0.92 s at 8 clients, 0.26 s now.
 """
 
 from __future__ import annotations
