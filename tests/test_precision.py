@@ -26,21 +26,23 @@ def test_int8_weight_only_linear_is_close_to_the_float_layer():
     assert (got.float() - want).norm() / want.norm() > 0  # really quantized
 
 
-def test_int8_prefill_rows_run_as_a_gemm_on_the_same_quantized_weights():
-    """From GEMM_FROM_ROWS rows on, the layer multiplies by its dequantized int8 weights in bf16:
-    row for row what the int8 kernel gives one row at a time, up to bf16 rounding."""
-    from larimar.precision import GEMM_FROM_ROWS
-
+def test_int8_prefill_positions_run_as_a_gemm_on_the_same_quantized_weights():
+    """Inputs with more than one position per sequence (a prefill) multiply by the layer's
+    dequantized int8 weights in bf16: position for position what the int8 kernel gives a decoding
+    step, up to bf16 rounding; the choice goes by positions, so a sequence takes the same path
+    alone and batched with others."""
     torch.manual_seed(0)
     layer = nn.Linear(96, 40, bias=True)
     q = Int8WeightOnlyLinear(layer)
-    x = torch.randn(GEMM_FROM_ROWS + 4, 96)
+    x = torch.randn(3, 6, 96)
     many = q(x).float()  # the GEMM path
-    one_by_one = torch.cat([q(x[i : i + 1]) for i in range(x.shape[0])]).float()  # the int8 kernel
-    assert (many - one_by_one).norm() / one_by_one.norm() < 5e-3
+    steps = torch.stack([q(x[:, t : t + 1])[:, 0] for t in range(6)], 1).float()  # the int8 kernel, a step at a time
+    assert (many - steps).norm() / steps.norm() < 5e-3
     quantized = x.to(torch.bfloat16).float() @ (q.weight_int8.float() * q.scale.float()[:, None]).T + q.bias.float()
     original = layer(x.to(torch.bfloat16).float()).detach()
     assert (many - quantized).norm() < 0.5 * (many - original).norm()  # the int8 weights, not the original ones
+    assert torch.equal(q(x[:1]), q(x)[:1])  # a sequence alone gets what it gets beside others
+    assert torch.equal(q(x[:1, :1]), q(x[:, :1])[:1])  # ... and so does a decoding step
 
 
 def decoder(arch: str) -> EmbeddingPrefixDecoder:
