@@ -14,7 +14,7 @@ tokens/s after a two-minute compile; and the kernel's float32-activation path is
 its bf16 one (a 125-token prefill 2.8 s against 71 ms; 15 against 71 tokens/s decoding). Hence a
 plain module around the kernel, with bf16 activations. That kernel is a matrix-vector one, so a
 prefill (tens of rows) runs instead as a bf16 GEMM on the same int8 weights, dequantized once
-(one position per sequence or more decides, `Int8WeightOnlyLinear`); with it and the one-pass prefill of `EmbeddingPrefixDecoder.prefill`, the
+(from `GEMM_FROM_POSITIONS` positions per sequence); with it and the one-pass prefill of `EmbeddingPrefixDecoder.prefill`, the
 v3 decoder's conditioned first token fell from 84 to 47 ms.
 
 The conditioning (latent slots, embedding shift, prefix rows) follows the LM into bf16, so the
@@ -33,21 +33,23 @@ from torch import nn
 from larimar.decoder import ConditionedDecoder
 
 PRECISIONS = ("fp32", "bf16", "int8")
+GEMM_FROM_POSITIONS = 16  # positions per sequence from which `Int8WeightOnlyLinear` runs a GEMM
 
 
 class Int8WeightOnlyLinear(nn.Module):
     """A frozen `nn.Linear` with int8 weights, one bf16 scale per output feature (symmetric:
     w = q * scale, q in [-127, 127]); inputs are computed in bf16 and outputs come back in bf16.
 
-    A decoding step (one position per sequence) runs on the int8 kernel, a matrix-vector kernel
-    whose time grows with the rows it multiplies (SmolLM2's 576 x 1536 layer on 2 cores: 1 row
-    13 us against 46 us for a bf16 GEMM, 8 rows 45 vs 55, 58 rows 322 vs 179). An input with more
-    positions per sequence (a prefill: a prompt, the v3 prefix; a teacher-forced pass) runs a bf16
-    GEMM on the same quantized weights, dequantized once (q * scale in bf16, kept beside the int8
-    ones: twice the int8 bytes more in memory). The choice goes by positions per sequence, not by
-    rows, so a prompt is computed the same way whatever else shares its pass: choosing by rows made
-    a short prompt's first token come out of the int8 kernel alone and of the GEMM beside three
-    others, and a near-tie flipped (tests/test_openai.py)."""
+    Decoding steps and short prompts run on the int8 kernel, a matrix-vector kernel whose time
+    grows with the rows it multiplies (SmolLM2's 576 x 1536 layer on 2 cores: 1 row 13 us against
+    46 us for a bf16 GEMM, 8 rows 45 vs 55, 58 rows 322 vs 179). An input of `GEMM_FROM_POSITIONS`
+    positions per sequence or more (a long prompt, the v3 prefix, a teacher-forced pass) runs a
+    bf16 GEMM on the same quantized weights, dequantized once (q * scale in bf16, kept beside the
+    int8 ones: twice the int8 bytes more in memory). The choice goes by positions per sequence, not
+    by rows, so how many prompts share a pass never changes how each is computed: choosing by rows
+    made a short prompt's first token come out of the int8 kernel alone and of the GEMM beside
+    three others, and a near-tie flipped (tests/test_openai.py). Every position through the GEMM
+    cost a short plain prompt's first token 20 -> 29 ms, hence the threshold."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -65,7 +67,7 @@ class Int8WeightOnlyLinear(nn.Module):
         shape = x.shape
         positions = shape[-2] if len(shape) >= 3 else 1  # (B, T, K): T; (B, K): one each
         x = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        if positions > 1:
+        if positions >= GEMM_FROM_POSITIONS:
             y = nn.functional.linear(x, self.weight_gemm, self.bias)
         else:
             y = torch._weight_int8pack_mm(x, self.weight_int8, self.scale)

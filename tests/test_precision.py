@@ -27,22 +27,26 @@ def test_int8_weight_only_linear_is_close_to_the_float_layer():
 
 
 def test_int8_prefill_positions_run_as_a_gemm_on_the_same_quantized_weights():
-    """Inputs with more than one position per sequence (a prefill) multiply by the layer's
-    dequantized int8 weights in bf16: position for position what the int8 kernel gives a decoding
-    step, up to bf16 rounding; the choice goes by positions, so a sequence takes the same path
-    alone and batched with others."""
+    """Inputs of GEMM_FROM_POSITIONS positions per sequence or more (a long prefill) multiply by
+    the layer's dequantized int8 weights in bf16: position for position what the int8 kernel gives
+    a decoding step, up to bf16 rounding; the choice goes by positions, so a sequence gets the same
+    numbers alone and batched with others."""
+    from larimar.precision import GEMM_FROM_POSITIONS
+
     torch.manual_seed(0)
     layer = nn.Linear(96, 40, bias=True)
     q = Int8WeightOnlyLinear(layer)
-    x = torch.randn(3, 6, 96)
+    T = GEMM_FROM_POSITIONS
+    x = torch.randn(3, T, 96)
     many = q(x).float()  # the GEMM path
-    steps = torch.stack([q(x[:, t : t + 1])[:, 0] for t in range(6)], 1).float()  # the int8 kernel, a step at a time
+    steps = torch.stack([q(x[:, t : t + 1])[:, 0] for t in range(T)], 1).float()  # the int8 kernel, a step at a time
     assert (many - steps).norm() / steps.norm() < 5e-3
     quantized = x.to(torch.bfloat16).float() @ (q.weight_int8.float() * q.scale.float()[:, None]).T + q.bias.float()
     original = layer(x.to(torch.bfloat16).float()).detach()
     assert (many - quantized).norm() < 0.5 * (many - original).norm()  # the int8 weights, not the original ones
     assert torch.equal(q(x[:1]), q(x)[:1])  # a sequence alone gets what it gets beside others
     assert torch.equal(q(x[:1, :1]), q(x[:, :1])[:1])  # ... and so does a decoding step
+    assert torch.equal(q(x[:1, :4]), q(x[:, :4])[:1])  # ... and a short prompt (int8 kernel)
 
 
 def decoder(arch: str) -> EmbeddingPrefixDecoder:
