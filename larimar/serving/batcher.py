@@ -106,7 +106,7 @@ class DecodeLoop:
     ):
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-        self.model, self.max_rows, self.wait_s, self.on_step = model, max_rows, wait_s, on_step
+        self.max_rows, self.wait_s, self.on_step = max_rows, wait_s, on_step
         self.waiting: collections.deque[Job] = collections.deque()
         self.wake = threading.Condition()
         self.batch = Batch(model)
