@@ -51,6 +51,9 @@ class LatentEncoder(nn.Module):
         """(B, T) token ids -> (B, E) pooled backbone output (for MiniLM + mean pooling this is,
         once normalised, exactly the sentence-transformers embedding the scope detector uses)."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, E)
+        # in the heads' dtype: a bf16 backbone under float32 heads (larimar.precision.set_encoder_precision)
+        # pools in float32; a model cast whole (DeepSpeed bf16) stays in its dtype
+        hidden = hidden.to(self.head.weight.dtype)
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)

@@ -136,6 +136,20 @@ def test_token_auth_ray_version_and_image_tags_follow_pyproject(built):
                 assert tag.endswith("-gpu") == (name == "gpu"), c["image"]
 
 
+def test_every_serving_pod_runs_rays_high_throughput_mode_as_larimar_serve_does(built):
+    """The RayService's pods (head and every worker group, in every overlay, patches included) carry
+    `larimar.serving.serve_env.HIGH_THROUGHPUT`: Ray reads it when each node's processes start, and
+    a node without it would run the Python proxy beside HAProxy nodes."""
+    from larimar.serving.serve_env import HIGH_THROUGHPUT
+
+    _, docs = built
+    (service,) = by_kind(docs, "RayService")
+    for pod in pod_specs(service):
+        for c in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert {k: env.get(k) for k in HIGH_THROUGHPUT} == HIGH_THROUGHPUT, c["name"]
+
+
 def test_gpu_overlay_asks_for_gpus_and_tolerates_their_taint_and_dev_has_none(built):
     name, docs = built
     for doc in docs:

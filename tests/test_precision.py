@@ -1,13 +1,15 @@
-"""The decoder at inference precision (larimar/precision.py): int8 weight-only layers close to the
-fp32 ones, a cast decoder that still conditions (its KV-cache slot in the layers' dtype), z = 0
-still the plain LM, memory values still float32, bad names refused."""
+"""The decoder and the encoder at inference precision (larimar/precision.py): int8 weight-only layers
+close to the fp32 ones, a cast decoder that still conditions (its KV-cache slot in the layers' dtype),
+z = 0 still the plain LM, memory values still float32, a bf16 encoder backbone whose latents stay
+float32, bad names refused."""
 
 import pytest
 import torch
 from torch import nn
 
 from larimar.decoder import LatentDecoder
-from larimar.precision import Int8WeightOnlyLinear, set_decoder_precision
+from larimar.encoder import LatentEncoder
+from larimar.precision import Int8WeightOnlyLinear, set_decoder_precision, set_encoder_precision
 from larimar.prefix_decoder import EmbeddingPrefixDecoder
 from tests.test_decoder import tiny_lm
 
@@ -96,3 +98,55 @@ def test_the_serving_settings_offer_exactly_these_precisions():
 
     literal, _none = typing.get_args(ServeSettings.model_fields["decoder_precision"].annotation)
     assert typing.get_args(literal) == PRECISIONS
+
+
+def tiny_encoder() -> LatentEncoder:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return LatentEncoder(BertModel(cfg).eval(), C, trainable_layers=0).eval()
+
+
+def test_a_bf16_encoder_backbone_gives_float32_latents_close_to_the_fp32_ones():
+    """Only the backbone is cast: pooling and the heads stay float32, so what a memory stores keeps
+    its dtype; the latents differ from fp32's by bf16 rounding, no more."""
+    ref, enc = tiny_encoder(), set_encoder_precision(tiny_encoder(), "bf16")
+    assert next(enc.backbone.parameters()).dtype == torch.bfloat16 and enc.head.weight.dtype == torch.float32
+    ids = torch.randint(0, 50, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0  # a padded row
+    with torch.no_grad():
+        want, got = ref(ids, mask), enc(ids, mask)
+        pooled = enc.pooled(ids, mask)
+    assert got.dtype == torch.float32 and pooled.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(got, want, dim=-1).min() > 0.999
+    assert not torch.equal(got, want)  # really computed in bf16
+
+
+def test_an_unknown_encoder_precision_is_refused_and_the_default_follows_the_cpu():
+    from larimar.precision import ENCODER_PRECISIONS, default_encoder_precision
+
+    with pytest.raises(ValueError, match="fp32, bf16"):
+        set_encoder_precision(tiny_encoder(), "int8")
+    enc = tiny_encoder()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    set_encoder_precision(enc, "fp32")
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # as trained
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert default_encoder_precision() == ("bf16" if native else "fp32")
+    assert default_encoder_precision() in ENCODER_PRECISIONS
+
+
+def test_the_serving_settings_offer_exactly_the_encoder_precisions():
+    import typing
+
+    from pydantic import ValidationError
+
+    from larimar.precision import ENCODER_PRECISIONS
+    from larimar.serving.schemas import ServeSettings
+
+    literal, _none = typing.get_args(ServeSettings.model_fields["encoder_precision"].annotation)
+    assert typing.get_args(literal) == ENCODER_PRECISIONS
+    with pytest.raises(ValidationError, match="encoder_precision"):
+        ServeSettings(encoder_precision="int8")

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None, prog: str | None = None):
             file=sys.stderr,
             flush=True,
         )
+    from larimar.serving import serve_env
+
+    serve_env.apply()  # Ray's high-throughput mode for the Ray it starts; a cluster at RAY_ADDRESS keeps its own
     import ray
     from ray import serve
 

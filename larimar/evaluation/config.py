@@ -64,6 +64,10 @@ class EvalConfig:
         default="fp32",
         metadata={"help": "the decoder's weights at inference: fp32 (as trained), bf16 or int8 (larimar.precision)"},
     )
+    encoder_precision: str = field(
+        default="fp32",
+        metadata={"help": "the encoder backbone at inference: fp32 (as trained) or bf16 (larimar.precision)"},
+    )
     use_scope: bool = field(default=False, metadata={"help": "memory experiments: gate reads with the scope detector"})
     checkpoints: int = field(default=10, metadata={"help": "sequential: evaluate after every N/checkpoints edits"})
     sizes: list[int] = field(
@@ -98,11 +102,15 @@ class EvalConfig:
                 raise ConfigError(
                     f"--editor {self.editor}: baselines run {sorted(BASELINE_EXPERIMENTS)}, not {self.experiment!r}"
                 )
-        from larimar.precision import PRECISIONS  # here, not at the top: `--help` must not load torch
+        from larimar.precision import ENCODER_PRECISIONS, PRECISIONS  # here: `--help` must not load torch
 
         if self.decoder_precision not in PRECISIONS:
             raise ConfigError(
                 f"--decoder-precision must be one of {', '.join(PRECISIONS)}, got {self.decoder_precision!r}"
+            )
+        if self.encoder_precision not in ENCODER_PRECISIONS:
+            raise ConfigError(
+                f"--encoder-precision must be one of {', '.join(ENCODER_PRECISIONS)}, got {self.encoder_precision!r}"
             )
         if self.readout not in (None, "raw", "value_norm"):
             raise ConfigError(f"--readout must be 'raw' or 'value_norm', got {self.readout!r}")

@@ -18,7 +18,7 @@ from larimar.editor import EditableMemory, LarimarEditor
 from larimar.benchmarks import Fact, load_facts
 from larimar.evaluation.config import EvalConfig
 from larimar.model import LarimarConfig, LarimarModel, bundled_models
-from larimar.precision import set_decoder_precision
+from larimar.precision import set_decoder_precision, set_encoder_precision
 
 
 def model_config(spec: str) -> LarimarConfig:
@@ -49,6 +49,7 @@ class EvalContext:
         self.cfg = cfg
         self.model = model if model is not None else load_model(cfg.model)
         set_decoder_precision(self.model.decoder, cfg.decoder_precision)
+        set_encoder_precision(self.model.encoder, cfg.encoder_precision)
         scope_model = cfg.scope_model if needs_scope else None
         self.editor = LarimarEditor(
             self.model,

@@ -28,7 +28,7 @@ from ray.serve.metrics import Counter, Gauge, Histogram
 from larimar.fact_encoder import encode_facts, encode_queries
 from larimar.facts import Fact, make_fact, scope_texts
 from larimar.model import LarimarModel
-from larimar.precision import set_decoder_precision
+from larimar.precision import default_encoder_precision, set_decoder_precision, set_encoder_precision
 from larimar.scope import embed_texts, load_embedder
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
@@ -62,10 +62,14 @@ from larimar.serving.store import Conflict, MemoryStore, StoreConfig, StoreError
 class Encoder:
     """Text -> Larimar latents, and sentence embeddings for the scope detector."""
 
-    def __init__(self, model_dir: str, scope_model: str | None, threads: int | None = None):
+    def __init__(
+        self, model_dir: str, scope_model: str | None, threads: int | None = None, precision: str | None = None
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.model = LarimarModel.from_pretrained(model_dir)
+        # resolved here, on the replica's own CPU (ServeSettings.encoder_precision)
+        set_encoder_precision(self.model.encoder, precision or default_encoder_precision())
         # With the MiniLM encoder frozen, its pooled output is the scope embedding: one pass, no embedder.
         self.shared = self.model.shares_scope_embedder(scope_model)
         self.embedder = load_embedder(scope_model) if scope_model and not self.shared else None
@@ -1068,7 +1072,7 @@ def build(args: dict):
             "target_ongoing_requests": 8,
         },
         health_check_period_s=settings.health_check_period_s,
-    ).bind(settings.model, settings.scope_model, settings.torch_threads)
+    ).bind(settings.model, settings.scope_model, settings.torch_threads, settings.encoder_precision)
     memory = MemoryActor.options(health_check_period_s=settings.health_check_period_s)
     return Ingress.options(health_check_period_s=settings.health_check_period_s).bind(
         encoder,

@@ -19,7 +19,11 @@ KEY = "bench-key"
 @contextmanager
 def local_application(model: str, **settings) -> Iterator[dict]:
     """Start Ray and the "larimar" application on :8000 with `settings` (ServeSettings keys) over
-    the defaults; yields the Authorization headers of the one tenant, "bench"; shuts both down."""
+    the defaults; yields the Authorization headers of the one tenant, "bench"; shuts both down.
+    Ray's high-throughput mode is on (`larimar.serving.serve_env`) unless the environment says otherwise."""
+    from larimar.serving import serve_env
+
+    serve_env.apply()
     import ray
     from ray import serve
 
