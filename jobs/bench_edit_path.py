@@ -1,7 +1,7 @@
 """Where an acknowledged edit's time goes, stage by stage, in one process (issue 18).
 
     python jobs/bench_edit_path.py [--model larimar-smol-v3] [--sizes 1,8,32] [--threads 1] \
-        [--out runs/bench_edit_path.json]
+        [--encoder-precision fp32|bf16] [--out runs/bench_edit_path.json]
 
 The serving path of POST /v1/memories/{id}/facts is: HTTP proxy -> ingress -> encoder deployment
 (`larimar.fact_encoder.encode_facts`) -> its answer pickled back through Ray -> memory actor:
@@ -30,6 +30,7 @@ import torch
 from larimar.fact_encoder import encode_facts
 from larimar.facts import make_fact
 from larimar.model import DEFAULT_MODEL, LarimarModel
+from larimar.precision import default_encoder_precision, set_encoder_precision
 from larimar.serving.store import MemoryStore, StoreConfig, checksum, log_name
 
 
@@ -91,12 +92,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default="1,8,32", help="facts per merged write")
     p.add_argument("--threads", type=int, default=1, help="torch threads (a Serve replica's)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument(
+        "--encoder-precision", default=None, help="fp32 or bf16 (default: the encoder replica's choice for this CPU)"
+    )
     p.add_argument("--storage", default=None, help="where the log goes (default: a temporary directory)")
     p.add_argument("--out", default="runs/bench_edit_path.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     model = LarimarModel.from_pretrained(a.model).eval()
-    report = {"model": a.model, "threads": a.threads, "value_dim": model.value_dim, "rows": []}
+    precision = a.encoder_precision or default_encoder_precision()
+    set_encoder_precision(model.encoder, precision)
+    report = {
+        "model": a.model,
+        "threads": a.threads,
+        "encoder_precision": precision,
+        "value_dim": model.value_dim,
+        "rows": [],
+    }
     with tempfile.TemporaryDirectory(dir=a.storage) as d:
         cfg = StoreConfig(
             storage=d,

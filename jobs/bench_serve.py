@@ -285,6 +285,9 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16,int8", help="decode: the decoder precisions compared")
     parser.add_argument("--serve-precision", default="int8", help="ServeSettings.decoder_precision")
     parser.add_argument("--torch-threads", type=int, default=None, help="ServeSettings.torch_threads")
+    parser.add_argument(
+        "--encoder-precision", default=None, help="ServeSettings.encoder_precision (default: the CPU's choice)"
+    )
     parser.add_argument("--batch-wait-s", type=float, default=None, help="ServeSettings.decoder_batch_wait_s")
     args = parser.parse_args()
     sections = [x for x in args.sections.split(",") if x]
@@ -296,13 +299,21 @@ def main() -> None:
     from larimar.precision import set_decoder_precision
     from larimar.serving.local import local_application
 
+    from larimar.serving import serve_env
+
     report: dict = {
         "model": args.model,
         "replica_torch_threads": args.torch_threads,
         "serve_precision": args.serve_precision,
+        "encoder_precision": args.encoder_precision,
+        "serve_env": serve_env.apply(),  # what local_application's Ray runs with (the environment may override it)
     }
     if "edits" in sections or "generation" in sections:
-        served = {"torch_threads": args.torch_threads, "decoder_precision": args.serve_precision}
+        served = {
+            "torch_threads": args.torch_threads,
+            "decoder_precision": args.serve_precision,
+            "encoder_precision": args.encoder_precision,
+        }
         if args.batch_wait_s is not None:
             served["decoder_batch_wait_s"] = report["decoder_batch_wait_s"] = args.batch_wait_s
         with local_application(args.model, **served) as headers:

@@ -6,6 +6,8 @@ Starts the application as `jobs/bench_serve.py` does, drives `--clients` writers
 the proxy, the ingress, the encoder and the memory actor with `py-spy record --format raw`
 (collapsed stacks, idle frames dropped) for `--seconds`. Prints, per process, its share of the
 samples (busy CPU) and the functions with the most inclusive samples; writes the raw files.
+Before that, the CPU every process on the machine used over the same window (psutil's CPU times:
+HAProxy, which py-spy cannot sample, Ray's raylet and GCS, the clients in this process).
 Needs `pip install py-spy` (a diagnostic, not a dependency of the project).
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +45,44 @@ def serve_pids() -> dict[str, int]:
             if args.startswith("ray::") and needle in args and role not in pids:
                 pids[role] = int(pid)
     return pids
+
+
+def _label(proc) -> str:
+    """A short name for a process: Serve's role, the Ray actor or daemon, or the executable."""
+    try:
+        args = " ".join(proc.cmdline()) or proc.name()
+    except Exception:  # noqa: BLE001 - it exited meanwhile, or is not ours to read
+        return "?"
+    for needle, role in ROLES.items():
+        if args.startswith("ray::") and needle in args:
+            return role
+    if args.startswith("ray::"):
+        return args.split()[0]
+    if proc.pid == os.getpid():
+        return "clients (this process)"
+    return Path(args.split()[0]).name
+
+
+def cpu_times() -> dict[int, tuple[str, float]]:
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter():
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (_label(proc), t.user + t.system)
+        except Exception:  # noqa: BLE001 - exited meanwhile
+            continue
+    return out
+
+
+def cpu_shares(before: dict, after: dict, seconds: float) -> list[tuple[str, float]]:
+    """Per label, the share of one core used between the two snapshots, largest first."""
+    used = collections.Counter()
+    for pid, (label, t) in after.items():
+        if pid in before:
+            used[label] += (t - before[pid][1]) / seconds
+    return [(label, share) for label, share in used.most_common() if share >= 0.01]
 
 
 def summarize(raw: Path, top: int) -> tuple[int, list[tuple[str, int]]]:
@@ -91,6 +132,10 @@ def main() -> None:
         time.sleep(3)  # warm
         pids = serve_pids()
         print("profiling", pids, flush=True)
+        before, cpu_before, t_cpu = sum(done.values()), cpu_times(), time.time()
+        time.sleep(a.seconds)  # first the whole machine's CPU, unprofiled
+        cpu_after, cpu_s = cpu_times(), time.time() - t_cpu
+        unprofiled = (sum(done.values()) - before) / cpu_s
         before = sum(done.values())
         spies = {
             role: subprocess.Popen(
@@ -122,7 +167,10 @@ def main() -> None:
         stop.set()
         for t in threads:
             t.join()
-    print(f"{rate:.1f} edits/s while profiled (py-spy itself takes CPU); statuses {dict(done)}")
+    print(f"\n{unprofiled:.1f} edits/s unprofiled; the CPU of each process over {cpu_s:.1f} s (share of one core):")
+    for label, share in cpu_shares(cpu_before, cpu_after, cpu_s):
+        print(f"{share:7.0%}  {label}")
+    print(f"\n{rate:.1f} edits/s while profiled (py-spy itself takes CPU); statuses {dict(done)}")
     for role in spies:
         raw = out / f"{role}.txt"
         if not raw.exists():

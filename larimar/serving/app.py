@@ -6,8 +6,10 @@
 Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embeddings)
 -> MemoryActor.read (consistent version; 0 latent when out of scope) -> Decoder.generate.
 Writes: Ingress -> Encoder.encode_facts -> MemoryActor.write, where concurrent writes are batched
-(`larimar.serving.batcher.WhenFree`: each batch formed when the one before it is committed), validated, logged durably and applied as one low-rank update per memory under
-one asyncio lock. Only the actor touches memory state; it runs no network (latents arrive
+at every step (`larimar.serving.batcher.WhenFree`: each batch formed when the one before it is
+done): the ingress sends the requests that arrived meanwhile to the encoder in one call and to
+the actor in one call, the encoder runs their facts in one pass, and the actor validates them,
+logs them durably and applies them as one low-rank update per memory under one asyncio lock. Only the actor touches memory state; it runs no network (latents arrive
 encoded), so edits stay in the millisecond range. State logic: `larimar.serving.store`.
 No `from __future__ import annotations` here: FastAPI must see the real types of the
 class-based ingress methods to tell request bodies from query parameters.
@@ -83,9 +85,11 @@ class Encoder:
             return torch.empty(len(texts), 0)
         return embed_texts(self.embedder, texts)
 
-    async def encode_facts(self, request: list[dict]) -> dict:
-        """Concurrent requests share one encoder pass (keys and values together) and one scope pass."""
-        return await self._facts(request)
+    async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
+        """The facts of several write requests (the ingress sends what arrived together) -> one
+        encoding or error per request. Concurrent calls share one encoder pass (keys and values
+        together) and one scope pass."""
+        return list(await asyncio.gather(*(self._facts(r) for r in requests)))
 
     def _too_long(self, facts: list[Fact]) -> dict | None:
         """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut:
@@ -471,11 +475,12 @@ class MemoryActor:
             }
         }
 
-    async def write(self, request: tuple[str, str, list[dict], dict, str | None]) -> dict:
-        """(tenant, memory id, facts, their encodings, Idempotency-Key) -> {"ok": ...} or {"error"}.
-        Concurrent writes are merged (`_write_batch`), a batch formed whenever the one before it
-        is committed (`larimar.serving.batcher.WhenFree`)."""
-        return await self._writes(request)
+    async def write(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
+        """Write requests, each (tenant, memory id, facts, their encodings, Idempotency-Key) ->
+        {"ok": ...} or {"error"} each, every answer given once its entry is durable. Concurrent
+        writes are merged (`_write_batch`), a batch formed whenever the one before it is committed
+        (`larimar.serving.batcher.WhenFree`)."""
+        return list(await asyncio.gather(*(self._writes(r) for r in requests)))
 
     async def _write_batch(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
         """Concurrent writes: validated in arrival order, one log entry and one update per memory.
@@ -636,6 +641,12 @@ class Ingress:
         self.memory = Dependency("memory actor", memory, wait, retry)
         self.app_name = serve.get_replica_context().app_name
         self.keys = ApiKeys(self.settings.api_keys)
+        # Concurrent writes make one call to the encoder and one to the memory actor per batch,
+        # not one each per request: under load a Serve call cost the ingress, the encoder and the
+        # actor more CPU than the encoder's pass over the fact. Two stages, so that the encoder
+        # works on the next batch while the actor commits this one.
+        self._encodes = WhenFree(self._send_encodes, 64)
+        self._writes = WhenFree(self._send_writes, 64)
         self.started = time.time()
         self.requests = Counter("larimar_http_requests", description="HTTP requests", tag_keys=("endpoint", "status"))
         self.latency = Histogram(
@@ -828,10 +839,18 @@ class Ingress:
             for key in ("text", "prompt", "target", "subject"):
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
-        enc = await self.encoder.encode_facts.remote(facts)
+        enc = await self._encodes(facts)
         if "error" in enc:
             _unwrap(enc)
-        return _unwrap(await self.memory.write.remote((tenant, memory_id, facts, enc, idempotency_key)))
+        return _unwrap(await self._writes((tenant, memory_id, facts, enc, idempotency_key)))
+
+    async def _send_encodes(self, requests: list[list[dict]]) -> list[dict]:
+        return await self.encoder.encode_facts.remote(requests)
+
+    async def _send_writes(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
+        """Answered when every entry of the batch is durable (`MemoryActor.write`); a lost actor is
+        a 503 for each request of the batch (`larimar.serving.availability`), none acknowledged."""
+        return await self.memory.write.remote(requests)
 
     @api.delete("/v1/memories/{memory_id}/facts/{fact_id}", response_model=ForgetResult)
     async def forget_fact(
