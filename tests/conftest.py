@@ -5,11 +5,6 @@ from pathlib import Path
 
 # Tests never use the network; huggingface_hub reads this once, at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Every Ray the tests start serves as `larimar serve` does (Ray's high-throughput mode); read when
-# Ray's processes start, and by `ray.serve` at import.
-from larimar.serving import serve_env  # noqa: E402
-
-serve_env.apply()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -91,9 +91,6 @@ def train(cfg: DemoConfig, out: Path) -> tuple[Path, float, dict]:
 
 def serve_demo(model_dir: Path, facts, out: Path, synthetic: bool = True) -> dict:
     """The same story over HTTP: Serve on an embedded local Ray, an API key, a memory, edits."""
-    from larimar.serving import serve_env
-
-    serve_env.apply()
     import ray
     import requests
     from ray import serve

@@ -26,6 +26,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--name", default="larimar", help="Serve application name")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray it starts (default: all)")
+    p.add_argument(
+        "--high-throughput",
+        action="store_true",
+        help="start the local Ray in Ray Serve's high-throughput mode (HAProxy, direct ingress, gRPC between "
+        "replicas; larimar/serving/serve_env.py)",
+    )
     p.add_argument("overrides", nargs="*", help="key=value ServeSettings fields, e.g. model=larimar-smol-v3")
     return p
 
@@ -51,9 +57,10 @@ def main(argv: list[str] | None = None, prog: str | None = None):
             file=sys.stderr,
             flush=True,
         )
-    from larimar.serving import serve_env
+    if args.high_throughput:
+        from larimar.serving import serve_env
 
-    serve_env.apply()  # Ray's high-throughput mode for the Ray it starts; a cluster at RAY_ADDRESS keeps its own
+        serve_env.apply()  # for the Ray it starts; a cluster at RAY_ADDRESS keeps its own environment
     import ray
     from ray import serve
 

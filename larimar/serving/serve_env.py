@@ -18,9 +18,17 @@ client and from 65 to 113 edits/s at 32 (`python jobs/bench_serve.py --model lar
 What the application does is unchanged: the same deployments, handles and HTTP routes.
 
 Because they are read when Ray's processes start, they must be in the environment of whatever
-starts Ray: `apply()` before `ray.init()` in this process (`larimar serve`, the benchmarks, the
-tests), the pod spec on Kubernetes (k8s/base/rayservice.yaml). A value already set wins, so
-``RAY_SERVE_ENABLE_HA_PROXY=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` serves through Ray's Python proxy.
+starts Ray: `apply()` before `ray.init()` in this process (`larimar serve --high-throughput`, the
+benchmarks through `larimar.serving.local`), the pod spec on Kubernetes (k8s/base/rayservice.yaml,
+on by default there). A value already set wins, so ``RAY_SERVE_ENABLE_HA_PROXY=0
+RAY_SERVE_THROUGHPUT_OPTIMIZED=0`` turns it off for the benchmarks.
+
+Why not on by default on a single host: Ray 2.60 leaves the HAProxy process running when the
+actor that started it is killed rather than shut down (`ray stop`, a controller that misses its
+30 s shutdown deadline on a busy machine). The orphan keeps :8000, :9101 and :8404, and the next
+Serve started on that host fails with "Address already in use" (seen in this project's test
+suite, where one Serve after another starts and stops). A pod's processes end with the pod, so
+on Kubernetes it is safe; elsewhere, after `ray stop`, check for a leftover `haproxy`.
 """
 
 from __future__ import annotations
