@@ -9,8 +9,9 @@ Writes: Ingress -> Encoder.encode_facts -> MemoryActor.write, where concurrent w
 at every step (`larimar.serving.batcher.WhenFree`: each batch formed when the one before it is
 done): the ingress sends the requests that arrived meanwhile to the encoder in one call and to
 the actor in one call, the encoder runs their facts in one pass, and the actor validates them,
-logs them durably and applies them as one low-rank update per memory under one asyncio lock. Only the actor touches memory state; it runs no network (latents arrive
-encoded), so edits stay in the millisecond range. State logic: `larimar.serving.store`.
+logs them durably and applies them as one low-rank update per memory under one asyncio lock.
+Only the actor touches memory state; it runs no network (latents arrive encoded), so edits stay
+in the millisecond range. State logic: `larimar.serving.store`.
 No `from __future__ import annotations` here: FastAPI must see the real types of the
 class-based ingress methods to tell request bodies from query parameters.
 """
