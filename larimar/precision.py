@@ -23,8 +23,9 @@ slot entries of the KV cache have the dtype the layers' own keys and values have
 The encoder has its own switch (`set_encoder_precision`): fp32 or a bf16 backbone. An edit is
 bound by arithmetic, not by weight reads (MiniLM over an edit's prompt, sentence and target, in
 batches), and a CPU with native bf16 (AVX512-BF16, AMX) runs oneDNN's bf16 GEMMs at several
-times its fp32 rate: 32 edits' encoder pass on one thread 148 -> 65 ms, one edit 11.9 -> 7.3 ms,
-keys, values and scope vectors at cosine >= 0.99995 to fp32's (`larimar-smol-facts`). Only the
+times its fp32 rate: 32 edits' encoder pass on one thread 132.6 -> 63.6 ms, one edit 13.6 -> 9.3
+ms (`python jobs/bench_edit_path.py --model larimar-smol-facts --sizes 1,32 --encoder-precision
+fp32|bf16`), keys, values and scope vectors at cosine >= 0.99995 to fp32's. Only the
 backbone is cast: pooling and the latent heads run in float32, so memory keys and values stay
 float32. A CPU without native bf16 emulates it, slower than fp32: `default_encoder_precision`
 picks bf16 only where oneDNN reports the hardware for it.
