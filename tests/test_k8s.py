@@ -136,7 +136,7 @@ def test_token_auth_ray_version_and_image_tags_follow_pyproject(built):
                 assert tag.endswith("-gpu") == (name == "gpu"), c["image"]
 
 
-def test_every_serving_pod_runs_rays_high_throughput_mode_as_larimar_serve_does(built):
+def test_every_serving_pod_runs_rays_high_throughput_mode(built):
     """The RayService's pods (head and every worker group, in every overlay, patches included) carry
     `larimar.serving.serve_env.HIGH_THROUGHPUT`: Ray reads it when each node's processes start, and
     a node without it would run the Python proxy beside HAProxy nodes."""
