@@ -20,6 +20,14 @@ v3 decoder's conditioned first token fell from 84 to 47 ms.
 The conditioning (latent slots, embedding shift, prefix rows) follows the LM into bf16, so the
 slot entries of the KV cache have the dtype the layers' own keys and values have.
 
+All of that holds on a CPU with native bf16 (AVX512-BF16 or AMX: the machine those figures come
+from). On one without (`native_bf16`; an AVX2 AMD EPYC, 2 cores) oneDNN emulates bf16 GEMMs at a
+fifth of fp32's speed, and the bf16 prefill GEMM made v3's conditioned first token 745 ms. There
+the int8 model keeps float32 activations and float32 prefill GEMMs, and only the matrix-vector
+kernel sees bf16 (`python jobs/bench_serve.py --model larimar-smol-v3 --sections decode
+--precisions fp32,int8`: fp32 17.9 tokens/s plain, 17.1 conditioned, first token 167 ms; int8
+28.3 / 23.6 / 168 ms; 8 jobs batched 58.3 against 77.3 tokens/s).
+
 The encoder has its own switch (`set_encoder_precision`): fp32 or a bf16 backbone. An edit is
 bound by arithmetic, not by weight reads (MiniLM over an edit's prompt, sentence and target, in
 batches), and a CPU with native bf16 (AVX512-BF16, AMX) runs oneDNN's bf16 GEMMs at several
@@ -60,7 +68,8 @@ class Int8WeightOnlyLinear(nn.Module):
     by rows, so how many prompts share a pass never changes how each is computed: choosing by rows
     made a short prompt's first token come out of the int8 kernel alone and of the GEMM beside
     three others, and a near-tie flipped (tests/test_openai.py). Every position through the GEMM
-    cost a short plain prompt's first token 20 -> 29 ms, hence the threshold."""
+    cost a short plain prompt's first token 20 -> 29 ms, hence the threshold. On a CPU without
+    native bf16 the GEMM runs in float32 on float32 dequantized weights (`gemm_dtype`)."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -70,21 +79,23 @@ class Int8WeightOnlyLinear(nn.Module):
         self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale.to(torch.bfloat16))
         dequantized = self.weight_int8.float() * self.scale.float()[:, None]
-        self.register_buffer("weight_gemm", dequantized.to(torch.bfloat16), persistent=False)
-        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
-        self.register_buffer("bias", bias)
+        gemm = gemm_dtype()
+        self.register_buffer("weight_gemm", dequantized.to(gemm), persistent=False)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        self.register_buffer("bias", bias.to(torch.bfloat16) if bias is not None else None)
+        self.register_buffer("bias_gemm", bias.to(gemm) if bias is not None else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
+        shape, dtype = x.shape, x.dtype
         positions = shape[-2] if len(shape) >= 3 else 1  # (B, T, K): T; (B, K): one each
-        x = x.reshape(-1, shape[-1]).to(torch.bfloat16)
+        x = x.reshape(-1, shape[-1])
         if positions >= GEMM_FROM_POSITIONS:
-            y = nn.functional.linear(x, self.weight_gemm, self.bias)
+            y = nn.functional.linear(x.to(self.weight_gemm.dtype), self.weight_gemm, self.bias_gemm)
         else:
-            y = torch._weight_int8pack_mm(x, self.weight_int8, self.scale)
+            y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.weight_int8, self.scale)
             if self.bias is not None:
                 y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+        return y.to(dtype).view(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -92,19 +103,23 @@ class Int8WeightOnlyLinear(nn.Module):
 
 def set_decoder_precision(decoder: ConditionedDecoder, precision: str) -> ConditionedDecoder:
     """Cast a conditioned decoder (its LM and its conditioning) for inference, in place:
-    "fp32" leaves it as it is, "bf16" casts it, "int8" casts it to bf16 and swaps every linear
-    layer of the LM (the tied output head included, as its own int8 copy) for
-    `Int8WeightOnlyLinear`. For generation and scoring only: int8 layers have no gradient."""
+    "fp32" leaves it as it is, "bf16" casts it, "int8" swaps every linear layer of the LM (the
+    tied output head included, as its own int8 copy) for `Int8WeightOnlyLinear` and casts the
+    rest to bf16 where the CPU has native bf16 (`native_bf16`); elsewhere the norms, attention and
+    conditioning stay float32, which an AVX2 CPU runs faster than emulated bf16 (an AVX2 EPYC, v3:
+    plain 24.3 -> 28.3 tokens/s, conditioned first token 212 -> 168 ms). For generation and
+    scoring only: int8 layers have no gradient."""
     if precision not in PRECISIONS:
         raise ValueError(f"decoder precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return decoder
     if precision == "int8" and next(decoder.lm.parameters()).device.type != "cpu":
         raise ValueError("decoder precision 'int8' runs on CPU only; use 'bf16' on GPUs")
-    decoder.to(torch.bfloat16)
-    latent = getattr(decoder, "latent", None)  # EmbeddingPrefixDecoder keeps its latent decoder unregistered
-    if isinstance(latent, nn.Module):
-        latent.to(torch.bfloat16)
+    if precision == "bf16" or native_bf16():
+        decoder.to(torch.bfloat16)
+        latent = getattr(decoder, "latent", None)  # EmbeddingPrefixDecoder keeps its latent decoder unregistered
+        if isinstance(latent, nn.Module):
+            latent.to(torch.bfloat16)
     if precision == "int8":
         lm = decoder.lm
         for module in list(lm.modules()):
@@ -115,9 +130,24 @@ def set_decoder_precision(decoder: ConditionedDecoder, precision: str) -> Condit
     return decoder
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (oneDNN's check: AVX512-BF16 or AMX). Without
+    it oneDNN emulates bf16 GEMMs, several times slower than fp32 (an AVX2 EPYC, 2 threads: 58 x
+    576 @ 576 x 1536 in 5.7 ms bf16 against 0.86 ms fp32), while the int8 matrix-vector kernel
+    stays faster than fp32 (1 row: 49 us against 87)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def gemm_dtype() -> torch.dtype:
+    """The dtype of `Int8WeightOnlyLinear`'s dequantized GEMM weights: bf16 where the CPU has it
+    natively, float32 otherwise (twice the memory, and the prefill that an emulated bf16 GEMM
+    made 4 to 5 times slower than fp32's)."""
+    return torch.bfloat16 if native_bf16() else torch.float32
+
+
 def default_encoder_precision() -> str:
-    """bf16 where this CPU multiplies bf16 in hardware (oneDNN's check: AVX512-BF16 or AMX), else fp32."""
-    return "bf16" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    """bf16 where this CPU multiplies bf16 in hardware (`native_bf16`), else fp32."""
+    return "bf16" if native_bf16() else "fp32"
 
 
 def set_encoder_precision(encoder: LatentEncoder, precision: str) -> LatentEncoder:

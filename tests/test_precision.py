@@ -9,11 +9,20 @@ from torch import nn
 
 from larimar.decoder import LatentDecoder
 from larimar.encoder import LatentEncoder
+from larimar import precision as precision_module
 from larimar.precision import Int8WeightOnlyLinear, set_decoder_precision, set_encoder_precision
 from larimar.prefix_decoder import EmbeddingPrefixDecoder
 from tests.test_decoder import tiny_lm
 
 BOS, C = 1, 12
+
+
+@pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
+def native(request, monkeypatch):
+    """Both CPU kinds, whichever this one is: with native bf16 the int8 model runs bf16
+    activations and bf16 prefill GEMMs, without it float32 ones (`precision.native_bf16`)."""
+    monkeypatch.setattr(precision_module, "native_bf16", lambda: request.param)
+    return request.param
 
 
 def test_int8_weight_only_linear_is_close_to_the_float_layer():
@@ -23,28 +32,31 @@ def test_int8_weight_only_linear_is_close_to_the_float_layer():
     assert q.weight_int8.dtype == torch.int8 and q.scale.shape == (40,)
     x = torch.randn(3, 5, 96)
     want, got = layer(x), q(x)
-    assert got.shape == want.shape and got.dtype == torch.bfloat16
+    assert got.shape == want.shape and got.dtype == x.dtype  # computed in bf16, answered in the input's dtype
+    assert q(x.bfloat16()).dtype == torch.bfloat16
     assert (got.float() - want).norm() / want.norm() < 0.02  # bf16 inputs + int8 weights: about 1%
     assert (got.float() - want).norm() / want.norm() > 0  # really quantized
 
 
-def test_int8_prefill_positions_run_as_a_gemm_on_the_same_quantized_weights():
+def test_int8_prefill_positions_run_as_a_gemm_on_the_same_quantized_weights(native):
     """Inputs of GEMM_FROM_POSITIONS positions per sequence or more (a long prefill) multiply by
-    the layer's dequantized int8 weights in bf16: position for position what the int8 kernel gives
-    a decoding step, up to bf16 rounding; the choice goes by positions, so a sequence gets the same
-    numbers alone and batched with others."""
+    the layer's dequantized int8 weights (in bf16 on a CPU with native bf16, else in float32):
+    position for position what the int8 kernel gives a decoding step, up to bf16 rounding; the
+    choice goes by positions, so a sequence gets the same numbers alone and batched with others."""
     from larimar.precision import GEMM_FROM_POSITIONS
 
     torch.manual_seed(0)
     layer = nn.Linear(96, 40, bias=True)
     q = Int8WeightOnlyLinear(layer)
+    assert q.weight_gemm.dtype == (torch.bfloat16 if native else torch.float32)
     T = GEMM_FROM_POSITIONS
     x = torch.randn(3, T, 96)
     many = q(x).float()  # the GEMM path
     steps = torch.stack([q(x[:, t : t + 1])[:, 0] for t in range(T)], 1).float()  # the int8 kernel, a step at a time
     assert (many - steps).norm() / steps.norm() < 5e-3
-    quantized = x.to(torch.bfloat16).float() @ (q.weight_int8.float() * q.scale.float()[:, None]).T + q.bias.float()
-    original = layer(x.to(torch.bfloat16).float()).detach()
+    xg = x.to(q.weight_gemm.dtype).float()  # what the GEMM multiplies
+    quantized = xg @ (q.weight_int8.float() * q.scale.float()[:, None]).T + q.bias.float()
+    original = layer(xg).detach()
     assert (many - quantized).norm() < 0.5 * (many - original).norm()  # the int8 weights, not the original ones
     assert torch.equal(q(x[:1]), q(x)[:1])  # a sequence alone gets what it gets beside others
     assert torch.equal(q(x[:1, :1]), q(x[:, :1])[:1])  # ... and so does a decoding step
@@ -59,12 +71,14 @@ def decoder(arch: str) -> EmbeddingPrefixDecoder:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_a_cast_decoder_conditions_like_the_fp32_one(precision):
+def test_a_cast_decoder_conditions_like_the_fp32_one(precision, native):
     ref, dec = decoder("llama"), set_decoder_precision(decoder("llama"), precision)
     if precision == "int8":
         kinds = {type(m) for m in dec.lm.modules()}
         assert Int8WeightOnlyLinear in kinds and nn.Linear not in kinds  # the output head too
-    assert dec.lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    # int8 without native bf16: norms, attention and conditioning stay float32 (faster there)
+    want_dtype = torch.bfloat16 if precision == "bf16" or native else torch.float32
+    assert dec.lm.get_input_embeddings().weight.dtype == want_dtype
     rows = dec.fact_values([[20, 21, 22]])
     assert rows.dtype == torch.float32  # memory values stay float32 whatever the decoder runs in
     torch.testing.assert_close(rows, ref.fact_values([[20, 21, 22]]), atol=0.02, rtol=0.02)
@@ -73,7 +87,7 @@ def test_a_cast_decoder_conditions_like_the_fp32_one(precision):
     z = torch.cat([torch.randn(1, C), rows], 1)
     want, got = ref(ids, mask, z), dec(ids, mask, z).float()
     assert torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0) > 0.99
-    out = dec.generate(ids, mask, z, max_new_tokens=3, do_sample=False)  # the slot's cache entries in bf16
+    out = dec.generate(ids, mask, z, max_new_tokens=3, do_sample=False)  # the slot's cache entries in that dtype
     assert out.shape == (1, 7)
     zero = torch.zeros_like(z)
     torch.testing.assert_close(dec(ids, mask, zero), dec.lm(input_ids=ids).logits)  # z = 0: the LM alone
