@@ -57,6 +57,7 @@ from larimar.serving.schemas import (
     load_settings,
 )
 from larimar.serving.store import Conflict, MemoryStore, StoreConfig, StoreError
+from larimar.serving.wire import arrays_in_and_out
 
 # -- model deployments ----------------------------------------------------------------------------
 
@@ -86,6 +87,7 @@ class Encoder:
             return torch.empty(len(texts), 0)
         return embed_texts(self.embedder, texts)
 
+    @arrays_in_and_out
     async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
         """The facts of several write requests (the ingress sends what arrived together) -> one
         encoding or error per request. Concurrent calls share one encoder pass (keys and values
@@ -139,6 +141,7 @@ class Encoder:
             start += len(facts)
         return out
 
+    @arrays_in_and_out
     async def encode_queries(self, request: list[str]) -> dict:
         """Latents and, with a scope model, the query sentences' scope vectors; without one
         (``scope_model: null``) "sentences" is None and the memory is read for every query, as the
@@ -252,6 +255,7 @@ class Decoder:
         self._loop.submit(job)
         return await answer
 
+    @arrays_in_and_out
     async def complete(self, req: dict) -> dict:
         """{"prompts": [...]} or {"messages": [...]}, "z", "max_tokens", "temperature", "top_p", "stop"
         -> {"ok": [Completion dicts]} or {"error": ...} (a prompt over the token limit, the deadline)."""
@@ -267,6 +271,7 @@ class Decoder:
             return _error(completion.timeout_error(job.deadline_s))
         return {"ok": [o.to_dict() for o in outs]}
 
+    @arrays_in_and_out
     async def stream(self, req: dict):
         """Streamed `complete` of one prompt: {"ok": {"prompt_tokens"}} (or {"error"}) first, so the
         ingress can still answer a 4xx before the stream starts, then {"text"} pieces, then {"done"}.
@@ -295,6 +300,7 @@ class Decoder:
         finally:
             job.cancel.set()  # a client that went away ends its row at the next token
 
+    @arrays_in_and_out
     async def score(self, req: dict) -> dict:
         """{"prompt", "candidates", "z", limits} -> {"ok": [(logprob, mean NLL, tokens)]} or {"error"}."""
         try:
@@ -476,6 +482,7 @@ class MemoryActor:
             }
         }
 
+    @arrays_in_and_out
     async def write(self, requests: list[tuple[str, str, list[dict], dict, str | None]]) -> list[dict]:
         """Write requests, each (tenant, memory id, facts, their encodings, Idempotency-Key) ->
         {"ok": ...} or {"error"} each, every answer given once its entry is durable. Concurrent
@@ -541,6 +548,7 @@ class MemoryActor:
             self._update_gauges()
             return {"ok": {"forgotten": fact_id, "version": version}}
 
+    @arrays_in_and_out
     async def read(self, tenant: str, memory_id: str, queries: dict, use_scope: bool) -> dict:
         """No lock needed: `apply` runs without awaiting, so a read sees a whole version or the previous one."""
         try:

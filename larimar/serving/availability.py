@@ -29,6 +29,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from larimar.serving.errors import ApiError
+from larimar.serving.wire import pack, unpack
 
 # A replica that died or is not (yet) there: retrying later can succeed.
 UNAVAILABLE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError)
@@ -48,7 +49,9 @@ class Dependency:
     """A Serve deployment handle whose calls answer within `timeout_s` or raise a 503 `ApiError`.
 
     ``await dep.method.remote(*args)`` reads as the handle's own call; `stream` wraps a streaming
-    method (``handle.options(stream=True)``), each item under the same timeout.
+    method (``handle.options(stream=True)``), each item under the same timeout. Tensors go out
+    and come back as numpy arrays (`larimar.serving.wire`; the methods called unpack and pack
+    them with `wire.arrays_in_and_out`).
     """
 
     def __init__(self, name: str, handle, timeout_s: float, retry_after_s: int):
@@ -62,7 +65,7 @@ class Dependency:
     async def wait(self, response, timeout_s: float | None = None) -> Any:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            return await asyncio.wait_for(_awaited(response), timeout_s)
+            return unpack(await asyncio.wait_for(_awaited(response), timeout_s))
         except TimeoutError:
             response.cancel()  # the replica stops working on it, if it ever got it
             raise unavailable(self.name, f"no answer within {timeout_s:g} s", self.retry_after_s) from None
@@ -71,7 +74,7 @@ class Dependency:
 
     async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
         """The items of a streaming method; a replica lost mid-stream raises the 503 `ApiError`."""
-        gen = getattr(self.handle.options(stream=True), method).remote(*args)
+        gen = getattr(self.handle.options(stream=True), method).remote(*pack(args))
         while True:
             try:
                 item = await asyncio.wait_for(gen.__anext__(), self.timeout_s)
@@ -82,7 +85,7 @@ class Dependency:
                 raise unavailable(self.name, f"no token within {self.timeout_s:g} s", self.retry_after_s) from None
             except UNAVAILABLE as err:
                 raise unavailable(self.name, type(err).__name__, self.retry_after_s) from None
-            yield item
+            yield unpack(item)
 
 
 async def _awaited(response) -> Any:
@@ -94,4 +97,4 @@ class _Method:
         self.dep, self.method = dep, method
 
     async def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return await self.dep.wait(getattr(self.dep.handle, self.method).remote(*args, **kwargs))
+        return await self.dep.wait(getattr(self.dep.handle, self.method).remote(*pack(args), **pack(kwargs)))
