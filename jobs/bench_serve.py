@@ -291,6 +291,7 @@ def main() -> None:
         "--encoder-precision", default=None, help="ServeSettings.encoder_precision (default: the CPU's choice)"
     )
     parser.add_argument("--batch-wait-s", type=float, default=None, help="ServeSettings.decoder_batch_wait_s")
+    parser.add_argument("--write-batch-size", type=int, default=None, help="ServeSettings.write_batch_size")
     args = parser.parse_args()
     sections = [x for x in args.sections.split(",") if x]
     if unknown := set(sections) - set(SECTIONS):
@@ -315,6 +316,8 @@ def main() -> None:
         }
         if args.batch_wait_s is not None:
             served["decoder_batch_wait_s"] = report["decoder_batch_wait_s"] = args.batch_wait_s
+        if args.write_batch_size is not None:
+            served["write_batch_size"] = report["write_batch_size"] = args.write_batch_size
         with local_application(args.model, **served) as headers:
             # what local_application's Ray runs with (larimar.serving.serve_env; the environment may override it)
             report["serve_env"] = {name: os.environ[name] for name in serve_env.HIGH_THROUGHPUT}

@@ -49,6 +49,7 @@ def service(demo_run, tmp_path_factory):
         "api_keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()]
         + [{"tenant": "load", "sha256": hash_key(LOAD_KEY), "requests_per_second": 10000, "burst": 10000}],
         "limits": {"max_text_chars": 200, "max_facts_per_request": 8, "max_tokens": 16},
+        "write_batch_size": 4,  # concurrent writes span several encoder batches, in flight together
     }
     ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True)
     serve.run(build(settings), name="larimar", route_prefix="/")
@@ -270,7 +271,9 @@ def test_concurrent_clients_match_a_replay_of_the_log(service):
 def test_writes_the_ingress_batches_are_answered_each_on_its_own(service):
     """Concurrent writes reach the encoder and the memory actor in one call per batch (the
     ingress's `WhenFree` stages): a request the actor refuses (an unknown memory, a full one)
-    fails alone, and every other one is acknowledged with its own ids and its own version."""
+    fails alone, and every other one is acknowledged with its own ids and its own version. The
+    service's `write_batch_size` of 4 splits these 14 requests over several encoder batches, so a
+    batch is encoded while the one before it is committed."""
     mid, tiny = create(name="batched", slots=64), create(name="tiny", slots=2)
     bodies = [(mid, {"facts": [{"text": f"batched fact {i} ."}]}) for i in range(12)]
     bodies += [
@@ -412,6 +415,15 @@ def test_bad_inputs_get_clear_4xx(service):
     full = post(f"/v1/memories/{mid}/facts", json={"facts": [{"text": "c ."}]})
     assert full.status_code == 409 and "2 of 2" in full.text
     assert requests.get(f"{URL}/readyz", timeout=60).status_code == 200
+
+
+def test_a_write_batch_size_below_one_is_refused_by_name():
+    from pydantic import ValidationError
+
+    from larimar.serving.schemas import ServeSettings
+
+    with pytest.raises(ValidationError, match="write_batch_size"):
+        ServeSettings(write_batch_size=0)
 
 
 def test_serve_config_validates_with_rays_schema():

@@ -124,6 +124,14 @@ class ServeSettings(BaseModel):
     decoder_batch_wait_s: float = Field(
         0.005, ge=0, description="how long an idle decoder waits after a request for others to prefill with it"
     )
+    write_batch_size: int = Field(
+        16,
+        ge=1,
+        description=(
+            "most concurrent write requests the ingress sends the encoder in one call; 16 keeps two"
+            " batches in flight at 32 clients, one encoding while the memory actor commits the other"
+        ),
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
