@@ -34,53 +34,16 @@ import torch
 from larimar.model import DEFAULT_MODEL
 from larimar.serving import serve_env
 
-from larimar.serving.local import URL
+from larimar.serving.local import URL, drive, edit_latency
 
 
-def _drive(clients: int, per_client: int, send) -> dict:
-    """`clients` threads, each calling `send(session, i, j)` `per_client` times: latency and rate."""
-    latencies: list[float] = []
-
-    def client(i: int) -> None:
-        with requests.Session() as s:
-            for j in range(per_client):
-                t0 = time.perf_counter()
-                r = send(s, i, j)
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                r.raise_for_status()
-
-    start = time.perf_counter()
-    with cf.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "clients": clients,
-        "requests": len(latencies),
-        "p50_ms": statistics.median(latencies),
-        "p99_ms": latencies[int(0.99 * (len(latencies) - 1))],
-        "per_s": len(latencies) / wall,
-    }
-
-
-def edit_latency(clients: int, edits_per_client: int, headers: dict) -> dict:
-    mid = requests.post(f"{URL}/v1/memories", json={"slots": 512}, headers=headers).json()["id"]  # the paper's K
-
-    def send(s, i, j):
-        fact = {"prompt": f"person {i} item {j} is", "target": f"value {j}"}
-        return s.post(f"{URL}/v1/memories/{mid}/facts", headers=headers, json={"facts": [fact]})
-
-    row = _drive(clients, edits_per_client, send)
-    return {**row, "edits": row["requests"], "edits_per_s": row["per_s"]}
-
-
-def hop_floor(clients: int, per_client: int, headers: dict) -> dict:
+def hop_floor(clients: int, per_client: int, headers: dict, client: str) -> dict:
     """What a request costs before any model work: GET /healthz (HTTP, Serve's proxy and the
     FastAPI ingress) and GET /v1/memories (the same plus one call to the memory actor)."""
     return {
         "clients": clients,
-        "healthz": _drive(clients, per_client, lambda s, i, j: s.get(f"{URL}/healthz")),
-        "list_memories": _drive(clients, per_client, lambda s, i, j: s.get(f"{URL}/v1/memories", headers=headers)),
+        "healthz": drive(clients, per_client, lambda i, j: ("GET", "/healthz", None), headers, client),
+        "list_memories": drive(clients, per_client, lambda i, j: ("GET", "/v1/memories", None), headers, client),
     }
 
 
@@ -290,7 +253,16 @@ def main() -> None:
     parser.add_argument(
         "--encoder-precision", default=None, help="ServeSettings.encoder_precision (default: the CPU's choice)"
     )
+    parser.add_argument(
+        "--encoder-compile", action="store_true", help="ServeSettings.encoder_compile (torch.compile the encoder)"
+    )
     parser.add_argument("--batch-wait-s", type=float, default=None, help="ServeSettings.decoder_batch_wait_s")
+    parser.add_argument(
+        "--client",
+        choices=("asyncio", "threads"),
+        default="asyncio",
+        help="edits: the load driver (asyncio: aiohttp on one event loop; threads: a requests session per thread)",
+    )
     parser.add_argument("--write-batch-size", type=int, default=None, help="ServeSettings.write_batch_size")
     args = parser.parse_args()
     sections = [x for x in args.sections.split(",") if x]
@@ -314,6 +286,8 @@ def main() -> None:
             "decoder_precision": args.serve_precision,
             "encoder_precision": args.encoder_precision,
         }
+        if args.encoder_compile:
+            served["encoder_compile"] = report["encoder_compile"] = True
         if args.batch_wait_s is not None:
             served["decoder_batch_wait_s"] = report["decoder_batch_wait_s"] = args.batch_wait_s
         if args.write_batch_size is not None:
@@ -324,16 +298,16 @@ def main() -> None:
             if "edits" in sections:
                 report["edit_latency"] = []
                 for clients in (1, 8, 32):
-                    row = edit_latency(clients, max(1, args.edits // clients), headers)
+                    row = edit_latency(clients, max(1, args.edits // clients), headers, args.client)
                     report["edit_latency"].append(row)
                     print(
                         f"edits, {clients:2d} clients: p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
-                        f"{row['edits_per_s']:.1f} edits/s",
+                        f"{row['edits_per_s']:.1f} edits/s (client CPU {row['client_cpu_ms_per_request']:.2f} ms/request)",
                         flush=True,
                     )
                 report["hop_floor"] = []
                 for clients in (1, 32):
-                    row = hop_floor(clients, max(1, args.edits // clients), headers)
+                    row = hop_floor(clients, max(1, args.edits // clients), headers, args.client)
                     report["hop_floor"].append(row)
                     print(
                         f"floor, {clients:2d} clients: /healthz p50 {row['healthz']['p50_ms']:.1f} ms "

@@ -160,3 +160,23 @@ def set_encoder_precision(encoder: LatentEncoder, precision: str) -> LatentEncod
         encoder.backbone.to(torch.bfloat16)
         encoder.backbone.requires_grad_(False)
     return encoder
+
+
+def compile_encoder(encoder: LatentEncoder) -> LatentEncoder:
+    """Compile a latent encoder's backbone for inference, in place (`torch.compile`, dynamic
+    shapes, Inductor's freezing: weights folded into the graph as constants, in the layouts its
+    GEMM kernels want). For inference only: call under `torch.no_grad()`.
+
+    Why: one edit's encoder pass is two or three short texts (about 40 positions), where eager
+    PyTorch spends a third of the pass between operators (HF's BERT modules, layout copies, one
+    GEMM call per projection). Compiled with freezing, one edit's pass on 2 AVX512-BF16 cores
+    went from 13-15 to 8.4 ms; a batch of 32 edits from 129 to 124 ms, arithmetic there. The cost
+    is a compile of about 25-40 s on the first calls of a process (Inductor's caches make a
+    restart on the same machine faster), and keys that equal eager's to about 1e-5, not bit for
+    bit, so the Python editor (eager) and a compiled server differ at that level.
+
+    Sizes 0 and 1 are specialised even with dynamic shapes: a lone text compiles a graph of its
+    own, so warm up with one text and with two (`larimar.serving.encoding.TextEncoding`)."""
+    encoder.backbone.requires_grad_(False)
+    encoder.backbone = torch.compile(encoder.backbone, dynamic=True, options={"freezing": True})
+    return encoder

@@ -511,15 +511,15 @@ def test_a_latent_plus_decoder_model_serves_what_python_reads(service, demo_run,
 def test_the_encoder_answers_concurrent_query_batches_as_each_request_alone():
     """Encoder.encode_queries batches requests (larimar.serving.batcher.WhenFree); its split of latents, scope sentences
     and their owners must give each request what it would get alone. In-process, without Ray."""
-    from larimar.serving.app import Encoder
+    from larimar.serving.encoding import TextEncoding
 
     # fp32: in bf16 (the replica's default on a CPU with native bf16) a text padded beside longer
     # ones rounds differently from the text alone; the split under test is the same either way
-    encoder = Encoder.func_or_class("larimar-smol-v3", "minilm-l6", precision="fp32")
+    encoder = TextEncoding("larimar-smol-v3", "minilm-l6", precision="fp32")
     requests_ = [["Where is the Eiffel Tower? Tell me."], ["Who wrote it", "The Nile flows into. Which sea?"]]
-    together = encoder._encode_queries(requests_)
+    together = encoder.queries(requests_)
     for req, got in zip(requests_, together):
-        [alone] = encoder._encode_queries([req])
+        [alone] = encoder.queries([req])
         assert got["owners"] == alone["owners"] and got["texts"] == alone["texts"] == req
         torch.testing.assert_close(got["z"], alone["z"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["sentences"], alone["sentences"], atol=1e-5, rtol=1e-5)

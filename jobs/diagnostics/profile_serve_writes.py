@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 
 from larimar.serving.local import URL
 
@@ -106,6 +107,9 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", default="runs/prof_serve")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a ServeSettings value (YAML), repeatable"
+    )
     p.add_argument("--slots", type=int, default=4096, help="K of the memory written (bench_serve's edits: 512)")
     a = p.parse_args()
 
@@ -113,7 +117,13 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    with local_application(a.model) as headers:
+    settings = {}
+    for item in a.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expected KEY=VALUE (a ServeSettings key)")
+        settings[key] = yaml.safe_load(value)
+    with local_application(a.model, **settings) as headers:
         mid = requests.post(f"{URL}/v1/memories", json={"slots": a.slots}, headers=headers).json()["id"]
         stop, done = threading.Event(), collections.Counter()
 
@@ -169,7 +179,7 @@ def main() -> None:
             t.join()
     print(f"\n{unprofiled:.1f} edits/s unprofiled; the CPU of each process over {cpu_s:.1f} s (share of one core):")
     for label, share in cpu_shares(cpu_before, cpu_after, cpu_s):
-        print(f"{share:7.0%}  {label}")
+        print(f"{share:7.0%}  {share / max(unprofiled, 1e-9) * 1e3:6.2f} ms per edit  {label}")
     print(f"\n{rate:.1f} edits/s while profiled (py-spy itself takes CPU); statuses {dict(done)}")
     for role in spies:
         raw = out / f"{role}.txt"

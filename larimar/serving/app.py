@@ -28,17 +28,16 @@ from starlette.exceptions import HTTPException
 from ray import serve
 from ray.serve.metrics import Counter, Gauge, Histogram
 
-from larimar.fact_encoder import encode_facts, encode_queries
-from larimar.facts import Fact, make_fact, scope_texts
 from larimar.model import LarimarModel
-from larimar.precision import default_encoder_precision, set_decoder_precision, set_encoder_precision
-from larimar.scope import embed_texts, load_embedder
+from larimar.precision import set_decoder_precision
 from larimar.serving import completion, openai_compat as oai
 from larimar.serving.auth import ApiKeys
 from larimar.serving.availability import Dependency
 from larimar.serving.batcher import DecodeLoop, WhenFree
-from larimar.serving.errors import ApiError, error_body, validation_error
+from larimar.serving.encoding import TextEncoding
+from larimar.serving.errors import ApiError, error_body, refusal, validation_error
 from larimar.serving.guard import RequestGuard, TokenBucket
+from larimar.serving.http_metrics import RequestMetrics
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
 from larimar.serving.schemas import (
     CreateMemory,
@@ -64,28 +63,21 @@ from larimar.serving.wire import arrays_in_and_out
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Encoder:
-    """Text -> Larimar latents, and sentence embeddings for the scope detector."""
+    """Text -> Larimar latents, and sentence embeddings for the scope detector
+    (`larimar.serving.encoding.TextEncoding`), for batches of requests."""
 
     def __init__(
-        self, model_dir: str, scope_model: str | None, threads: int | None = None, precision: str | None = None
+        self,
+        model_dir: str,
+        scope_model: str | None,
+        threads: int | None = None,
+        precision: str | None = None,
+        compile: bool = False,
     ):
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = LarimarModel.from_pretrained(model_dir)
-        # resolved here, on the replica's own CPU (ServeSettings.encoder_precision)
-        set_encoder_precision(self.model.encoder, precision or default_encoder_precision())
-        # With the MiniLM encoder frozen, its pooled output is the scope embedding: one pass, no embedder.
-        self.shared = self.model.shares_scope_embedder(scope_model)
-        self.embedder = load_embedder(scope_model) if scope_model and not self.shared else None
-        self.scope_on = scope_model is not None
+        self.encoding = TextEncoding(model_dir, scope_model, threads, precision, compile)
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
-        self._facts = WhenFree(self._encode_facts, 32)
-        self._queries = WhenFree(self._encode_queries, 32)
-
-    def _embed(self, texts: list[str]) -> torch.Tensor:
-        if self.embedder is None or not texts:
-            return torch.empty(len(texts), 0)
-        return embed_texts(self.embedder, texts)
+        self._facts = WhenFree(self.encoding.facts, 32)
+        self._queries = WhenFree(self.encoding.queries, 32)
 
     @arrays_in_and_out
     async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
@@ -94,78 +86,13 @@ class Encoder:
         together) and one scope pass."""
         return list(await asyncio.gather(*(self._facts(r) for r in requests)))
 
-    def _too_long(self, facts: list[Fact]) -> dict | None:
-        """A fact longer than the encoder reads (max_length tokens) is refused, never silently cut:
-        its whole text ("prompt target" for an edit) is what becomes its value."""
-        limit = self.model.cfg.max_length - 2  # [CLS] ... [SEP]
-        for i, f in enumerate(facts):
-            n = len(self.model.encoder_tokenizer(f.text, add_special_tokens=False)["input_ids"])
-            if n > limit:
-                field = "text" if f.prompt is None else "prompt"
-                return _error(
-                    ApiError(
-                        413,
-                        f"facts[{i}] has {n} encoder tokens; the limit is {limit}",
-                        param=f"facts[{i}].{field}",
-                        code="fact_too_long",
-                    )
-                )
-        return None
-
-    def _encode_facts(self, requests: list[list[dict]]) -> list[dict]:
-        """The request schema checked the fields' types; `make_fact` (once per fact here, and again
-        by the store, which owns what may enter the log) checks what a fact is."""
-        facts = [
-            [make_fact(f.get("text"), f.get("prompt"), f.get("target"), f.get("subject")) for f in r] for r in requests
-        ]
-        refused = [self._too_long(r) for r in facts]
-        ok = [r for r, why in zip(facts, refused) if why is None]
-        done = iter(self._encode_checked(ok) if ok else [])
-        return [why if why is not None else next(done) for why in refused]
-
-    def _encode_checked(self, per_request: list[list[Fact]]) -> list[dict]:
-        flat = [f for facts in per_request for f in facts]
-        enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
-        scope_owner, _ = scope_texts(flat)
-        vectors = enc.scope if enc.scope is not None else torch.empty(len(scope_owner), 0)
-        out, start = [], 0
-        for facts in per_request:
-            rows = [i for i, o in enumerate(scope_owner) if start <= o < start + len(facts)]
-            out.append(
-                {
-                    "keys": enc.keys[start : start + len(facts)],
-                    "values": enc.values[start : start + len(facts)],
-                    "scope": vectors[rows],
-                }
-            )
-            start += len(facts)
-        return out
-
     @arrays_in_and_out
     async def encode_queries(self, request: list[str]) -> dict:
-        """Latents and, with a scope model, the query sentences' scope vectors; without one
-        (``scope_model: null``) "sentences" is None and the memory is read for every query, as the
-        Python editor does without a scope detector. Concurrent requests share one encoder pass:
-        under generation load the encoder shares the cores with the decoder, and one pass per
-        request let generations reach the decoder one at a time, too late to be batched there."""
+        """Latents and scope vectors of one request's queries (`TextEncoding.queries`). Concurrent
+        requests share one encoder pass: under generation load the encoder shares the cores with
+        the decoder, and one pass per request let generations reach the decoder one at a time, too
+        late to be batched there."""
         return await self._queries(request)
-
-    def _encode_queries(self, requests: list[list[str]]) -> list[dict]:
-        flat = [q for r in requests for q in r]
-        enc = encode_queries(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
-        out, start = [], 0
-        for r in requests:
-            rows = [i for i, o in enumerate(enc.owners) if start <= o < start + len(r)]
-            out.append(
-                {
-                    "z": enc.latents[start : start + len(r)],
-                    "sentences": enc.sentences[rows] if enc.sentences is not None else None,
-                    "owners": [enc.owners[i] - start for i in rows],
-                    "texts": enc.texts[start : start + len(r)],
-                }
-            )
-            start += len(r)
-        return out
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=16)
@@ -262,13 +189,13 @@ class Decoder:
         try:
             job = self._job(req, self._prompt_ids(req))
         except ApiError as err:
-            return _error(err)
+            return refusal(err)
         try:
             outs = await self._submit(job)
         finally:
             job.cancel.set()  # a caller that went away (cancelled) frees its rows of the pass
         if job.timed_out:
-            return _error(completion.timeout_error(job.deadline_s))
+            return refusal(completion.timeout_error(job.deadline_s))
         return {"ok": [o.to_dict() for o in outs]}
 
     @arrays_in_and_out
@@ -281,7 +208,7 @@ class Decoder:
             ids = self._prompt_ids(req)
             job = self._job(req, ids, on_text=lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece))
         except ApiError as err:
-            yield _error(err)
+            yield refusal(err)
             return
         yield {"ok": {"prompt_tokens": len(ids[0])}}
         result = asyncio.ensure_future(self._submit(job))
@@ -317,24 +244,10 @@ class Decoder:
                 )
             }
         except ApiError as err:
-            return _error(err)
+            return refusal(err)
 
 
 # -- the memory actor -------------------------------------------------------------------------------
-
-
-def _error(err: Exception) -> dict:
-    """A refusal as plain data: deployments answer it instead of raising, the ingress turns it into
-    the API's error body (larimar.serving.errors)."""
-    status = err.status if isinstance(err, (StoreError, ApiError)) else 422
-    return {
-        "error": {
-            "status": status,
-            "message": getattr(err, "message", str(err)),
-            "param": getattr(err, "param", None),
-            "code": getattr(err, "code", None),
-        }
-    }
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=2000)
@@ -413,7 +326,7 @@ class MemoryActor:
                     return {"ok": self._summary(earlier)}
                 info = await self._commit(self.store.prepare_create(tenant, name, slots, keys, idempotency_key, seed))
             except (StoreError, ValueError) as err:
-                return _error(err)
+                return refusal(err)
             self.edits.inc(tags={"op": "create"})
             self._update_gauges()
             return {"ok": self._summary(info.id)}
@@ -423,7 +336,7 @@ class MemoryActor:
             try:
                 info = await self._commit(await asyncio.to_thread(self.store.prepare_import, tenant, name, raw))
             except (StoreError, ValueError) as err:
-                return _error(err)
+                return refusal(err)
             self.edits.inc(tags={"op": "import"})
             self._update_gauges()
             return {"ok": self._summary(info.id)}
@@ -433,14 +346,14 @@ class MemoryActor:
         try:
             return {"ok": self.store.export(tenant, memory_id)}
         except StoreError as err:
-            return _error(err)
+            return refusal(err)
 
     async def delete(self, tenant: str, memory_id: str) -> dict:
         async with self.lock:
             try:
                 await self._commit(self.store.prepare_delete(tenant, memory_id))
             except (StoreError, ValueError) as err:
-                return _error(err)
+                return refusal(err)
             self.edits.inc(tags={"op": "delete"})
             self._update_gauges()
             return {"ok": True}
@@ -468,7 +381,7 @@ class MemoryActor:
         try:
             r = self.store.get(tenant, memory_id)
         except StoreError as err:
-            return _error(err)
+            return refusal(err)
         facts = [
             {"id": f.id, "text": f.text, "prompt": f.prompt, "target": f.target, "subject": f.subject}
             for f in r.memory.facts.values()
@@ -518,7 +431,7 @@ class MemoryActor:
                         idempotency_key=idem,
                     )
                 except (StoreError, ValueError) as err:
-                    results[i] = _error(err)
+                    results[i] = refusal(err)
                     continue
                 if idem is not None:
                     first_with_key[(tenant, idem)] = (i, self.store.request_hash(facts))
@@ -543,7 +456,7 @@ class MemoryActor:
             try:
                 version = await self._commit(self.store.prepare_forget(tenant, memory_id, fact_id))
             except (StoreError, ValueError) as err:
-                return _error(err)
+                return refusal(err)
             self.edits.inc(tags={"op": "forget"})
             self._update_gauges()
             return {"ok": {"forgotten": fact_id, "version": version}}
@@ -561,7 +474,7 @@ class MemoryActor:
                 queries["texts"],
             )
         except StoreError as err:
-            return _error(err)
+            return refusal(err)
         if matches is not None:
             for m in matches:
                 self.scope_checks.inc(tags={"outcome": "in_scope" if m.in_scope else "out_of_scope"})
@@ -682,19 +595,8 @@ class Ingress:
                 },
             ),
         )
-        api.middleware("http")(self._observe)  # added last: outermost, so it also counts the guard's refusals
-
-    async def _observe(self, request: Request, call_next):
-        start = time.perf_counter()
-        status = "500"  # an exception escaping the app is answered 500 by Serve: count it too
-        try:
-            response = await call_next(request)
-            status = str(response.status_code)
-            return response
-        finally:
-            endpoint = getattr(request.scope.get("route"), "path", "unmatched")
-            self.requests.inc(tags={"endpoint": endpoint, "status": status})
-            self.latency.observe(time.perf_counter() - start, tags={"endpoint": endpoint})
+        # added last: outermost, so it also counts the guard's refusals
+        api.add_middleware(RequestMetrics, requests=self.requests, latency=self.latency)
 
     def _tenant_from_headers(self, headers: dict[str, str]) -> str | None:
         return self.keys.tenant_for(headers.get("x-api-key") or bearer(headers.get("authorization")))
@@ -1103,7 +1005,13 @@ def build(args: dict):
             "target_ongoing_requests": 8,
         },
         health_check_period_s=settings.health_check_period_s,
-    ).bind(settings.model, settings.scope_model, settings.torch_threads, settings.encoder_precision)
+    ).bind(
+        settings.model,
+        settings.scope_model,
+        settings.torch_threads,
+        settings.encoder_precision,
+        settings.encoder_compile,
+    )
     memory = MemoryActor.options(health_check_period_s=settings.health_check_period_s)
     return Ingress.options(health_check_period_s=settings.health_check_period_s).bind(
         encoder,

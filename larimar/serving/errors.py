@@ -44,6 +44,21 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def refusal(err: Exception) -> dict:
+    """A refusal as plain data: deployments answer it instead of raising (it crosses Serve calls as
+    a dict), the ingress turns it back into an `ApiError`. An error with an HTTP `status` (an
+    `ApiError`, the store's errors) keeps it; any other (a `ValueError` from a check) is a 422."""
+    status = getattr(err, "status", None)
+    return {
+        "error": {
+            "status": status if isinstance(status, int) else 422,
+            "message": getattr(err, "message", str(err)),
+            "param": getattr(err, "param", None),
+            "code": getattr(err, "code", None),
+        }
+    }
+
+
 def _loc(loc: tuple | list) -> str:
     """pydantic's ('body', 'facts', 0, 'text') -> 'facts[0].text'."""
     out = ""
