@@ -524,3 +524,33 @@ def test_the_encoder_answers_concurrent_query_batches_as_each_request_alone():
         torch.testing.assert_close(got["z"], alone["z"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["sentences"], alone["sentences"], atol=1e-5, rtol=1e-5)
     assert together[1]["owners"] == [0, 1, 1]  # re-based on the request's own queries
+
+
+@pytest.mark.slow
+def test_a_compiled_encoder_encodes_writes_and_queries_as_the_eager_one(demo_run):
+    """`encoder_compile` (the encoder replica's `TextEncoding`): compiled and warmed up in the
+    constructor, a lone fact, a batch and a lone query (batch sizes 1 and 2 are specialised
+    apart) come out as the eager encoder's, up to float rounding; a refusal is still a refusal."""
+    from larimar.serving.encoding import TextEncoding
+
+    model = str(demo_run[0] / "model")
+    eager = TextEncoding(model, "minilm-l6", precision="fp32")
+    compiled = TextEncoding(model, "minilm-l6", precision="fp32", compile=True)
+    assert isinstance(compiled.model.encoder.backbone, torch._dynamo.eval_frame.OptimizedModule)
+    writes = [
+        [{"text": "alice lives in tokyo ."}],
+        [{"prompt": "The Eiffel Tower is located in", "target": "Rome"}, {"text": "bob plays the drums ."}],
+        [{"text": "word " * 80}],  # over the encoder's max_length: refused, never cut
+    ]
+    assert eager.facts(writes[2:])[0]["error"]["code"] == "fact_too_long"
+    for req in (writes[:1], writes):
+        for got, want in zip(compiled.facts(req), eager.facts(req)):
+            if "error" in want:
+                assert got == want
+                continue
+            for key in ("keys", "values", "scope"):
+                torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=1e-4)
+    for queries in ([["Where does alice live?"]], [["Who plays the drums?", "Where is it? Say."]]):
+        [got], [want] = compiled.queries(queries), eager.queries(queries)
+        torch.testing.assert_close(got["z"], want["z"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got["sentences"], want["sentences"], atol=1e-4, rtol=1e-4)
