@@ -164,22 +164,3 @@ def test_the_serving_settings_offer_exactly_the_encoder_precisions():
     assert typing.get_args(literal) == ENCODER_PRECISIONS
     with pytest.raises(ValidationError, match="encoder_precision"):
         ServeSettings(encoder_precision="int8")
-
-
-def test_a_compiled_encoder_pools_as_the_eager_one_for_one_text_and_for_batches():
-    """`compile_encoder` (ServeSettings.encoder_compile): dynamic shapes, one text specialised
-    apart, padded rows as eager pools them; equal to eager up to float rounding."""
-    from larimar.precision import compile_encoder
-
-    torch.manual_seed(0)
-    ref = tiny_encoder()
-    enc = tiny_encoder()
-    enc.load_state_dict(ref.state_dict())
-    compile_encoder(enc)
-    assert isinstance(enc.backbone, torch._dynamo.eval_frame.OptimizedModule)
-    with torch.no_grad():
-        for rows, length in ((1, 5), (2, 7), (5, 11), (3, 4)):
-            ids = torch.randint(0, 50, (rows, length))
-            mask = torch.ones_like(ids)
-            mask[-1, length // 2 :] = 0 if rows > 1 else 1  # a padded row in every batch
-            torch.testing.assert_close(enc.pooled(ids, mask), ref.pooled(ids, mask), atol=1e-4, rtol=1e-4)

@@ -554,3 +554,21 @@ def test_a_compiled_encoder_encodes_writes_and_queries_as_the_eager_one(demo_run
         [got], [want] = compiled.queries(queries), eager.queries(queries)
         torch.testing.assert_close(got["z"], want["z"], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got["sentences"], want["sentences"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("client", ["asyncio", "threads"])
+def test_the_benchmarks_load_driver_counts_every_request_and_raises_on_errors(service, client):
+    """`larimar.serving.local.drive`, which jobs/bench_serve.py and the A/B diagnostic measure
+    with: every client sends all its requests, each is timed, and a refused request fails the run
+    instead of being counted as an answer."""
+    from larimar.serving.local import URL as BENCH_URL, drive, edit_latency
+
+    assert BENCH_URL == URL
+    headers = {"Authorization": f"Bearer {LOAD_KEY}"}
+    row = drive(3, 4, lambda i, j: ("GET", "/healthz", None), headers, client)
+    assert row["requests"] == 12 and row["client"] == client and 0 < row["p50_ms"] <= row["p99_ms"]
+    assert row["per_s"] > 0 and row["client_cpu_ms_per_request"] > 0
+    edits = edit_latency(2, 3, headers, client)
+    assert edits["edits"] == 6 and edits["edits_per_s"] > 0
+    with pytest.raises(Exception, match="404"):
+        drive(2, 2, lambda i, j: ("GET", "/v1/memories/nope", None), headers, client)
