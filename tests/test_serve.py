@@ -535,7 +535,7 @@ def test_a_compiled_encoder_encodes_writes_and_queries_as_the_eager_one(demo_run
 
     model = str(demo_run[0] / "model")
     eager = TextEncoding(model, "minilm-l6", precision="fp32")
-    compiled = TextEncoding(model, "minilm-l6", precision="fp32", compile=True)
+    compiled = TextEncoding(model, "minilm-l6", precision="fp32", compiled=True)
     assert isinstance(compiled.model.encoder.backbone, torch._dynamo.eval_frame.OptimizedModule)
     writes = [
         [{"text": "alice lives in tokyo ."}],

@@ -72,9 +72,9 @@ class Encoder:
         scope_model: str | None,
         threads: int | None = None,
         precision: str | None = None,
-        compile: bool = False,
+        compiled: bool = False,
     ):
-        self.encoding = TextEncoding(model_dir, scope_model, threads, precision, compile)
+        self.encoding = TextEncoding(model_dir, scope_model, threads, precision, compiled)
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
         self._facts = WhenFree(self.encoding.facts, 32)
         self._queries = WhenFree(self.encoding.queries, 32)

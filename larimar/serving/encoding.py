@@ -27,16 +27,16 @@ class TextEncoding:
         scope_model: str | None,
         threads: int | None = None,
         precision: str | None = None,
-        compile: bool = False,
+        compiled: bool = False,
     ):
-        """compile: `larimar.precision.compile_encoder` (ServeSettings.encoder_compile), warmed up
+        """compiled: `larimar.precision.compile_encoder` (ServeSettings.encoder_compile), warmed up
         here, so that the process is compiled before it takes its first request."""
         if threads:
             torch.set_num_threads(threads)
         self.model = LarimarModel.from_pretrained(model_dir)
         # resolved here, on the process's own CPU (ServeSettings.encoder_precision)
         set_encoder_precision(self.model.encoder, precision or default_encoder_precision())
-        if compile:
+        if compiled:
             compile_encoder(self.model.encoder)
             with torch.no_grad():  # one text and two: sizes 0 and 1 get graphs of their own
                 self.model.encode_pooled(["warm up"])
