@@ -1,7 +1,7 @@
 """Where an acknowledged edit's time goes, stage by stage, in one process (issue 18).
 
     python jobs/bench_edit_path.py [--model larimar-smol-v3] [--sizes 1,8,32] [--threads 1] \
-        [--encoder-precision fp32|bf16] [--out runs/bench_edit_path.json]
+        [--encoder-precision fp32|bf16] [--encoder-compile] [--out runs/bench_edit_path.json]
 
 The serving path of POST /v1/memories/{id}/facts is: HTTP proxy -> ingress -> encoder deployment
 (`larimar.fact_encoder.encode_facts`) -> its answer pickled back through Ray -> memory actor:
@@ -30,7 +30,7 @@ import torch
 from larimar.fact_encoder import encode_facts
 from larimar.facts import make_fact
 from larimar.model import DEFAULT_MODEL, LarimarModel
-from larimar.precision import default_encoder_precision, set_encoder_precision
+from larimar.precision import compile_encoder, default_encoder_precision, set_encoder_precision
 from larimar.serving.store import MemoryStore, StoreConfig, checksum, log_name
 
 
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--encoder-precision", default=None, help="fp32 or bf16 (default: the encoder replica's choice for this CPU)"
     )
+    p.add_argument(
+        "--encoder-compile", action="store_true", help="compile the encoder (ServeSettings.encoder_compile)"
+    )
     p.add_argument("--storage", default=None, help="where the log goes (default: a temporary directory)")
     p.add_argument("--out", default="runs/bench_edit_path.json")
     a = p.parse_args(argv)
@@ -102,10 +105,13 @@ def main(argv: list[str] | None = None) -> dict:
     model = LarimarModel.from_pretrained(a.model).eval()
     precision = a.encoder_precision or default_encoder_precision()
     set_encoder_precision(model.encoder, precision)
+    if a.encoder_compile:  # compiled on the first calls, which `timed`'s warm-up call makes
+        compile_encoder(model.encoder)
     report = {
         "model": a.model,
         "threads": a.threads,
         "encoder_precision": precision,
+        "encoder_compile": a.encoder_compile,
         "value_dim": model.value_dim,
         "rows": [],
     }
