@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--encoder-precision", default=None, help="fp32 or bf16 (default: the encoder replica's choice for this CPU)"
     )
-    p.add_argument(
-        "--encoder-compile", action="store_true", help="compile the encoder (ServeSettings.encoder_compile)"
-    )
+    p.add_argument("--encoder-compile", action="store_true", help="compile the encoder (ServeSettings.encoder_compile)")
     p.add_argument("--storage", default=None, help="where the log goes (default: a temporary directory)")
     p.add_argument("--out", default="runs/bench_edit_path.json")
     a = p.parse_args(argv)
