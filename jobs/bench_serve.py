@@ -3,7 +3,9 @@
     python jobs/bench_serve.py [--model larimar-smol-v3] [--out runs/bench_serve.json]
 
 1. Starts the Serve application on an embedded local Ray and measures single-fact edit latency
-   (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99 and edits/s; then
+   (POST /v1/memories/{id}/facts) at 1, 8 and 32 concurrent clients: p50, p99, edits/s and the
+   clients' own CPU per request (closed-loop clients on one asyncio loop, `larimar.serving.local.drive`;
+   `--client threads`: a `requests` session per thread, the driver before session 14); then
    the floor under it, requests that do no model work (GET /healthz: HTTP, proxy and ingress;
    GET /v1/memories: one more hop, to the memory actor) at 1 and 32 clients.
 2. Generation over HTTP (streamed /v1/completions, greedy) at 1 and 8 clients on the decoder
