@@ -273,15 +273,30 @@ def main() -> None:
     parser.add_argument(
         "--settle-s", type=float, default=10.0, help="load before the first kill and after each recovery"
     )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=2048,
+        help="K of the memory written (at most the store's 4096): room for every write, a full one answers 409",
+    )
+    parser.add_argument(
+        "--encoder-compile",
+        action="store_true",
+        help="ServeSettings.encoder_compile: a replaced encoder replica compiles again before it is ready",
+    )
     parser.add_argument("--out", default="runs/bench_failover.json")
     args = parser.parse_args()
 
     from larimar.serving.local import local_application
 
-    with local_application(args.model, snapshot_every=50) as headers:
-        # room for every write of the run (a full memory answers 409)
-        mid = requests.post(f"{URL}/v1/memories", json={"slots": 2048}, headers=headers).json()["id"]
-        report = {"model": args.model} | run_failover(URL, headers, mid, clients=args.clients, settle_s=args.settle_s)
+    with local_application(args.model, snapshot_every=50, encoder_compile=args.encoder_compile) as headers:
+        created = requests.post(f"{URL}/v1/memories", json={"slots": args.slots}, headers=headers)
+        if created.status_code != 201:
+            parser.error(f"--slots {args.slots}: {created.json()['error']['message']}")
+        mid = created.json()["id"]
+        report = {"model": args.model, "encoder_compile": args.encoder_compile} | run_failover(
+            URL, headers, mid, clients=args.clients, settle_s=args.settle_s
+        )
     for w in report["outages"]:
         print(
             f"kill {w['target']:11s}: {w['requests']} requests, {w['ok']} ok, {w['unavailable_503']} 503+Retry-After, "
