@@ -18,19 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-import yaml
-
-from larimar.serving.local import edit_latency, local_application
-
-
-def settings(pairs: list[str], parser: argparse.ArgumentParser) -> dict:
-    out = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"{item!r}: expected KEY=VALUE (a ServeSettings key)")
-        out[key] = yaml.safe_load(value)
-    return out
+from larimar.serving.local import edit_latency, local_application, settings_from_pairs
 
 
 def main() -> None:
@@ -43,7 +31,10 @@ def main() -> None:
     p.add_argument("--edits-32", type=int, default=480, help="edits at 32 clients per round")
     p.add_argument("--out", default="runs/ab_serve_edits.json")
     a = p.parse_args()
-    configs = {"A": settings(a.a, p), "B": settings(a.b, p)}
+    try:
+        configs = {"A": settings_from_pairs(a.a), "B": settings_from_pairs(a.b)}
+    except ValueError as err:
+        p.error(str(err))
     rows = []
     for r in range(a.rounds):
         for name, served in configs.items():

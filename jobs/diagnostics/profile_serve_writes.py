@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import requests
-import yaml
 
-from larimar.serving.local import URL
+from larimar.serving.local import URL, settings_from_pairs
 
 ROLES = {
     "ProxyActor": "proxy",
@@ -117,12 +116,10 @@ def main() -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {}
-    for item in a.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expected KEY=VALUE (a ServeSettings key)")
-        settings[key] = yaml.safe_load(value)
+    try:
+        settings = settings_from_pairs(a.set)
+    except ValueError as err:
+        p.error(f"--set {err}")
     with local_application(a.model, **settings) as headers:
         mid = requests.post(f"{URL}/v1/memories", json={"slots": a.slots}, headers=headers).json()["id"]
         stop, done = threading.Event(), collections.Counter()

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import requests
+import yaml
 
 URL = "http://127.0.0.1:8000"
 KEY = "bench-key"
@@ -52,6 +53,18 @@ def local_application(model: str, **settings) -> Iterator[dict]:
         finally:
             serve.shutdown()
             ray.shutdown()
+
+
+def settings_from_pairs(pairs: list[str]) -> dict:
+    """["key=value", ...] (ServeSettings fields, values read as YAML) -> a dict for
+    `local_application`; a pair without "=" is a ValueError naming it."""
+    out = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r}: expected KEY=VALUE (a ServeSettings key)")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def drive(clients: int, per_client: int, request, headers: dict, client: str = "asyncio") -> dict:
