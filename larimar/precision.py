@@ -174,7 +174,8 @@ def compile_encoder(encoder: LatentEncoder) -> LatentEncoder:
     AVX512-BF16 EPYC (`python jobs/bench_edit_path.py --model larimar-smol-facts --sizes 1,32
     --repeats 9 [--encoder-compile]`): one edit's encode 10.9 -> 9.1 ms, 32 edits' 120.4 -> 111.1
     ms (arithmetic there). In a Serve replica, beside the other processes, the gain was larger:
-    an edit's p50 over HTTP 25.5 -> 20.6 ms (README, "Measured"). The cost is a compile of about
+    an edit's p50 over HTTP at one client 0.5 to 6 ms lower in five alternating rounds (median
+    27.9 -> 22.5 ms; README, "Measured"). The cost is a compile of about
     25-40 s on the first calls of a process (Inductor's caches make a restart on the same machine
     faster), and keys that equal eager's to about 1e-5, not bit for bit, so the Python editor
     (eager) and a compiled server differ at that level.
