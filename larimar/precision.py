@@ -170,15 +170,14 @@ def compile_encoder(encoder: LatentEncoder) -> LatentEncoder:
     Why: one edit's encoder pass is two or three short texts (about 30-40 positions), where the
     GEMMs are about two thirds of eager PyTorch's time (torch.profiler) and the rest is small
     operators (GELU, layer norms, attention, layout copies) and the Python of HF's BERT modules
-    between them, which a compiled graph fuses or drops. Compiled with freezing, in one process on one thread of an
+    between them, which a compiled graph fuses or drops. In one process on one thread of an
     AVX512-BF16 EPYC (`python jobs/bench_edit_path.py --model larimar-smol-facts --sizes 1,32
     --repeats 9 [--encoder-compile]`): one edit's encode 10.9 -> 9.1 ms, 32 edits' 120.4 -> 111.1
-    ms (arithmetic there). In a Serve replica, beside the other processes, the gain was larger:
-    an edit's p50 over HTTP at one client 0.5 to 6 ms lower in five alternating rounds (median
-    27.9 -> 22.5 ms; README, "Measured"). The cost is a compile of about
-    25-40 s on the first calls of a process (Inductor's caches make a restart on the same machine
-    faster), and keys that equal eager's to about 1e-5, not bit for bit, so the Python editor
-    (eager) and a compiled server differ at that level.
+    ms (arithmetic there). Served, an edit's p50 over HTTP at one client was 0.5 to 6 ms lower in
+    five alternating rounds (median 27.9 -> 22.5 ms; README, "Measured"). The cost is a compile
+    of about 25-40 s on the first calls of a process (Inductor's caches make a restart on the
+    same machine faster), and keys that equal eager's to about 1e-5, not bit for bit, so the
+    Python editor (eager) and a compiled server differ at that level.
 
     Sizes 0 and 1 are specialised even with dynamic shapes: a lone text compiles a graph of its
     own, so warm up with one text and with two (`larimar.serving.encoding.TextEncoding`)."""
