@@ -66,15 +66,10 @@ class Encoder:
     """Text -> Larimar latents, and sentence embeddings for the scope detector
     (`larimar.serving.encoding.TextEncoding`), for batches of requests."""
 
-    def __init__(
-        self,
-        model_dir: str,
-        scope_model: str | None,
-        threads: int | None = None,
-        precision: str | None = None,
-        compiled: bool = False,
-    ):
-        self.encoding = TextEncoding(model_dir, scope_model, threads, precision, compiled)
+    def __init__(self, *args, **kwargs):
+        """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled): the
+        replica is that class behind Serve's batching, and the class owns what they mean."""
+        self.encoding = TextEncoding(*args, **kwargs)
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
         self._facts = WhenFree(self.encoding.facts, 32)
         self._queries = WhenFree(self.encoding.queries, 32)
