@@ -200,19 +200,25 @@ def stack(tmp_path_factory):
         wait_http(f"{address}/api/version", 90, "`ray start --head`", head, head_log)
         mark("ray head and prometheus up")
 
-        # No --working-dir upload: the head runs in the checkout with PYTHONPATH on it, as the
-        # image does on KubeRay; the entrypoint is the RayJob's, with a test-sized config.
+        # The README's job command: `ray job submit --working-dir .` uploads the checkout and the
+        # entrypoint says `python` (this interpreter's directory is first on the head's PATH, as
+        # an activated virtualenv's would be), on a bundled recipe with a test-sized run. This is
+        # the project's one test of that submission path (it once had its own Ray head, 85 s).
         submit = [
             str(ray_bin),
             "job",
             "submit",
             "--address",
             address,
+            "--submission-id",
+            RUN,
+            "--working-dir",
+            str(ROOT),
             "--runtime-env-json",
             json.dumps({"env_vars": {"LARIMAR_DATA_DIR": str(data)}}),
             "--",
             "python",
-            f"{ROOT}/jobs/train.py",
+            "jobs/train.py",
             "--config",
             "tiny",
             f"run.name={RUN}",
@@ -230,6 +236,7 @@ def stack(tmp_path_factory):
                 break
             time.sleep(1)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "[larimar] step 20/20" in job.stdout and "trained model:" in job.stdout, job.stdout[-3000:]
         model = tmp / "runs" / RUN / "model"
         assert (model / "model.safetensors").exists()
         mark("training job")

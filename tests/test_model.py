@@ -264,3 +264,21 @@ def test_pooled_texts_in_length_sorted_chunks_equal_each_text_alone():
     torch.testing.assert_close(chunked, padded, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(chunked[0], chunked[1])  # distinct texts stay distinct (nothing was shuffled)
     torch.testing.assert_close(chunked[0], chunked[5])
+
+
+def test_pooled_chunks_on_a_thread_pool_equal_the_serial_pass_bit_for_bit_and_keep_grad_mode():
+    """`encode_pooled(pool=...)` runs the same chunks on other threads: the same bits, in the same
+    places; a pool thread takes the caller's grad mode (thread-local in torch), so a no_grad
+    caller gets no graph and a training caller gets one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = LarimarModel(tiny_config()).eval()
+    texts = [f"text {i} " + "word " * (i % 7) for i in range(11)]
+    with ThreadPoolExecutor(2) as pool:
+        with torch.no_grad():
+            serial = model.encode_pooled(texts, chunk=3)
+            threaded = model.encode_pooled(texts, chunk=3, pool=pool)
+        assert torch.equal(serial, threaded) and not threaded.requires_grad
+        trained = model.encode_pooled(texts, chunk=3, pool=pool)
+    assert trained.requires_grad and trained.grad_fn is not None
+    torch.testing.assert_close(trained.detach(), serial)

@@ -426,6 +426,37 @@ def test_a_write_batch_size_below_one_is_refused_by_name():
         ServeSettings(write_batch_size=0)
 
 
+def test_every_route_and_dependency_of_the_ingress_runs_on_its_event_loop():
+    """FastAPI runs a plain `def` endpoint or dependency in a worker thread for each request; for
+    the ingress's header readers that hop was about a tenth of its CPU under load. Every route
+    and every dependency it has is therefore `async def`: a plain one added later fails here."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from larimar.serving.app import api
+
+    def calls(dependant):
+        yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    def api_routes(routes):  # FastAPI 0.165 keeps a class's routes behind an included router
+        for r in routes:
+            if isinstance(r, APIRoute):
+                yield r
+            yield from api_routes(
+                getattr(r, "routes", None) or getattr(getattr(r, "original_router", None), "routes", [])
+            )
+
+    routes = list(api_routes(api.routes))
+    assert {"/v1/memories/{memory_id}/facts", "/v1/chat/completions", "/healthz"} <= {r.path for r in routes}
+    for route in routes:
+        for call in calls(route.dependant):
+            if call is not None:
+                assert inspect.iscoroutinefunction(call), f"{route.path}: {call.__qualname__} is not async"
+
+
 def test_serve_config_validates_with_rays_schema():
     from ray.serve.schema import ServeDeploySchema
 
@@ -524,6 +555,30 @@ def test_the_encoder_answers_concurrent_query_batches_as_each_request_alone():
         torch.testing.assert_close(got["z"], alone["z"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(got["sentences"], alone["sentences"], atol=1e-5, rtol=1e-5)
     assert together[1]["owners"] == [0, 1, 1]  # re-based on the request's own queries
+
+
+def test_encoder_workers_encode_a_batch_on_threads_with_the_same_bits_per_request():
+    """`encoder_workers` (TextEncoding(workers=2)): a batch of more than one chunk of texts runs
+    its chunks on two threads. Every request's keys, values and scope vectors, and a batch of
+    queries, come out bit for bit as on one thread, refusals included."""
+    from larimar.serving.encoding import TextEncoding
+
+    one = TextEncoding("larimar-smol-v3", "minilm-l6")
+    two = TextEncoding("larimar-smol-v3", "minilm-l6", workers=2)
+    assert one.pool is None and two.pool is not None
+    writes = [[{"prompt": f"Person {i} of the club was born in the city of", "target": f"Town{i}"}] for i in range(12)]
+    writes[5] = [{"text": "word " * 80}]  # refused, never cut: the rest of the batch is still encoded
+    writes[7] = [{"text": "alice lives in tokyo ."}, {"prompt": "The Eiffel Tower is in", "target": "Rome"}]
+    for got, want in zip(two.facts(writes), one.facts(writes), strict=True):
+        if "error" in want:
+            assert got == want and want["error"]["code"] == "fact_too_long"
+            continue
+        for key in ("keys", "values", "scope"):
+            assert torch.equal(got[key], want[key]), key
+    queries = [[f"Where was person {i} of the club born? Say it."] for i in range(10)]
+    for got, want in zip(two.queries(queries), one.queries(queries), strict=True):
+        assert torch.equal(got["z"], want["z"]) and torch.equal(got["sentences"], want["sentences"])
+        assert got["owners"] == want["owners"]
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ class Encoder:
     (`larimar.serving.encoding.TextEncoding`), for batches of requests."""
 
     def __init__(self, *args, **kwargs):
-        """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled): the
+        """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled, workers): the
         replica is that class behind Serve's batching, and the class owns what they mean."""
         self.encoding = TextEncoding(*args, **kwargs)
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
@@ -519,9 +519,14 @@ async def _validation_error(request: Request, err: RequestValidationError):
     return _error_response(e.status, e.message, e.param, e.code)
 
 
-def presented_key(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> str | None:
+async def presented_key(authorization: str | None = Header(None), x_api_key: str | None = Header(None)) -> str | None:
     """The API key from `Authorization: Bearer <key>` (the scheme case-insensitive, as RFC 7235
-    says) or `X-API-Key: <key>`; an Authorization header without the Bearer scheme presents none."""
+    says) or `X-API-Key: <key>`; an Authorization header without the Bearer scheme presents none.
+
+    `async def`, as `idempotency`, though neither awaits: FastAPI runs a plain `def` dependency in
+    a worker thread (anyio's `run_sync`), and that hop per request (a queue, a condition, GIL
+    hand-overs, now and then a new thread) was about a tenth of the ingress's CPU under 32
+    writing clients (py-spy, jobs/diagnostics/profile_serve_writes.py)."""
     return x_api_key or bearer(authorization)
 
 
@@ -532,7 +537,7 @@ def bearer(authorization: str | None) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def idempotency(idempotency_key: str | None = Header(None, max_length=255)) -> str | None:
+async def idempotency(idempotency_key: str | None = Header(None, max_length=255)) -> str | None:
     """The optional Idempotency-Key header of writes (durable with the edit log)."""
     return idempotency_key
 
@@ -1006,6 +1011,7 @@ def build(args: dict):
         settings.torch_threads,
         settings.encoder_precision,
         settings.encoder_compile,
+        settings.encoder_workers,
     )
     memory = MemoryActor.options(health_check_period_s=settings.health_check_period_s)
     return Ingress.options(health_check_period_s=settings.health_check_period_s).bind(

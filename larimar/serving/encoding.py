@@ -8,6 +8,8 @@ refused, the rest still encoded).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from larimar.fact_encoder import encode_facts, encode_queries
@@ -28,11 +30,14 @@ class TextEncoding:
         threads: int | None = None,
         precision: str | None = None,
         compiled: bool = False,
+        workers: int = 1,
     ):
         """compiled: `larimar.precision.compile_encoder` (ServeSettings.encoder_compile), warmed up
-        here, so that the process is compiled before it takes its first request."""
+        here, so that the process is compiled before it takes its first request. workers: threads
+        a batch's encoder chunks run on (ServeSettings.encoder_workers; `LarimarModel.encode_pooled`)."""
         if threads:
             torch.set_num_threads(threads)
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers > 1 else None
         self.model = LarimarModel.from_pretrained(model_dir)
         # resolved here, on the process's own CPU (ServeSettings.encoder_precision)
         set_encoder_precision(self.model.encoder, precision or default_encoder_precision())
@@ -83,7 +88,7 @@ class TextEncoding:
 
     def _encode_checked(self, per_request: list[list[Fact]]) -> list[dict]:
         flat = [f for facts in per_request for f in facts]
-        enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
+        enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared, pool=self.pool)
         scope_owner, _ = scope_texts(flat)
         vectors = enc.scope if enc.scope is not None else torch.empty(len(scope_owner), 0)
         out, start = [], 0
@@ -105,7 +110,7 @@ class TextEncoding:
         request's own queries); without one (``scope_model: null``) "sentences" is None and the
         memory is read for every query, as the Python editor does without a scope detector."""
         flat = [q for r in requests for q in r]
-        enc = encode_queries(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared)
+        enc = encode_queries(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared, pool=self.pool)
         out, start = [], 0
         for r in requests:
             rows = [i for i, o in enumerate(enc.owners) if start <= o < start + len(r)]

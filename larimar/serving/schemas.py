@@ -140,6 +140,14 @@ class ServeSettings(BaseModel):
             " batches in flight at 32 clients, one encoding while the memory actor commits the other"
         ),
     )
+    encoder_workers: int = Field(
+        1,
+        ge=1,
+        description=(
+            "threads an encoder replica runs a batch's length-sorted chunks of 16 texts on (one torch"
+            " thread each; larimar.model.LarimarModel.encode_pooled); results are the same bit for bit"
+        ),
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
