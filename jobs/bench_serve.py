@@ -258,6 +258,12 @@ def main() -> None:
     parser.add_argument(
         "--encoder-compile", action="store_true", help="ServeSettings.encoder_compile (torch.compile the encoder)"
     )
+    parser.add_argument(
+        "--encoder-workers",
+        type=int,
+        default=None,
+        help="ServeSettings.encoder_workers (threads over a batch's chunks)",
+    )
     parser.add_argument("--batch-wait-s", type=float, default=None, help="ServeSettings.decoder_batch_wait_s")
     parser.add_argument(
         "--client",
@@ -290,6 +296,8 @@ def main() -> None:
         }
         if args.encoder_compile:
             served["encoder_compile"] = report["encoder_compile"] = True
+        if args.encoder_workers is not None:
+            served["encoder_workers"] = report["encoder_workers"] = args.encoder_workers
         if args.batch_wait_s is not None:
             served["decoder_batch_wait_s"] = report["decoder_batch_wait_s"] = args.batch_wait_s
         if args.write_batch_size is not None:

@@ -47,10 +47,13 @@ class LatentEncoder(nn.Module):
             for layer in self.backbone.encoder.layer[-n:]:
                 layer.requires_grad_(True)
 
-    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, eager: bool = False) -> torch.Tensor:
         """(B, T) token ids -> (B, E) pooled backbone output (for MiniLM + mean pooling this is,
-        once normalised, exactly the sentence-transformers embedding the scope detector uses)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, E)
+        once normalised, exactly the sentence-transformers embedding the scope detector uses).
+        eager: a compiled backbone (`larimar.precision.compile_encoder`) runs its own eager
+        module instead (`LarimarModel.encode_pooled` on several threads)."""
+        backbone = getattr(self.backbone, "_orig_mod", self.backbone) if eager else self.backbone
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, E)
         # in the heads' dtype: a bf16 backbone under float32 heads (larimar.precision.set_encoder_precision)
         # pools in float32; a model cast whole (DeepSpeed bf16) stays in its dtype
         hidden = hidden.to(self.head.weight.dtype)

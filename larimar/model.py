@@ -253,7 +253,12 @@ class LarimarModel(nn.Module):
         are the same as without it, so are the results, bit for bit. Why threads over chunks
         rather than intra-op threads: 32 edits' texts on 2 cores took 58.8 ms this way against
         73.5 ms with `torch.set_num_threads(2)` and 112.1 ms on one (bf16, 2-core EPYC), as a
-        chunk's GEMMs are too small to split well and need no barrier between the two threads."""
+        chunk's GEMMs are too small to split well and need no barrier between the two threads.
+        Chunks on threads run a compiled backbone's eager module (`LatentEncoder.pooled`'s
+        `eager`): Inductor's C++ kernels hold the GIL, and two threads on the compiled graph took
+        135.0 ms where eager took 110.3 (80 texts); a batch of one chunk still runs compiled, so
+        under `encoder_compile` a text's bits depend on its batch's size, as they already do
+        on its padding (to float rounding)."""
         if len(texts) <= 1:
             batch = self.tokenize_for_encoder(texts)
             return self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
@@ -263,13 +268,15 @@ class LarimarModel(nn.Module):
         chunks = [order[start : start + chunk] for start in range(0, len(order), chunk)]
 
         grad = torch.is_grad_enabled()  # thread-local: a pool thread takes the caller's mode
+        threaded = pool is not None and len(chunks) > 1
 
         def run(idx: list[int]) -> torch.Tensor:
             batch = tok.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="pt")
+            ids_t, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
             with torch.set_grad_enabled(grad):
-                return self.encoder.pooled(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+                return self.encoder.pooled(ids_t, mask, eager=threaded)
 
-        pooled = list(pool.map(run, chunks)) if pool is not None and len(chunks) > 1 else [run(c) for c in chunks]
+        pooled = list(pool.map(run, chunks)) if threaded else [run(c) for c in chunks]
         out: list[torch.Tensor | None] = [None] * len(texts)
         for idx, rows in zip(chunks, pooled):
             for i, row in zip(idx, rows):

@@ -564,7 +564,7 @@ def test_encoder_workers_encode_a_batch_on_threads_with_the_same_bits_per_reques
     from larimar.serving.encoding import TextEncoding
 
     one = TextEncoding("larimar-smol-v3", "minilm-l6")
-    two = TextEncoding("larimar-smol-v3", "minilm-l6", workers=2)
+    two = TextEncoding("larimar-smol-v3", "minilm-l6", workers=2)  # ServeSettings' default
     assert one.pool is None and two.pool is not None
     writes = [[{"prompt": f"Person {i} of the club was born in the city of", "target": f"Town{i}"}] for i in range(12)]
     writes[5] = [{"text": "word " * 80}]  # refused, never cut: the rest of the batch is still encoded
@@ -585,12 +585,14 @@ def test_encoder_workers_encode_a_batch_on_threads_with_the_same_bits_per_reques
 def test_a_compiled_encoder_encodes_writes_and_queries_as_the_eager_one(demo_run):
     """`encoder_compile` (the encoder replica's `TextEncoding`): compiled and warmed up in the
     constructor, a lone fact, a batch and a lone query (batch sizes 1 and 2 are specialised
-    apart) come out as the eager encoder's, up to float rounding; a refusal is still a refusal."""
+    apart) come out as the eager encoder's, up to float rounding; a refusal is still a refusal.
+    With `encoder_workers`, a batch of several chunks runs the compiled backbone's eager module
+    on the threads (`LarimarModel.encode_pooled`), and comes out the same way."""
     from larimar.serving.encoding import TextEncoding
 
     model = str(demo_run[0] / "model")
     eager = TextEncoding(model, "minilm-l6", precision="fp32")
-    compiled = TextEncoding(model, "minilm-l6", precision="fp32", compiled=True)
+    compiled = TextEncoding(model, "minilm-l6", precision="fp32", compiled=True, workers=2)
     assert isinstance(compiled.model.encoder.backbone, torch._dynamo.eval_frame.OptimizedModule)
     writes = [
         [{"text": "alice lives in tokyo ."}],
@@ -598,7 +600,8 @@ def test_a_compiled_encoder_encodes_writes_and_queries_as_the_eager_one(demo_run
         [{"text": "word " * 80}],  # over the encoder's max_length: refused, never cut
     ]
     assert eager.facts(writes[2:])[0]["error"]["code"] == "fact_too_long"
-    for req in (writes[:1], writes):
+    many = [[{"prompt": f"person {i} of the club lives in", "target": f"town {i}"}] for i in range(12)]
+    for req in (writes[:1], writes, many):
         for got, want in zip(compiled.facts(req), eager.facts(req)):
             if "error" in want:
                 assert got == want
