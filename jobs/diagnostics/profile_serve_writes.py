@@ -47,7 +47,7 @@ def serve_pids() -> dict[str, int]:
     return pids
 
 
-def _label(proc) -> str:
+def process_label(proc) -> str:
     """A short name for a process: Serve's role, the Ray actor or daemon, or the executable."""
     try:
         args = " ".join(proc.cmdline()) or proc.name()
@@ -70,7 +70,7 @@ def cpu_times() -> dict[int, tuple[str, float]]:
     for proc in psutil.process_iter():
         try:
             t = proc.cpu_times()
-            out[proc.pid] = (_label(proc), t.user + t.system)
+            out[proc.pid] = (process_label(proc), t.user + t.system)
         except Exception:  # noqa: BLE001 - exited meanwhile
             continue
     return out

@@ -36,7 +36,7 @@ import requests
 from larimar.serving.local import URL, edit_latency, local_application, settings_from_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_serve_writes import _label  # noqa: E402  (the same process names as the profile)
+from profile_serve_writes import process_label  # noqa: E402  (the same process names as the profile)
 
 
 def idle_cpu(seconds: float) -> dict[str, float]:
@@ -56,7 +56,7 @@ def idle_cpu(seconds: float) -> dict[str, float]:
         except (psutil.Error, KeyError):
             continue
         if used > 0:
-            name = _label(p)
+            name = process_label(p)
             out[name] = out.get(name, 0.0) + used / seconds
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
