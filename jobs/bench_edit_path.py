@@ -1,7 +1,8 @@
 """Where an acknowledged edit's time goes, stage by stage, in one process (issue 18).
 
     python jobs/bench_edit_path.py [--model larimar-smol-v3] [--sizes 1,8,32] [--threads 1] \
-        [--encoder-precision fp32|bf16] [--encoder-compile] [--out runs/bench_edit_path.json]
+        [--encoder-precision fp32|bf16] [--encoder-compile] [--encoder-workers 1] \
+        [--out runs/bench_edit_path.json]
 
 The serving path of POST /v1/memories/{id}/facts is: HTTP proxy -> ingress -> encoder deployment
 (`larimar.fact_encoder.encode_facts`) -> its answer pickled back through Ray -> memory actor:
@@ -22,6 +23,7 @@ import os
 import pickle
 import statistics
 import tempfile
+from concurrent.futures import Executor, ThreadPoolExecutor
 import time
 from pathlib import Path
 
@@ -45,13 +47,13 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def stages(model: LarimarModel, store: MemoryStore, n: int, repeats: int) -> dict:
+def stages(model: LarimarModel, store: MemoryStore, n: int, repeats: int, pool: Executor | None = None) -> dict:
     facts = [{"text": None, "prompt": f"person {i} of group {n} lives in", "target": f"city {i}"} for i in range(n)]
     checked = [make_fact(None, f["prompt"], f["target"]) for f in facts]
     row: dict = {"facts": n}
     # the encoder deployment: MiniLM over prompts, texts and targets (+ decoder rows for v3 values)
-    row["encode_ms"] = timed(lambda: encode_facts(model, checked, True, shared=True), repeats)
-    enc = encode_facts(model, checked, True, shared=True)
+    row["encode_ms"] = timed(lambda: encode_facts(model, checked, True, shared=True, pool=pool), repeats)
+    enc = encode_facts(model, checked, True, shared=True, pool=pool)
     payload = {"keys": enc.keys, "values": enc.values, "scope": enc.scope}
     row["encoder_answer_kib"] = len(pickle.dumps(payload)) / 1024
     row["pickle_ms"] = timed(lambda: pickle.loads(pickle.dumps(payload)), repeats)
@@ -96,6 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
         "--encoder-precision", default=None, help="fp32 or bf16 (default: the encoder replica's choice for this CPU)"
     )
     p.add_argument("--encoder-compile", action="store_true", help="compile the encoder (ServeSettings.encoder_compile)")
+    p.add_argument(
+        "--encoder-workers",
+        type=int,
+        default=1,
+        help="threads over the encoder pass's chunks of 16 texts (ServeSettings.encoder_workers)",
+    )
     p.add_argument("--storage", default=None, help="where the log goes (default: a temporary directory)")
     p.add_argument("--out", default="runs/bench_edit_path.json")
     a = p.parse_args(argv)
@@ -110,9 +118,11 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": a.threads,
         "encoder_precision": precision,
         "encoder_compile": a.encoder_compile,
+        "encoder_workers": a.encoder_workers,
         "value_dim": model.value_dim,
         "rows": [],
     }
+    pool = ThreadPoolExecutor(a.encoder_workers) if a.encoder_workers > 1 else None
     with tempfile.TemporaryDirectory(dir=a.storage) as d:
         cfg = StoreConfig(
             storage=d,
@@ -124,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         store = MemoryStore(cfg)
         for n in (int(s) for s in a.sizes.split(",")):
-            row = stages(model, store, n, a.repeats)
+            row = stages(model, store, n, a.repeats, pool)
             report["rows"].append(row)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     report["cpus"] = os.cpu_count()

@@ -251,9 +251,10 @@ class LarimarModel(nn.Module):
         pool: run the chunks on these threads (`larimar.serving.encoding.TextEncoding`: the
         encoder replica's `encoder_workers`), each on torch's one intra-op thread. The chunks
         are the same as without it, so are the results, bit for bit. Why threads over chunks
-        rather than intra-op threads: 32 edits' texts on 2 cores took 58.8 ms this way against
-        73.5 ms with `torch.set_num_threads(2)` and 112.1 ms on one (bf16, 2-core EPYC), as a
-        chunk's GEMMs are too small to split well and need no barrier between the two threads.
+        rather than intra-op threads: 32 edits' pass on 2 cores took 62.1 ms this way against
+        68.2 ms with `torch.set_num_threads(2)` and 122-131 ms on one (bf16, 2-core EPYC;
+        `jobs/bench_edit_path.py --encoder-workers 2 | --threads 2`), and unlike OpenMP's teams
+        the two threads share no barrier per operator, which a preempted thread stalls.
         Chunks on threads run a compiled backbone's eager module (`LatentEncoder.pooled`'s
         `eager`): Inductor's C++ kernels hold the GIL, and two threads on the compiled graph took
         135.0 ms where eager took 110.3 (80 texts); a batch of one chunk still runs compiled, so

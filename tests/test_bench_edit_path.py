@@ -16,11 +16,12 @@ def test_the_edit_path_benchmark_times_every_stage_and_applies_the_writes(tmp_pa
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    report = bench.main(["--model", str(model_dir), "--sizes", "1,3", "--repeats", "1", "--out", str(out)])
-    assert json.loads(out.read_text()) == report
-    assert [r["facts"] for r in report["rows"]] == [1, 3]
+    args = ["--model", str(model_dir), "--sizes", "1,9", "--repeats", "1", "--out", str(out)]
+    report = bench.main([*args, "--encoder-workers", "2"])  # 9 edits: more than one chunk of 16 texts
+    assert json.loads(out.read_text()) == report and report["encoder_workers"] == 2
+    assert [r["facts"] for r in report["rows"]] == [1, 9]
     for row in report["rows"]:
         for key in ("encode_ms", "write_fsync_ms", "memory_update_ms", "persist_apply_ms", "total_ms"):
             assert row[key] > 0, key
-    one, three = report["rows"]
-    assert three["log_entry_kib"] > one["log_entry_kib"]  # every fact's vectors are in its log entry
+    one, nine = report["rows"]
+    assert nine["log_entry_kib"] > one["log_entry_kib"]  # every fact's vectors are in its log entry
