@@ -1,6 +1,6 @@
 """Real processes the slow tests start and stop: a `ray start --head` isolated from every other Ray
 on the machine, waiting for an HTTP endpoint, and stopping a process group. One copy, used by the
-job-submission, monitoring, quickstart and wheel tests."""
+monitoring test (whose Ray head also takes the `ray job submit` test), the quickstart and the wheel tests."""
 
 from __future__ import annotations
 
