@@ -30,35 +30,20 @@ import threading
 import time
 from pathlib import Path
 
-import psutil
 import requests
 
 from larimar.serving.local import URL, edit_latency, local_application, settings_from_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_serve_writes import process_label  # noqa: E402  (the same process names as the profile)
+from profile_serve_writes import cpu_shares, cpu_times  # noqa: E402  (the profile's CPU accounting)
 
 
 def idle_cpu(seconds: float) -> dict[str, float]:
-    """Share of one core each process used over `seconds` (processes named as the profile names them)."""
-    procs = list(psutil.process_iter())
-    before = {}
-    for p in procs:
-        try:
-            before[p.pid] = sum(p.cpu_times()[:2])
-        except psutil.Error:
-            pass
+    """Share of one core each process used over `seconds` (the profile's own snapshots and labels;
+    processes under 1% of a core are left out)."""
+    before = cpu_times()
     time.sleep(seconds)
-    out: dict[str, float] = {}
-    for p in procs:
-        try:
-            used = sum(p.cpu_times()[:2]) - before[p.pid]
-        except (psutil.Error, KeyError):
-            continue
-        if used > 0:
-            name = process_label(p)
-            out[name] = out.get(name, 0.0) + used / seconds
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    return dict(cpu_shares(before, cpu_times(), seconds))
 
 
 async def hops(memory_id: str, tenant: str, calls: int) -> dict[str, float]:
@@ -128,7 +113,7 @@ def main() -> None:
     print("idle CPU (share of one core):")
     for name, share in list(idle.items())[:12]:
         print(f"  {100 * share:5.1f}%  {name}")
-    print(f"  {100 * sum(idle.values()):5.1f}%  in all")
+    print(f"  {100 * sum(idle.values()):5.1f}%  in all (processes over 1%)")
     print("hops from this driver, p50:")
     for name, ms in hop.items():
         print(f"  {ms:6.2f} ms  {name}")
