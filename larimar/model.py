@@ -257,7 +257,7 @@ class LarimarModel(nn.Module):
         the two threads share no barrier per operator, which a preempted thread stalls.
         Chunks on threads run a compiled backbone's eager module (`LatentEncoder.pooled`'s
         `eager`): Inductor's C++ kernels hold the GIL, and two threads on the compiled graph took
-        135.0 ms where eager took 110.3 (80 texts); a batch of one chunk still runs compiled, so
+        135.0 ms where eager took 110.3 (80 texts; a scratch check); a batch of one chunk still runs compiled, so
         under `encoder_compile` a text's bits depend on its batch's size, as they already do
         on its padding (to float rounding)."""
         if len(texts) <= 1:
