@@ -2,7 +2,8 @@
 
 `WhenFree` (the encoder's passes, the memory actor's writes): calls that arrive while a batch runs
 share the next batch, each caller gets its own result, an error reaches every caller of its batch
-and the worker carries on; a coroutine `run` is awaited on the loop.
+and the worker carries on; a coroutine `run` is awaited on the loop; with `depth` 2 a second batch
+runs beside the first only when full.
 `DecodeLoop` (the decoder), on a tiny random model: jobs submitted while others decode join them
 before the next token and answer as they would alone, the row cap holds (first come, first
 served), a job cancelled while waiting costs no pass, and a failing pass reaches every job in it
@@ -163,6 +164,58 @@ def test_a_coroutine_run_is_awaited_on_the_loop_one_batch_at_a_time():
 
     assert asyncio.run(main()) == list(range(1, 11))
     assert sizes == [1, 9]  # serve.batch formed a batch per 1 ms wait here, run one after another
+
+
+def test_depth_two_sends_a_second_batch_only_when_it_is_full():
+    """The ingress's encoder stage (`WhenFree(depth=2)`): while one batch runs, a second starts as
+    soon as `max_batch` items wait (it would wait at the encoder replica), never a partial one;
+    partial batches still start whenever nothing is in flight, and answers stay per item."""
+    log, running, most = [], [0], [0]
+
+    async def run(items):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        log.append(list(items))
+        await asyncio.sleep(0.05)
+        running[0] -= 1
+        return [x * 2 for x in items]
+
+    async def main():
+        batcher = WhenFree(run, max_batch=3, depth=2)
+
+        async def call(x, delay):
+            await asyncio.sleep(delay)
+            return await batcher(x)
+
+        # 0 alone; 1-3 arrive while it runs and fill a batch: it starts at once (two in flight);
+        # 4 and 5 arrive while two run: a partial batch waits until one of them is done
+        delays = [0, 0.005, 0.01, 0.015, 0.02, 0.025]
+        return await asyncio.gather(*(call(x, d) for x, d in enumerate(delays)))
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
+    assert log == [[0], [1, 2, 3], [4, 5]]
+    assert most[0] == 2  # the full batch ran beside the first; [4, 5] waited for a free place
+    with pytest.raises(ValueError, match="depth"):
+        WhenFree(run, max_batch=3, depth=0)
+
+
+def test_depth_one_runs_one_batch_at_a_time_even_when_full():
+    log, running, most = [], [0], [0]
+
+    async def run(items):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        log.append(len(items))
+        await asyncio.sleep(0.03)
+        running[0] -= 1
+        return items
+
+    async def main():
+        batcher = WhenFree(run, max_batch=2)
+        return await asyncio.gather(*(batcher(x) for x in range(5)))
+
+    assert asyncio.run(main()) == list(range(5))
+    assert most[0] == 1 and log == [2, 2, 1]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death, on purpose

@@ -570,7 +570,9 @@ class Ingress:
         # `write_batch_size` requests: with all 32 clients in one batch, the encoder idled while
         # the actor committed it (edits/s at 32 clients, 16 against 64: 131 vs 83, 93 vs 97, 119
         # vs 101 on the AVX2 machine; same-session pairs).
-        self._encodes = WhenFree(self._send_encodes, self.settings.write_batch_size)
+        self._encodes = WhenFree(
+            self._send_encodes, self.settings.write_batch_size, depth=self.settings.encode_batches_in_flight
+        )
         self._writes = WhenFree(self._send_writes, 64)
         self.started = time.time()
         self.requests = Counter("larimar_http_requests", description="HTTP requests", tag_keys=("endpoint", "status"))

@@ -33,11 +33,19 @@ from larimar.serving.completion import Batch, Job
 
 
 class WhenFree:
-    """``await batcher(item)``: `run(items)` on up to `max_batch` items at a time, one batch at a
-    time; its i-th result answers the i-th item. `run` is a coroutine function (awaited on the
-    event loop: the memory actor's writes, which take its lock) or a plain one (run in a worker
-    thread: model passes). `wait_s` is how long an idle worker waits after the first item for
-    others to join it (0: a lone request is not delayed)."""
+    """``await batcher(item)``: `run(items)` on up to `max_batch` items at a time; its i-th result
+    answers the i-th item. `run` is a coroutine function (awaited on the event loop: the memory
+    actor's writes, which take its lock) or a plain one (run in a worker thread: model passes).
+    `wait_s` is how long an idle batcher waits after the first item for others to join it (0: a
+    lone request is not delayed).
+
+    depth: batches in flight at once (default 1: a batch is formed when the one before it is done).
+    A batch beyond the first is sent only once it is full (`max_batch` items), so pipelining never
+    breaks the load into small batches. Why: the ingress's encoder stage (`app.Ingress`) waited
+    for each answer before sending the next batch, and the encoder replica idled for that round
+    trip between passes (about 7 ms between passes of 51-60 ms at 32 writing clients: a server-side
+    trace, README "Measured"); with depth 2 the next full batch already waits at the replica, whose
+    own batcher starts it when the pass before it ends."""
 
     def __init__(
         self,
@@ -45,49 +53,80 @@ class WhenFree:
         max_batch: int,
         wait_s: float = 0.0,
         on_batch: Callable[[list], None] | None = None,
+        depth: int = 1,
     ):
         """on_batch: called with each batch's items before it runs (metrics)."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         self.run, self.max_batch, self.wait_s, self.on_batch = run, max_batch, wait_s, on_batch
+        self.depth = depth
         self.waiting: list[tuple[Any, asyncio.Future]] = []
-        self.worker: asyncio.Task | None = None
+        self.in_flight = 0
+        self.unstarted = 0  # batches started that have not yet taken their items
+        self.worker: asyncio.Task | None = None  # the first batch's: it may wait `wait_s` first
 
     async def __call__(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.waiting.append((item, future))
-        if self.worker is None or self.worker.done():
-            self.worker = loop.create_task(self._drain())
+        self._launch(loop, idle=self.in_flight == 0)
         return await future
 
-    async def _drain(self) -> None:
-        """Runs batches until nothing is waiting; a new call starts it again."""
-        if self.wait_s > 0:
-            await asyncio.sleep(self.wait_s)
-        while self.waiting:
+    def _launch(self, loop: asyncio.AbstractEventLoop, idle: bool = False) -> None:
+        """Start the batches the waiting items make: the first whenever nothing is in flight,
+        more (up to `depth`) only when full. A batch takes its items when its task first runs, so
+        calls made in the same turn of the loop (the encoder replica's `gather` over a request
+        list) share it. idle: nothing was in flight, so the first batch may wait `wait_s`."""
+        while self.in_flight < self.depth:
+            free = len(self.waiting) - self.unstarted * self.max_batch  # not yet claimed by a batch
+            if free <= 0 or (self.in_flight and free < self.max_batch):
+                return
+            task = loop.create_task(self._batch(idle and self.in_flight == 0))
+            if self.in_flight == 0:
+                self.worker = task
+            self.in_flight += 1
+            self.unstarted += 1
+
+    async def _batch(self, wait: bool) -> None:
+        """Take up to `max_batch` waiting items (after `wait_s` when `wait`) and run them; then
+        start what waits."""
+        started = False
+        try:
+            if wait and self.wait_s > 0:
+                await asyncio.sleep(self.wait_s)
+            self.unstarted -= 1
+            started = True
             batch = [(i, f) for i, f in self.waiting[: self.max_batch] if not f.cancelled()]
             del self.waiting[: self.max_batch]
-            if not batch:
-                continue
-            items = [i for i, _ in batch]
-            try:
-                if self.on_batch is not None:
-                    self.on_batch(items)
-                if inspect.iscoroutinefunction(self.run):
-                    results = await self.run(items)
-                else:
-                    results = await asyncio.to_thread(self.run, items)
-                if len(results) != len(items):
-                    raise RuntimeError(f"a batch of {len(items)} items got {len(results)} results")
-            except Exception as err:  # every caller of the batch gets the error; the worker goes on
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(err)
-                continue
-            for (_, f), result in zip(batch, results):
+            if batch:
+                await self._answer(batch)
+        finally:
+            if not started:  # cancelled in its wait
+                self.unstarted -= 1
+            self.in_flight -= 1
+            self._launch(asyncio.get_running_loop())
+
+    async def _answer(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        items = [i for i, _ in batch]
+        try:
+            if self.on_batch is not None:
+                self.on_batch(items)
+            if inspect.iscoroutinefunction(self.run):
+                results = await self.run(items)
+            else:
+                results = await asyncio.to_thread(self.run, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"a batch of {len(items)} items got {len(results)} results")
+        except Exception as err:  # every caller of the batch gets the error; the next batches still run
+            for _, f in batch:
                 if not f.done():
-                    f.set_result(result)
+                    f.set_exception(err)
+            return
+        for (_, f), result in zip(batch, results):
+            if not f.done():
+                f.set_result(result)
 
 
 class DecodeLoop:

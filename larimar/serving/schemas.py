@@ -141,6 +141,15 @@ class ServeSettings(BaseModel):
             " batches in flight at 32 clients, one encoding while the memory actor commits the other"
         ),
     )
+    encode_batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description=(
+            "write batches the ingress may have at the encoder at once; one beyond the first is sent"
+            " only when full (write_batch_size requests), so that it waits at the encoder instead of"
+            " the encoder waiting a round trip for it (larimar.serving.batcher.WhenFree's depth)"
+        ),
+    )
     encoder_workers: int = Field(
         2,
         ge=1,
