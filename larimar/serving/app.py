@@ -7,7 +7,8 @@ Request flow (generate): Ingress -> Encoder.encode_queries (latent + scope embed
 -> MemoryActor.read (consistent version; 0 latent when out of scope) -> Decoder.generate.
 Writes: Ingress -> Encoder.encode_facts -> MemoryActor.write, where concurrent writes are batched
 at every step (`larimar.serving.batcher.WhenFree`: each batch formed when the one before it is
-done): the ingress sends the requests that arrived meanwhile to the encoder in one call and to
+done; at the ingress's encoder stage a second batch may wait at the encoder once it is full):
+the ingress sends the requests that arrived meanwhile to the encoder in one call and to
 the actor in one call, the encoder runs their facts in one pass, and the actor validates them,
 logs them durably and applies them as one low-rank update per memory under one asyncio lock.
 Only the actor touches memory state; it runs no network (latents arrive encoded), so edits stay
@@ -60,6 +61,10 @@ from larimar.serving.wire import arrays_in_and_out
 
 # -- model deployments ----------------------------------------------------------------------------
 
+# Histogram buckets (seconds) of the write path's stages: a lone edit's steps are 1-15 ms, a
+# pass at 32 writing clients 50-60 ms, a request's wait at 32 clients 100-150 ms.
+STAGE_SECONDS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5]
+
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Encoder:
@@ -70,9 +75,27 @@ class Encoder:
         """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled, workers): the
         replica is that class behind Serve's batching, and the class owns what they mean."""
         self.encoding = TextEncoding(*args, **kwargs)
+        self.passes = Histogram(
+            "larimar_encoder_pass_seconds",
+            description="one encoder pass over a batch of requests' texts, in the replica (kind: facts, queries)",
+            boundaries=STAGE_SECONDS,
+            tag_keys=("kind",),
+        )
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
-        self._facts = WhenFree(self.encoding.facts, 32)
-        self._queries = WhenFree(self.encoding.queries, 32)
+        self._facts = WhenFree(self._timed("facts", self.encoding.facts), 32)
+        self._queries = WhenFree(self._timed("queries", self.encoding.queries), 32)
+
+    def _timed(self, kind: str, run):
+        """`run` on a worker thread, its duration observed on the event loop, as Serve's metrics are."""
+
+        async def timed(items: list) -> list:
+            t0 = time.perf_counter()
+            try:
+                return await asyncio.to_thread(run, items)
+            finally:
+                self.passes.observe(time.perf_counter() - t0, tags={"kind": kind})
+
+        return timed
 
     @arrays_in_and_out
     async def encode_facts(self, requests: list[list[dict]]) -> list[dict]:
@@ -271,6 +294,13 @@ class MemoryActor:
             description="memories unavailable after a damaged log "
             "entry or snapshot file (python -m larimar.serving.repair)",
         )
+        self.commit_steps = Histogram(
+            "larimar_memory_commit_seconds",
+            description="a log entry's commit: persist (entry written and fsynced), apply (the memory updated); "
+            "op: the entry's (write, forget, create, delete, import)",
+            boundaries=STAGE_SECONDS,
+            tag_keys=("step", "op"),
+        )
         self.batch_size = Histogram(
             "larimar_memory_write_batch_size",
             description="write requests per batch",
@@ -290,8 +320,12 @@ class MemoryActor:
         self.damaged.set(len(self.store.damaged))
 
     async def _commit(self, entry: dict):
+        t0 = time.perf_counter()
         entry = await asyncio.to_thread(self.store.persist, entry)  # durable before acknowledged
+        t1 = time.perf_counter()
         result = self.store.apply(entry)  # synchronous: readers never see half of it
+        self.commit_steps.observe(t1 - t0, tags={"step": "persist", "op": entry["op"]})
+        self.commit_steps.observe(time.perf_counter() - t1, tags={"step": "apply", "op": entry["op"]})
         if self.store.snapshot_due() and self.snapshotting is None:
             # Serialised here, between two applied entries (consistent); written outside the lock.
             prepared = self.store.prepare_snapshot()
@@ -569,7 +603,8 @@ class Ingress:
         # works on the next batch while the actor commits this one. The encoder stage takes at most
         # `write_batch_size` requests: with all 32 clients in one batch, the encoder idled while
         # the actor committed it (edits/s at 32 clients, 16 against 64: 131 vs 83, 93 vs 97, 119
-        # vs 101 on the AVX2 machine; same-session pairs).
+        # vs 101 on the AVX2 machine; same-session pairs). `encode_batches_in_flight` (2) lets a
+        # second full batch wait at the encoder, so its next pass does not wait for a round trip.
         self._encodes = WhenFree(
             self._send_encodes, self.settings.write_batch_size, depth=self.settings.encode_batches_in_flight
         )
@@ -581,6 +616,13 @@ class Ingress:
             description="HTTP latency per endpoint",
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
             tag_keys=("endpoint",),
+        )
+        self.write_stages = Histogram(
+            "larimar_write_stage_seconds",
+            description="a write request's wait for its encoding (encode: batching, the encoder hop and pass) "
+            "and then for its commit (commit: batching, the memory actor hop, persist and apply)",
+            boundaries=STAGE_SECONDS,
+            tag_keys=("stage",),
         )
         limits = self.limits
         api.add_middleware(
@@ -755,10 +797,15 @@ class Ingress:
             for key in ("text", "prompt", "target", "subject"):
                 if f[key] is not None:
                     self._check_text(f"facts[{i}].{key}", f[key])
+        t0 = time.perf_counter()
         enc = await self._encodes(facts)
+        t1 = time.perf_counter()
+        self.write_stages.observe(t1 - t0, tags={"stage": "encode"})
         if "error" in enc:
             _unwrap(enc)
-        return _unwrap(await self._writes((tenant, memory_id, facts, enc, idempotency_key)))
+        written = await self._writes((tenant, memory_id, facts, enc, idempotency_key))
+        self.write_stages.observe(time.perf_counter() - t1, tags={"stage": "commit"})
+        return _unwrap(written)
 
     async def _send_encodes(self, requests: list[list[dict]]) -> list[dict]:
         return await self.encoder.encode_facts.remote(requests)
