@@ -47,13 +47,11 @@ class EncodedQueries:
     texts: list[str]  # the queries, for the scope detector's subject rule
 
 
-def _pooled(
-    model: LarimarModel, texts: list[str], pool: Executor | None = None, lone_threads: int | None = None
-) -> dict[str, torch.Tensor]:
+def _pooled(model: LarimarModel, texts: list[str], pool: Executor | None = None) -> dict[str, torch.Tensor]:
     """Unique texts -> their pooled encoder outputs, one encoder pass (its chunks on `pool`'s
-    threads when given, a lone chunk on `lone_threads` intra-op threads: `LarimarModel.encode_pooled`)."""
+    threads when given: `LarimarModel.encode_pooled`)."""
     unique = list(dict.fromkeys(texts))
-    pooled = model.encode_pooled(unique, pool=pool, lone_threads=lone_threads)
+    pooled = model.encode_pooled(unique, pool=pool)
     return {t: pooled[i] for i, t in enumerate(unique)}
 
 
@@ -65,11 +63,10 @@ def encode_facts(
     embed: Embed | None = None,
     shared: bool = False,
     pool: Executor | None = None,
-    lone_threads: int | None = None,
 ) -> EncodedFacts:
     """Keys, values and (when `scope`) scope vectors of `facts`; `shared`: scope vectors come from
-    the encoder pass itself (see the module docstring), else from `embed`; `pool`, `lone_threads`:
-    threads for the encoder pass's chunks, or for its one chunk (`LarimarModel.encode_pooled`)."""
+    the encoder pass itself (see the module docstring), else from `embed`; `pool`: threads for the
+    encoder pass's chunks (`LarimarModel.encode_pooled`)."""
     if not facts:
         C = model.cfg.memory.latent_dim
         return EncodedFacts(torch.empty(0, C), torch.empty(0, model.value_dim), torch.empty(0, 0) if scope else None)
@@ -78,7 +75,7 @@ def encode_facts(
     space = model.cfg.value_space
     targets_t = target_texts(facts) if model.cfg.value_target else []
     encoded = keys_t + ([] if space == "decoder" else values_t) + targets_t + (scope_text if scope and shared else [])
-    pooled = _pooled(model, encoded, pool, lone_threads)
+    pooled = _pooled(model, encoded, pool)
     stack = lambda texts: torch.stack([pooled[t] for t in texts])  # noqa: E731
     keys = model.latents_from_pooled(stack(keys_t))
     parts = []
@@ -107,11 +104,10 @@ def encode_queries(
     embed: Embed | None = None,
     shared: bool = False,
     pool: Executor | None = None,
-    lone_threads: int | None = None,
 ) -> EncodedQueries:
     """Query latents and (when `scope`) the scope vectors of every query sentence."""
     sentences, owners = query_sentences(queries)
-    pooled = _pooled(model, queries + (sentences if scope and shared else []), pool, lone_threads)
+    pooled = _pooled(model, queries + (sentences if scope and shared else []), pool)
     latents = model.latents_from_pooled(torch.stack([pooled[q] for q in queries]))
     vectors = None
     if scope:

@@ -18,7 +18,6 @@ Dimensions: B episodes, N texts per episode, T tokens, C latent size, K memory s
 
 from __future__ import annotations
 
-import contextlib
 import json
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -62,21 +61,6 @@ def resolve_model_dir(spec: str | Path) -> Path:
         f"{spec} is not a Larimar model directory (no {CONFIG_NAME}) nor a bundled model "
         f"({', '.join(bundled_models()) or 'none'})"
     )
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None):
-    """torch's intra-op threads for this thread's ops inside the block (OpenMP's count is per
-    thread; torch's default for threads started meanwhile follows the last setting), restored after."""
-    if not n:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -255,9 +239,7 @@ class LarimarModel(nn.Module):
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.encode(**self.tokenize_for_encoder(texts))
 
-    def encode_pooled(
-        self, texts: list[str], chunk: int = 16, pool: Executor | None = None, lone_threads: int | None = None
-    ) -> torch.Tensor:
+    def encode_pooled(self, texts: list[str], chunk: int = 16, pool: Executor | None = None) -> torch.Tensor:
         """(n,) texts -> (n, E) pooled encoder outputs, before any head (larimar.fact_encoder).
 
         Texts run in length-sorted chunks of `chunk`, as sentence-transformers' `encode` does:
@@ -277,17 +259,10 @@ class LarimarModel(nn.Module):
         `eager`): Inductor's C++ kernels hold the GIL, and two threads on the compiled graph took
         135.0 ms where eager took 110.3 (80 texts; a scratch check); a batch of one chunk still runs compiled, so
         under `encoder_compile` a text's bits depend on its batch's size, as they already do
-        on its padding (to float rounding).
-
-        lone_threads: a pass of one chunk (a lone edit's two or three texts) runs on this many
-        intra-op threads, then the calling thread's count is restored. Its GEMMs are a few rows
-        against every weight of the backbone, and after the cores idle those weights come from
-        memory again: one edit's pass took 9.7 ms hot and 14.0 ms after a 20 ms sleep on one
-        thread, 9.3-9.8 ms after the sleep on two (a scratch check on the 2-core EPYC)."""
+        on its padding (to float rounding)."""
         if len(texts) <= 1:
             batch = self.tokenize_for_encoder(texts)
-            with _intra_op_threads(lone_threads):
-                return self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
+            return self.encoder.pooled(batch["input_ids"], batch["attention_mask"])
         tok = self.encoder_tokenizer
         ids = tok(texts, truncation=True, max_length=self.cfg.max_length)["input_ids"]  # once, unpadded
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
@@ -302,11 +277,7 @@ class LarimarModel(nn.Module):
             with torch.set_grad_enabled(grad):
                 return self.encoder.pooled(ids_t, mask, eager=threaded)
 
-        if threaded:
-            pooled = list(pool.map(run, chunks))
-        else:
-            with _intra_op_threads(lone_threads if len(chunks) == 1 else None):
-                pooled = [run(c) for c in chunks]
+        pooled = list(pool.map(run, chunks)) if threaded else [run(c) for c in chunks]
         out: list[torch.Tensor | None] = [None] * len(texts)
         for idx, rows in zip(chunks, pooled):
             for i, row in zip(idx, rows):

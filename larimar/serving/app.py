@@ -72,8 +72,7 @@ class Encoder:
     (`larimar.serving.encoding.TextEncoding`), for batches of requests."""
 
     def __init__(self, *args, **kwargs):
-        """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled, workers,
-        lone_threads): the
+        """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled, workers): the
         replica is that class behind Serve's batching, and the class owns what they mean."""
         self.encoding = TextEncoding(*args, **kwargs)
         self.passes = Histogram(
@@ -1062,7 +1061,6 @@ def build(args: dict):
         settings.encoder_precision,
         settings.encoder_compile,
         settings.encoder_workers,
-        settings.encoder_lone_threads,
     )
     memory = MemoryActor.options(health_check_period_s=settings.health_check_period_s)
     return Ingress.options(health_check_period_s=settings.health_check_period_s).bind(

@@ -31,21 +31,13 @@ class TextEncoding:
         precision: str | None = None,
         compiled: bool = False,
         workers: int = 1,
-        lone_threads: int = 1,
     ):
         """compiled: `larimar.precision.compile_encoder` (ServeSettings.encoder_compile), warmed up
         here, so that the process is compiled before it takes its first request. workers: threads
-        a batch's encoder chunks run on, one intra-op thread each (ServeSettings.encoder_workers;
-        `LarimarModel.encode_pooled`). lone_threads: intra-op threads of a pass that is one chunk
-        (ServeSettings.encoder_lone_threads)."""
+        a batch's encoder chunks run on (ServeSettings.encoder_workers; `LarimarModel.encode_pooled`)."""
         if threads:
             torch.set_num_threads(threads)
-        self.pool = (
-            ThreadPoolExecutor(workers, "encode", initializer=torch.set_num_threads, initargs=(1,))
-            if workers > 1
-            else None
-        )
-        self.lone_threads = lone_threads if lone_threads > 1 else None
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="encode") if workers > 1 else None
         self.model = LarimarModel.from_pretrained(model_dir)
         # resolved here, on the process's own CPU (ServeSettings.encoder_precision)
         set_encoder_precision(self.model.encoder, precision or default_encoder_precision())
@@ -96,15 +88,7 @@ class TextEncoding:
 
     def _encode_checked(self, per_request: list[list[Fact]]) -> list[dict]:
         flat = [f for facts in per_request for f in facts]
-        enc = encode_facts(
-            self.model,
-            flat,
-            self.scope_on,
-            embed=self._embed,
-            shared=self.shared,
-            pool=self.pool,
-            lone_threads=self.lone_threads,
-        )
+        enc = encode_facts(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared, pool=self.pool)
         scope_owner, _ = scope_texts(flat)
         vectors = enc.scope if enc.scope is not None else torch.empty(len(scope_owner), 0)
         out, start = [], 0
@@ -126,15 +110,7 @@ class TextEncoding:
         request's own queries); without one (``scope_model: null``) "sentences" is None and the
         memory is read for every query, as the Python editor does without a scope detector."""
         flat = [q for r in requests for q in r]
-        enc = encode_queries(
-            self.model,
-            flat,
-            self.scope_on,
-            embed=self._embed,
-            shared=self.shared,
-            pool=self.pool,
-            lone_threads=self.lone_threads,
-        )
+        enc = encode_queries(self.model, flat, self.scope_on, embed=self._embed, shared=self.shared, pool=self.pool)
         out, start = [], 0
         for r in requests:
             rows = [i for i, o in enumerate(enc.owners) if start <= o < start + len(r)]

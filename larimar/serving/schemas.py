@@ -160,14 +160,6 @@ class ServeSettings(BaseModel):
             " edit is one chunk and unchanged"
         ),
     )
-    encoder_lone_threads: int = Field(
-        2,
-        ge=1,
-        description=(
-            "intra-op threads of an encoder pass that is one chunk (a lone edit or query: the cores"
-            " are otherwise idle then), restored after it; a batch's chunks keep one thread each"
-        ),
-    )
     torch_threads: int | None = Field(
         None,
         ge=1,
