@@ -72,11 +72,16 @@ def exported(url: str, writes: int, timeout_s: float = 60.0) -> dict:
 
 
 def means_ms(before: dict, after: dict) -> dict[str, dict]:
+    """Per series: mean (ms), how many were observed and their total (s) between the snapshots."""
     out = {}
     for key, (total, count) in sorted(after.items()):
         t0, c0 = before.get(key, (0.0, 0.0))
         if count > c0:
-            out[f"{key[0]}:{key[1]}"] = {"mean_ms": 1e3 * (total - t0) / (count - c0), "count": int(count - c0)}
+            out[f"{key[0]}:{key[1]}"] = {
+                "mean_ms": 1e3 * (total - t0) / (count - c0),
+                "count": int(count - c0),
+                "total_s": total - t0,
+            }
     return out
 
 
