@@ -61,8 +61,8 @@ from larimar.serving.wire import arrays_in_and_out
 
 # -- model deployments ----------------------------------------------------------------------------
 
-# Histogram buckets (seconds) of the write path's stages: a lone edit's steps are 1-15 ms, a
-# pass at 32 writing clients 50-60 ms, a request's wait at 32 clients 100-150 ms.
+# Histogram buckets (seconds) of the write path's stages: a lone edit's steps take 1-25 ms, a pass
+# at 32 writing clients 50-75 ms, a request's wait for its encoding there 80-120 ms (session 16).
 STAGE_SECONDS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5]
 
 

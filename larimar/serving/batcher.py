@@ -43,9 +43,11 @@ class WhenFree:
     A batch beyond the first is sent only once it is full (`max_batch` items), so pipelining never
     breaks the load into small batches. Why: the ingress's encoder stage (`app.Ingress`) waited
     for each answer before sending the next batch, and the encoder replica idled for that round
-    trip between passes (about 7 ms between passes of 51-60 ms at 32 writing clients: a server-side
-    trace, README "Measured"); with depth 2 the next full batch already waits at the replica, whose
-    own batcher starts it when the pass before it ends."""
+    trip between passes: 7-9 ms between passes of 51-66 ms at 32 writing clients, 1.5 ms with
+    depth 2 (a scratch trace; README "Measured", session 16). With depth 2 the next full batch
+    already waits at the replica, whose own batcher starts it when the pass before it ends. On
+    2 shared cores that bought about 3% more edits/s on the mean of 9 pairs, within the noise: the
+    CPU is the limit there. Where the encoder has cores of its own, the round trip is pure idle."""
 
     def __init__(
         self,
