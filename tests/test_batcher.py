@@ -166,22 +166,29 @@ def test_a_coroutine_run_is_awaited_on_the_loop_one_batch_at_a_time():
     assert sizes == [1, 9]  # serve.batch formed a batch per 1 ms wait here, run one after another
 
 
+class _Batches:
+    """A coroutine `run` for WhenFree that logs each batch's items and counts the batches running at once."""
+
+    def __init__(self, pause_s: float):
+        self.pause_s, self.log, self.running, self.most = pause_s, [], 0, 0
+
+    async def run(self, items: list) -> list:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        self.log.append(list(items))
+        await asyncio.sleep(self.pause_s)
+        self.running -= 1
+        return [x * 2 for x in items]
+
+
 def test_depth_two_sends_a_second_batch_only_when_it_is_full():
     """The ingress's encoder stage (`WhenFree(depth=2)`): while one batch runs, a second starts as
     soon as `max_batch` items wait (it would wait at the encoder replica), never a partial one;
     partial batches still start whenever nothing is in flight, and answers stay per item."""
-    log, running, most = [], [0], [0]
-
-    async def run(items):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        log.append(list(items))
-        await asyncio.sleep(0.05)
-        running[0] -= 1
-        return [x * 2 for x in items]
+    batches = _Batches(0.05)
 
     async def main():
-        batcher = WhenFree(run, max_batch=3, depth=2)
+        batcher = WhenFree(batches.run, max_batch=3, depth=2)
 
         async def call(x, delay):
             await asyncio.sleep(delay)
@@ -193,29 +200,21 @@ def test_depth_two_sends_a_second_batch_only_when_it_is_full():
         return await asyncio.gather(*(call(x, d) for x, d in enumerate(delays)))
 
     assert asyncio.run(main()) == [0, 2, 4, 6, 8, 10]
-    assert log == [[0], [1, 2, 3], [4, 5]]
-    assert most[0] == 2  # the full batch ran beside the first; [4, 5] waited for a free place
+    assert batches.log == [[0], [1, 2, 3], [4, 5]]
+    assert batches.most == 2  # the full batch ran beside the first; [4, 5] waited for a free place
     with pytest.raises(ValueError, match="depth"):
-        WhenFree(run, max_batch=3, depth=0)
+        WhenFree(batches.run, max_batch=3, depth=0)
 
 
 def test_depth_one_runs_one_batch_at_a_time_even_when_full():
-    log, running, most = [], [0], [0]
-
-    async def run(items):
-        running[0] += 1
-        most[0] = max(most[0], running[0])
-        log.append(len(items))
-        await asyncio.sleep(0.03)
-        running[0] -= 1
-        return items
+    batches = _Batches(0.03)
 
     async def main():
-        batcher = WhenFree(run, max_batch=2)
+        batcher = WhenFree(batches.run, max_batch=2)
         return await asyncio.gather(*(batcher(x) for x in range(5)))
 
-    assert asyncio.run(main()) == list(range(5))
-    assert most[0] == 1 and log == [2, 2, 1]
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    assert batches.most == 1 and batches.log == [[0, 1], [2, 3], [4]]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death, on purpose
