@@ -6,15 +6,16 @@
 Starts the application as `jobs/bench_serve.py` does, drives single-fact edits at each client
 count, and reads, from Ray's metrics endpoint, what the replicas observed meanwhile:
 
-- `larimar_write_stage_seconds` (the ingress): a request's wait for its encoding ("encode":
+- `larimar_write_stage_*` (the ingress): a request's wait for its encoding ("encode":
   batching at the ingress, the hop to the encoder, its queue and pass, the hop back) and then for
   its commit ("commit": batching, the hop to the memory actor, its lock, persist and apply, the
   hop back);
-- `larimar_encoder_pass_seconds{kind="facts"}` (the encoder replica): one pass over a batch;
-- `larimar_memory_commit_seconds` (the memory actor): "persist" (the log entry written and
+- `larimar_encoder_pass_*{kind="facts"}` (the encoder replica): one pass over a batch;
+- `larimar_memory_commit_*{op="write"}` (the memory actor): "persist" (the log entry written and
   fsynced) and "apply" (the memory updated).
 
-Means over each level (histogram sums / counts, before and after). A stage minus the work inside
+Means over each level (seconds counters over histogram counts, before and after: exact, where
+Ray's histogram `_sum` is not; `larimar.serving.stage_metrics`). A stage minus the work inside
 it is what batching queues and Serve's hops cost; at one client nothing queues, so it is the hops.
 The client's own latency adds HTTP through HAProxy and the ingress's routing. Under load a pass
 and a commit serve a batch of requests, so their means are per batch, not per request.
@@ -33,29 +34,31 @@ from prometheus_client.parser import text_string_to_metric_families
 from larimar.serving.local import edit_latency, local_application, settings_from_pairs
 
 SERIES = {  # metric -> the label that names its part, and the samples counted (the write path's)
-    "larimar_write_stage_seconds": ("stage", {}),
-    "larimar_encoder_pass_seconds": ("kind", {"kind": "facts"}),
-    "larimar_memory_commit_seconds": ("step", {"op": "write"}),
+    "larimar_write_stage": ("stage", {}),
+    "larimar_encoder_pass": ("kind", {"kind": "facts"}),
+    "larimar_memory_commit": ("step", {"op": "write"}),
 }
-COMMITS = ("larimar_write_stage_seconds", "commit")  # one per write request answered
+COMMITS = ("larimar_write_stage", "commit")  # one per write request answered
 
 
 def snapshot(url: str) -> dict[tuple[str, str], tuple[float, float]]:
-    """(metric, label value) -> (sum, count), summed over replicas, from Ray's Prometheus text."""
+    """(metric, label value) -> (seconds, count), summed over replicas, from Ray's Prometheus text:
+    the seconds from each duration's Counter, the count from its Histogram (whose exported `_sum`
+    Ray rebuilds from bucket midpoints: `larimar.serving.stage_metrics`)."""
     out: dict[tuple[str, str], list[float]] = {}
     for family in text_string_to_metric_families(requests.get(url, timeout=10).text):
         for name, (label, only) in SERIES.items():
-            if family.name != f"ray_{name}":
+            if family.name == f"ray_{name}_time_seconds":  # the Counter (parsed without `_total`)
+                pick = lambda sample: 0 if sample.name.endswith("_total") else None  # noqa: E731
+            elif family.name == f"ray_{name}_seconds":  # the Histogram
+                pick = lambda sample: 1 if sample.name.endswith("_count") else None  # noqa: E731
+            else:
                 continue
             for s in family.samples:
-                if any(s.labels.get(k) != v for k, v in only.items()):
+                slot = pick(s)
+                if slot is None or any(s.labels.get(k) != v for k, v in only.items()):
                     continue
-                key = (name, s.labels.get(label, ""))
-                acc = out.setdefault(key, [0.0, 0.0])
-                if s.name.endswith("_sum"):
-                    acc[0] += s.value
-                elif s.name.endswith("_count"):
-                    acc[1] += s.value
+                out.setdefault((name, s.labels.get(label, "")), [0.0, 0.0])[slot] += s.value
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
@@ -116,9 +119,9 @@ def main() -> None:
             for name, v in stages.items():
                 print(f"  {name:45s} mean {v['mean_ms']:7.2f} ms  ({v['count']} observed)")
             get = lambda k: stages.get(k, {}).get("mean_ms", 0.0)  # noqa: E731
-            enc = get("larimar_write_stage_seconds:encode") - get("larimar_encoder_pass_seconds:facts")
-            com = get("larimar_write_stage_seconds:commit") - get("larimar_memory_commit_seconds:persist")
-            com -= get("larimar_memory_commit_seconds:apply")
+            enc = get("larimar_write_stage:encode") - get("larimar_encoder_pass:facts")
+            com = get("larimar_write_stage:commit") - get("larimar_memory_commit:persist")
+            com -= get("larimar_memory_commit:apply")
             print(f"  queues and hops around the encoder pass {enc:.2f} ms, around the commit {com:.2f} ms")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))

@@ -40,6 +40,7 @@ from larimar.serving.errors import ApiError, error_body, refusal, validation_err
 from larimar.serving.guard import RequestGuard, TokenBucket
 from larimar.serving.http_metrics import RequestMetrics
 from larimar.serving.openai_compat import ChatCompletionIn, CompletionIn
+from larimar.serving.stage_metrics import Durations
 from larimar.serving.schemas import (
     CreateMemory,
     ForgetResult,
@@ -61,10 +62,6 @@ from larimar.serving.wire import arrays_in_and_out
 
 # -- model deployments ----------------------------------------------------------------------------
 
-# Histogram buckets (seconds) of the write path's stages: a lone edit's steps take 1-25 ms, a pass
-# at 32 writing clients 50-75 ms, a request's wait for its encoding there 80-120 ms (session 16).
-STAGE_SECONDS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2.5]
-
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Encoder:
@@ -75,11 +72,10 @@ class Encoder:
         """`TextEncoding`'s arguments (model_dir, scope_model, threads, precision, compiled, workers): the
         replica is that class behind Serve's batching, and the class owns what they mean."""
         self.encoding = TextEncoding(*args, **kwargs)
-        self.passes = Histogram(
-            "larimar_encoder_pass_seconds",
-            description="one encoder pass over a batch of requests' texts, in the replica (kind: facts, queries)",
-            boundaries=STAGE_SECONDS,
-            tag_keys=("kind",),
+        self.passes = Durations(
+            "larimar_encoder_pass",
+            "one encoder pass over a batch of requests' texts, in the replica (kind: facts, queries)",
+            ("kind",),
         )
         # concurrent requests share passes, formed when the pass before is done (larimar.serving.batcher)
         self._facts = WhenFree(self._timed("facts", self.encoding.facts), 32)
@@ -294,12 +290,11 @@ class MemoryActor:
             description="memories unavailable after a damaged log "
             "entry or snapshot file (python -m larimar.serving.repair)",
         )
-        self.commit_steps = Histogram(
-            "larimar_memory_commit_seconds",
-            description="a log entry's commit: persist (entry written and fsynced), apply (the memory updated); "
+        self.commit_steps = Durations(
+            "larimar_memory_commit",
+            "a log entry's commit: persist (entry written and fsynced), apply (the memory updated); "
             "op: the entry's (write, forget, create, delete, import)",
-            boundaries=STAGE_SECONDS,
-            tag_keys=("step", "op"),
+            ("step", "op"),
         )
         self.batch_size = Histogram(
             "larimar_memory_write_batch_size",
@@ -617,12 +612,11 @@ class Ingress:
             boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
             tag_keys=("endpoint",),
         )
-        self.write_stages = Histogram(
-            "larimar_write_stage_seconds",
-            description="a write request's wait for its encoding (encode: batching, the encoder hop and pass) "
+        self.write_stages = Durations(
+            "larimar_write_stage",
+            "a write request's wait for its encoding (encode: batching, the encoder hop and pass) "
             "and then for its commit (commit: batching, the memory actor hop, persist and apply)",
-            boundaries=STAGE_SECONDS,
-            tag_keys=("stage",),
+            ("stage",),
         )
         limits = self.limits
         api.add_middleware(
