@@ -67,7 +67,7 @@ class WhenFree:
         self.waiting: list[tuple[Any, asyncio.Future]] = []
         self.in_flight = 0
         self.unstarted = 0  # batches started that have not yet taken their items
-        self.worker: asyncio.Task | None = None  # the first batch's: it may wait `wait_s` first
+        self.tasks: set[asyncio.Task] = set()  # the running batches: the loop keeps only weak references
 
     async def __call__(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -86,8 +86,8 @@ class WhenFree:
             if free <= 0 or (self.in_flight and free < self.max_batch):
                 return
             task = loop.create_task(self._batch(idle and self.in_flight == 0))
-            if self.in_flight == 0:
-                self.worker = task
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
             self.in_flight += 1
             self.unstarted += 1
 
