@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import requests
 import torch
@@ -36,7 +35,7 @@ import torch
 from larimar.model import DEFAULT_MODEL
 from larimar.serving import serve_env
 
-from larimar.serving.local import URL, drive, edit_latency
+from larimar.serving.local import URL, drive, edit_latency, save_report
 
 
 def hop_floor(clients: int, per_client: int, headers: dict, client: str) -> dict:
@@ -378,10 +377,7 @@ def main() -> None:
             f"{row['conditioned_tokens_per_s']:.1f} tok/s, overhead {row['overhead']:+.1%}",
             flush=True,
         )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
+    save_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -630,3 +630,12 @@ def test_the_benchmarks_load_driver_counts_every_request_and_raises_on_errors(se
     assert edits["edits"] == 6 and edits["edits_per_s"] > 0
     with pytest.raises(Exception, match="404"):
         drive(2, 2, lambda i, j: ("GET", "/v1/memories/nope", None), headers, client)
+
+
+def test_the_benchmarks_report_writer_makes_its_folder_and_writes_json(tmp_path):
+    """`larimar.serving.local.save_report`: what jobs/bench_serve.py and the serving diagnostics write."""
+    from larimar.serving.local import save_report
+
+    report = {"model": "m", "rows": [{"clients": 32, "edits_per_s": 234.3}]}
+    out = save_report(tmp_path / "new" / "report.json", report)
+    assert out == tmp_path / "new" / "report.json" and json.loads(out.read_text()) == report

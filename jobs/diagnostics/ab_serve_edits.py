@@ -15,11 +15,9 @@ summary is the median over rounds of each, and the per-round B/A ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
-from larimar.serving.local import edit_latency, local_application, settings_from_pairs
+from larimar.serving.local import edit_latency, local_application, save_report, settings_from_pairs
 
 
 def main() -> None:
@@ -66,10 +64,7 @@ def main() -> None:
         print(
             f"{name} {configs[name]}: median p50 {s['p50_ms_1']:.1f} ms at 1 client, {s['edits_per_s_32']:.1f} edits/s at 32"
         )
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": a.model, "configs": configs, "rounds": rows, "summary": summary}, indent=1))
-    print(f"wrote {out}")
+    save_report(a.out, {"model": a.model, "configs": configs, "rounds": rows, "summary": summary})
 
 
 if __name__ == "__main__":

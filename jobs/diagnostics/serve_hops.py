@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import threading
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from larimar.serving.local import URL, edit_latency, local_application, settings_from_pairs
+from larimar.serving.local import URL, edit_latency, local_application, save_report, settings_from_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_serve_writes import cpu_shares, cpu_times  # noqa: E402  (the profile's CPU accounting)
@@ -118,10 +117,7 @@ def main() -> None:
     for name, ms in hop.items():
         print(f"  {ms:6.2f} ms  {name}")
     print(f"single-client edit over HTTP: p50 {edit['p50_ms']:.2f} ms")
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    save_report(a.out, report)
 
 
 if __name__ == "__main__":

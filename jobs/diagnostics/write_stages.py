@@ -24,14 +24,12 @@ and a commit serve a batch of requests, so their means are per batch, not per re
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from larimar.serving.local import edit_latency, local_application, settings_from_pairs
+from larimar.serving.local import edit_latency, local_application, save_report, settings_from_pairs
 
 SERIES = {  # metric -> the label that names its part, and the samples counted (the write path's)
     "larimar_write_stage": ("stage", {}),
@@ -123,9 +121,7 @@ def main() -> None:
             com = get("larimar_write_stage:commit") - get("larimar_memory_commit:persist")
             com -= get("larimar_memory_commit:apply")
             print(f"  queues and hops around the encoder pass {enc:.2f} ms, around the commit {com:.2f} ms")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {a.out}")
+    save_report(a.out, report)
 
 
 if __name__ == "__main__":

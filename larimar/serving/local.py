@@ -4,18 +4,21 @@ diagnostics (`jobs/bench_serve.py`, `jobs/bench_failover.py`, `jobs/diagnostics/
 A temporary store and one API key whose request quota is out of the way: they measure the server,
 not the rate limit (`limits.requests_per_second`, 50 by default, would cap a 32-client run).
 `larimar serve` is the way to run the service itself. `drive` is the closed-loop HTTP load
-(`edit_latency`: single-fact edits), written once so every benchmark measures the same way.
+(`edit_latency`: single-fact edits), written once so every benchmark measures the same way;
+`save_report` writes what they measured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import json
 import statistics
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 import yaml
@@ -53,6 +56,15 @@ def local_application(model: str, **settings) -> Iterator[dict]:
         finally:
             serve.shutdown()
             ray.shutdown()
+
+
+def save_report(path: str | Path, report: dict) -> Path:
+    """Write a benchmark's or diagnostic's report as JSON (its folder made if missing) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return out
 
 
 def settings_from_pairs(pairs: list[str]) -> dict:
